@@ -1,0 +1,425 @@
+//! The embedded bus engine: an append-only event log and per-consumer queues
+//! in one redb file, written through a group-committing writer.
+//!
+//! Tables:
+//! - `events`: seq → encoded envelope (the log).
+//! - `dedup`: `<source>:<event id>` → received-at ms; `dedup_expiry` indexes it
+//!   by time so the janitor can forget ids older than the dedup window.
+//! - `schedule`: (consumer, due ms, seq) → deliveries so far. One row per
+//!   outstanding (consumer, event). Due rows are pulled; pulling moves the row
+//!   to `now + visibility timeout`, which is the lease: a holder that dies
+//!   simply lets it come due again.
+//! - `dead`: (consumer, queue, seq) → why, attempts, and the envelope.
+//!
+//! Appends and dead letters are durable before they answer; leases, acks and
+//! retry delays are committed lazily (a crash rolls them back, and that only
+//! causes a redelivery, which idempotency keys absorb).
+
+use super::*;
+use crate::durable::{DurableError, GroupCommit, Persist};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
+const DEDUP_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("dedup_expiry");
+const SCHEDULE: TableDefinition<(&str, u64, u64), u32> = TableDefinition::new("schedule");
+const DEAD: TableDefinition<(&str, u8, u64), &[u8]> = TableDefinition::new("dead");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_SEQ: &str = "next_seq";
+
+/// Settings of the embedded engine (from `[bus]`).
+#[derive(Debug, Clone)]
+pub struct EmbeddedSettings {
+    pub visibility_timeout: Duration,
+    pub dedup_window: Duration,
+}
+
+pub struct EmbeddedBus {
+    store: GroupCommit,
+    subscriptions: Arc<Vec<Subscription>>,
+    /// Wakes a consumer's pull loop when something becomes due for it.
+    wakers: HashMap<String, Arc<Notify>>,
+    settings: EmbeddedSettings,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn unavailable(err: DurableError) -> BusError {
+    BusError::Unavailable(err.to_string())
+}
+
+fn storage(err: impl Into<redb::Error>) -> BusError {
+    BusError::Unavailable(err.into().to_string())
+}
+
+fn queue_code(queue: DeadQueue) -> u8 {
+    match queue {
+        DeadQueue::DeadLetter => 0,
+        DeadQueue::Review => 1,
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DeadMeta {
+    attempts: u32,
+    reason: String,
+    at_ms: u64,
+}
+
+impl EmbeddedBus {
+    /// Opens `<dir>/bus.redb`, creating it if needed. `subscriptions` decide
+    /// which consumer queues an appended event enters.
+    pub fn open(
+        dir: &Path,
+        subscriptions: Vec<Subscription>,
+        settings: EmbeddedSettings,
+    ) -> Result<EmbeddedBus, BusError> {
+        let store = GroupCommit::open(&dir.join("bus.redb")).map_err(unavailable)?;
+        let txn = store.database().begin_write().map_err(storage)?;
+        {
+            // Create every table up front so readers never meet a missing one.
+            txn.open_table(EVENTS).map_err(storage)?;
+            txn.open_table(DEDUP).map_err(storage)?;
+            txn.open_table(DEDUP_EXPIRY).map_err(storage)?;
+            txn.open_table(SCHEDULE).map_err(storage)?;
+            txn.open_table(DEAD).map_err(storage)?;
+            txn.open_table(META).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        let wakers = subscriptions
+            .iter()
+            .map(|s| (s.consumer.clone(), Arc::new(Notify::new())))
+            .collect();
+        Ok(EmbeddedBus {
+            store,
+            subscriptions: Arc::new(subscriptions),
+            wakers,
+            settings,
+        })
+    }
+
+    /// See [`GroupCommit::inject_commit_failures`].
+    pub fn inject_commit_failures(&self, on: bool) {
+        self.store.inject_commit_failures(on);
+    }
+
+    fn waker(&self, consumer: &str) -> Result<&Arc<Notify>, BusError> {
+        self.wakers
+            .get(consumer)
+            .ok_or_else(|| BusError::UnknownConsumer(consumer.to_owned()))
+    }
+
+    /// Leases due rows now; answers what it leased.
+    async fn lease_due(
+        &self,
+        consumer: &str,
+        max: usize,
+    ) -> Result<Vec<(u64, u64, u32, Vec<u8>)>, BusError> {
+        let consumer_key = consumer.to_owned();
+        let visibility = self.settings.visibility_timeout.as_millis() as u64;
+        self.store
+            .write(Persist::Lazy, move |txn| {
+                let now = now_ms();
+                let lease_until = now + visibility;
+                let mut schedule = txn.open_table(SCHEDULE)?;
+                let due: Vec<(u64, u64, u32)> = schedule
+                    .range((consumer_key.as_str(), 0, 0)..=(consumer_key.as_str(), now, u64::MAX))?
+                    .take(max)
+                    .map(|row| {
+                        let (key, deliveries) = row?;
+                        let (_, due, seq) = key.value();
+                        Ok::<_, redb::StorageError>((due, seq, deliveries.value()))
+                    })
+                    .collect::<Result<_, _>>()?;
+                let events = txn.open_table(EVENTS)?;
+                let mut leased = Vec::with_capacity(due.len());
+                for (due, seq, deliveries) in due {
+                    schedule.remove((consumer_key.as_str(), due, seq))?;
+                    let Some(bytes) = events.get(seq)? else {
+                        // The log lost the event (cannot happen short of
+                        // manual edits); the row would otherwise spin forever.
+                        continue;
+                    };
+                    schedule.insert((consumer_key.as_str(), lease_until, seq), deliveries + 1)?;
+                    leased.push((lease_until, seq, deliveries + 1, bytes.value().to_vec()));
+                }
+                Ok(leased)
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    /// When the next row of `consumer` comes due, if it has any.
+    fn next_due(&self, consumer: &str) -> Result<Option<u64>, BusError> {
+        let txn = self.store.database().begin_read().map_err(storage)?;
+        let schedule = txn.open_table(SCHEDULE).map_err(storage)?;
+        let first = schedule
+            .range((consumer, 0, 0)..=(consumer, u64::MAX, u64::MAX))
+            .map_err(storage)?
+            .next();
+        match first {
+            Some(row) => Ok(Some(row.map_err(storage)?.0.value().1)),
+            None => Ok(None),
+        }
+    }
+
+    /// Moves a leased row: to a new due time, or out of the queue.
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        sync: Persist,
+        next: Settle,
+    ) -> Result<bool, BusError> {
+        let DeliveryHandle::Embedded { due_ms, seq } = delivery.handle;
+        let consumer = delivery.consumer.to_string();
+        let envelope = delivery.envelope.encode();
+        let attempts = delivery.attempt;
+        let settled = self
+            .store
+            .write(sync, move |txn| {
+                let mut schedule = txn.open_table(SCHEDULE)?;
+                let removed = schedule
+                    .remove((consumer.as_str(), due_ms, seq))?
+                    .map(|v| v.value());
+                let Some(deliveries) = removed else {
+                    // The lease expired and the row moved on: someone else
+                    // owns this event now, so this holder must not touch it.
+                    return Ok(false);
+                };
+                match next {
+                    Settle::Ack => {}
+                    Settle::RetryAt(at_ms) => {
+                        schedule.insert((consumer.as_str(), at_ms, seq), deliveries)?;
+                    }
+                    Settle::Park(queue, reason) => {
+                        let meta = serde_json::to_vec(&DeadMeta {
+                            attempts,
+                            reason,
+                            at_ms: now_ms(),
+                        })
+                        .expect("dead-letter meta serializes");
+                        let mut value = (meta.len() as u32).to_be_bytes().to_vec();
+                        value.extend_from_slice(&meta);
+                        value.extend_from_slice(&envelope);
+                        txn.open_table(DEAD)?.insert(
+                            (consumer.as_str(), queue_code(queue), seq),
+                            value.as_slice(),
+                        )?;
+                    }
+                }
+                Ok(true)
+            })
+            .await
+            .map_err(unavailable)?;
+        if !settled {
+            tracing::warn!(
+                consumer = %delivery.consumer,
+                event_id = %delivery.envelope.event_id,
+                "delivery settled after its lease expired; left to the new holder"
+            );
+        }
+        Ok(settled)
+    }
+
+    /// Forgets dedup entries older than the window. Returns how many.
+    pub async fn expire_dedup(&self) -> Result<usize, BusError> {
+        let cutoff = now_ms().saturating_sub(self.settings.dedup_window.as_millis() as u64);
+        self.store
+            .write(Persist::Lazy, move |txn| {
+                let mut expiry = txn.open_table(DEDUP_EXPIRY)?;
+                let mut dedup = txn.open_table(DEDUP)?;
+                let old: Vec<(u64, String)> = expiry
+                    .range((0, "")..(cutoff, ""))?
+                    .take(10_000)
+                    .map(|row| row.map(|(key, _)| (key.value().0, key.value().1.to_owned())))
+                    .collect::<Result<_, _>>()?;
+                for (at, key) in &old {
+                    expiry.remove((*at, key.as_str()))?;
+                    dedup.remove(key.as_str())?;
+                }
+                Ok(old.len())
+            })
+            .await
+            .map_err(unavailable)
+    }
+}
+
+enum Settle {
+    Ack,
+    RetryAt(u64),
+    Park(DeadQueue, String),
+}
+
+#[async_trait]
+impl Bus for EmbeddedBus {
+    async fn append(&self, envelope: &Envelope) -> Result<Appended, BusError> {
+        let consumers: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|s| s.matches(envelope))
+            .map(|s| s.consumer.clone())
+            .collect();
+        let key = envelope.dedup_key();
+        let bytes = envelope.encode();
+        let received_at = envelope.received_at_ms;
+        let woken = consumers.clone();
+        let appended = self
+            .store
+            .write(Persist::Durable, move |txn| {
+                let mut dedup = txn.open_table(DEDUP)?;
+                if dedup.get(key.as_str())?.is_some() {
+                    return Ok(Appended::Duplicate);
+                }
+                dedup.insert(key.as_str(), received_at)?;
+                txn.open_table(DEDUP_EXPIRY)?
+                    .insert((received_at, key.as_str()), ())?;
+                let mut meta = txn.open_table(META)?;
+                let seq = meta.get(NEXT_SEQ)?.map(|v| v.value()).unwrap_or(0);
+                meta.insert(NEXT_SEQ, seq + 1)?;
+                txn.open_table(EVENTS)?.insert(seq, bytes.as_slice())?;
+                let mut schedule = txn.open_table(SCHEDULE)?;
+                let now = now_ms();
+                for consumer in &consumers {
+                    schedule.insert((consumer.as_str(), now, seq), 0)?;
+                }
+                Ok(Appended::Stored)
+            })
+            .await
+            .map_err(unavailable)?;
+        if appended == Appended::Stored {
+            for consumer in woken {
+                if let Some(waker) = self.wakers.get(&consumer) {
+                    waker.notify_one();
+                }
+            }
+        }
+        Ok(appended)
+    }
+
+    async fn pull(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let waker = Arc::clone(self.waker(consumer)?);
+        let deadline = tokio::time::Instant::now() + wait;
+        let consumer_name: Arc<str> = Arc::from(consumer);
+        loop {
+            let leased = self.lease_due(consumer, max.max(1)).await?;
+            if !leased.is_empty() {
+                return leased
+                    .into_iter()
+                    .map(|(due_ms, seq, attempt, bytes)| {
+                        Ok(Delivery {
+                            consumer: Arc::clone(&consumer_name),
+                            envelope: Arc::new(Envelope::decode(&bytes)?),
+                            attempt,
+                            handle: DeliveryHandle::Embedded { due_ms, seq },
+                        })
+                    })
+                    .collect();
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut sleep_until = deadline;
+            if let Some(due) = self.next_due(consumer)? {
+                let in_ms = due.saturating_sub(now_ms());
+                sleep_until = sleep_until.min(now + Duration::from_millis(in_ms));
+            }
+            tokio::select! {
+                _ = waker.notified() => {}
+                _ = tokio::time::sleep_until(sleep_until) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), BusError> {
+        self.settle(delivery, Persist::Lazy, Settle::Ack)
+            .await
+            .map(drop)
+    }
+
+    async fn retry(&self, delivery: &Delivery, delay: Duration) -> Result<(), BusError> {
+        let at = now_ms() + delay.as_millis() as u64;
+        self.settle(delivery, Persist::Lazy, Settle::RetryAt(at))
+            .await?;
+        self.waker(&delivery.consumer)?.notify_one();
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        queue: DeadQueue,
+        reason: &str,
+    ) -> Result<(), BusError> {
+        self.settle(
+            delivery,
+            Persist::Durable,
+            Settle::Park(queue, reason.to_owned()),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn dead_letters(
+        &self,
+        consumer: &str,
+        queue: DeadQueue,
+    ) -> Result<Vec<DeadLetter>, BusError> {
+        let txn = self.store.database().begin_read().map_err(storage)?;
+        let dead = txn.open_table(DEAD).map_err(storage)?;
+        let code = queue_code(queue);
+        let mut out = Vec::new();
+        for row in dead
+            .range((consumer, code, 0)..=(consumer, code, u64::MAX))
+            .map_err(storage)?
+        {
+            let (_, value) = row.map_err(storage)?;
+            let value = value.value();
+            let corrupt = || BusError::Corrupt(EnvelopeError::Truncated);
+            let meta_len =
+                u32::from_be_bytes(value.get(0..4).ok_or_else(corrupt)?.try_into().expect("4"))
+                    as usize;
+            let meta: DeadMeta =
+                serde_json::from_slice(value.get(4..4 + meta_len).ok_or_else(corrupt)?)
+                    .map_err(|err| BusError::Corrupt(EnvelopeError::Header(err.to_string())))?;
+            out.push(DeadLetter {
+                consumer: consumer.to_owned(),
+                queue,
+                envelope: Envelope::decode(&value[4 + meta_len..])?,
+                attempts: meta.attempts,
+                reason: meta.reason,
+                at_ms: meta.at_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn backlog(&self, consumer: &str) -> Result<u64, BusError> {
+        self.waker(consumer)?;
+        let txn = self.store.database().begin_read().map_err(storage)?;
+        let schedule = txn.open_table(SCHEDULE).map_err(storage)?;
+        let mut count = 0;
+        for row in schedule
+            .range((consumer, 0, 0)..=(consumer, u64::MAX, u64::MAX))
+            .map_err(storage)?
+        {
+            row.map_err(storage)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+}

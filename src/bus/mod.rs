@@ -1,0 +1,158 @@
+//! The bus: where an event becomes durable and waits for its consumers.
+//!
+//! Owns persistence of envelopes, ingest dedup by `<source>:<event id>`, one
+//! queue per consumer with leases (visibility timeouts), delayed redelivery for
+//! retries, and the dead-letter and review queues. It does not decide *whether*
+//! to retry: dispatch does, and tells the bus.
+//!
+//! Invariants:
+//! - `append` returns `Ok` only once the event is durable; ingest answers 2xx
+//!   only after that.
+//! - An event leaves a consumer's queue only by `ack` or `dead_letter`. A
+//!   delivery whose holder dies comes back after the visibility timeout.
+//!
+//! [`Bus`] is the seam between engines: `embedded` (redb, one machine) now,
+//! NATS JetStream for several processes.
+
+pub mod embedded;
+pub mod envelope;
+
+use crate::config::EventPattern;
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use envelope::{Envelope, EnvelopeError};
+
+/// What one consumer receives: events of `source` whose type matches a pattern.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub consumer: String,
+    pub filters: Vec<(String, EventPattern)>,
+}
+
+impl Subscription {
+    pub fn matches(&self, envelope: &Envelope) -> bool {
+        self.filters.iter().any(|(source, pattern)| {
+            *source == envelope.source && pattern.matches(&envelope.event_type)
+        })
+    }
+
+    /// One subscription per consumer, gathered from every route naming it.
+    pub fn from_config(config: &crate::config::Config) -> Vec<Subscription> {
+        config
+            .consumers
+            .keys()
+            .map(|consumer| Subscription {
+                consumer: consumer.clone(),
+                filters: config
+                    .routes
+                    .iter()
+                    .filter(|route| route.consumers.contains(consumer))
+                    .flat_map(|route| {
+                        route
+                            .events
+                            .iter()
+                            .map(|pattern| (route.source.clone(), pattern.clone()))
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// First time this `<source>:<event id>` was seen: now durable.
+    Stored,
+    /// Seen before within the dedup window: already durable, nothing written.
+    Duplicate,
+}
+
+/// The two parking places for events that will not be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadQueue {
+    /// Gave up: rejected by the plugin or out of attempts.
+    DeadLetter,
+    /// Needs a human decision (e.g. a payment matching no order).
+    Review,
+}
+
+/// An event leased to a consumer. Settle it with exactly one of `ack`,
+/// `retry` or `dead_letter`; if the process dies first, it comes back.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub consumer: Arc<str>,
+    pub envelope: Arc<Envelope>,
+    /// 1 on the first delivery, 2 on the second, ...
+    pub attempt: u32,
+    pub handle: DeliveryHandle,
+}
+
+/// Engine-specific identity of a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryHandle {
+    Embedded { due_ms: u64, seq: u64 },
+}
+
+/// An event parked in a dead-letter or review queue.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub consumer: String,
+    pub queue: DeadQueue,
+    pub envelope: Envelope,
+    pub attempts: u32,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    #[error("bus storage is unavailable: {0}")]
+    Unavailable(String),
+    #[error("bus holds a message this build cannot read: {0}")]
+    Corrupt(#[from] EnvelopeError),
+    #[error("unknown consumer `{0}`")]
+    UnknownConsumer(String),
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Persists an event for every consumer subscribed to it. Returns only
+    /// after the event is durable (or known from before).
+    async fn append(&self, envelope: &Envelope) -> Result<Appended, BusError>;
+
+    /// Leases up to `max` due deliveries of `consumer`, waiting up to `wait`
+    /// for the first one. May return fewer, or none after `wait`.
+    async fn pull(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BusError>;
+
+    /// Done: the delivery leaves the consumer's queue.
+    async fn ack(&self, delivery: &Delivery) -> Result<(), BusError>;
+
+    /// Redeliver no earlier than `delay` from now.
+    async fn retry(&self, delivery: &Delivery, delay: Duration) -> Result<(), BusError>;
+
+    /// Moves the delivery to a dead-letter or review queue, durably.
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        queue: DeadQueue,
+        reason: &str,
+    ) -> Result<(), BusError>;
+
+    /// Everything parked in one queue of a consumer, oldest first.
+    async fn dead_letters(
+        &self,
+        consumer: &str,
+        queue: DeadQueue,
+    ) -> Result<Vec<DeadLetter>, BusError>;
+
+    /// Events still waiting for `consumer` (due, delayed or leased).
+    async fn backlog(&self, consumer: &str) -> Result<u64, BusError>;
+}

@@ -1,0 +1,436 @@
+//! Configuration: `routes.toml` in two steps.
+//!
+//! Owns the file format, its defaults and its validation. Step one
+//! ([`raw`]) is the serde shape and rejects unknown keys; step two
+//! ([`validate`]) turns it into [`Config`] with no IO and reports every problem
+//! at once, each naming its table and key. IO checks (secrets resolvable,
+//! plugins loadable, services reachable) belong to `switchyard check`, not here.
+//!
+//! Secrets are references (`env:NAME`, `file:PATH`), never literals: the text of
+//! routes.toml can be committed and shared.
+
+pub mod raw;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::validate;
+
+/// A validated configuration. Paths are absolute (resolved against the
+/// directory of routes.toml).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub bus: BusConfig,
+    pub idempotency: IdempotencyConfig,
+    pub sources: BTreeMap<String, SourceConfig>,
+    pub connections: BTreeMap<String, ConnectionConfig>,
+    pub consumers: BTreeMap<String, ConsumerConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body: u64,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum BusConfig {
+    Embedded {
+        path: PathBuf,
+        /// How long a pulled delivery stays invisible before it is redelivered.
+        visibility_timeout: Duration,
+        /// How long an event id is remembered for ingest dedup.
+        dedup_window: Duration,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyConfig {
+    pub backend: IdempotencyBackend,
+    /// How long a `done` key lives; longer than the provider's retry window.
+    pub ttl: Duration,
+    /// How long a `processing` lease lives if its holder dies.
+    pub lease: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum IdempotencyBackend {
+    Embedded { path: PathBuf },
+    Redis { url: String, key_prefix: String },
+}
+
+/// The signature schemes a source may use. Closed set: a new scheme is code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Stripe,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// URL path the source is served on, e.g. `/webhooks/stripe`.
+    pub path: String,
+    /// Signing secrets, newest first; several during a rotation.
+    pub secrets: Vec<SecretRef>,
+    /// Largest accepted age of a signature timestamp.
+    pub tolerance: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    pub base_url: String,
+    pub auth: Option<AuthConfig>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum AuthConfig {
+    Bearer(SecretRef),
+    Basic { user: String, password: SecretRef },
+    Header { name: String, value: SecretRef },
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub plugin: PathBuf,
+    pub connections: Vec<String>,
+    pub concurrency: usize,
+    pub retry: RetryConfig,
+    pub limits: PluginLimits,
+    /// Non-secret settings the plugin reads with `config(key)`.
+    pub settings: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryConfig {
+    pub first: Duration,
+    pub max: Duration,
+    /// Deliveries before the event is dead-lettered (the first one counts).
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PluginLimits {
+    pub cpu: Duration,
+    pub wall: Duration,
+    pub memory: u64,
+    pub http_calls: u32,
+    pub response_body: u64,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            cpu: Duration::from_millis(100),
+            wall: Duration::from_secs(30),
+            memory: 32 << 20,
+            http_calls: 10,
+            response_body: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub source: String,
+    pub events: Vec<EventPattern>,
+    pub consumers: Vec<String>,
+}
+
+/// An event-type pattern of a route: `*` (everything), `customer.*` (every
+/// type under `customer.`, at any depth) or an exact type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventPattern {
+    Any,
+    Prefix(String),
+    Exact(String),
+}
+
+impl EventPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "*" {
+            return Ok(EventPattern::Any);
+        }
+        let (body, prefix) = match text.strip_suffix(".*") {
+            Some(body) => (body, true),
+            None => (text, false),
+        };
+        if !is_event_type(body) {
+            return Err(format!(
+                "`{text}` is not an event pattern: use `*`, `prefix.*` or an exact type like `invoice.paid`"
+            ));
+        }
+        Ok(if prefix {
+            EventPattern::Prefix(format!("{body}."))
+        } else {
+            EventPattern::Exact(body.to_owned())
+        })
+    }
+
+    pub fn matches(&self, event_type: &str) -> bool {
+        match self {
+            EventPattern::Any => true,
+            EventPattern::Prefix(prefix) => event_type.starts_with(prefix.as_str()),
+            EventPattern::Exact(exact) => exact == event_type,
+        }
+    }
+}
+
+impl fmt::Display for EventPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventPattern::Any => f.write_str("*"),
+            EventPattern::Prefix(prefix) => write!(f, "{prefix}*"),
+            EventPattern::Exact(exact) => f.write_str(exact),
+        }
+    }
+}
+
+/// Event types are dot-separated tokens of `[a-z0-9_]`, as Stripe's are. The
+/// same rule is enforced at ingest, so a type is always a safe key and subject.
+pub fn is_event_type(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 128
+        && text.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+}
+
+/// Where a secret lives. The value itself is read at start, never written
+/// into routes.toml.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+impl SecretRef {
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, String> {
+        if let Some(name) = text.strip_prefix("env:") {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!(
+                    "`env:{name}` does not name an environment variable"
+                ));
+            }
+            return Ok(SecretRef::Env(name.to_owned()));
+        }
+        if let Some(path) = text.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err("`file:` needs a path".to_owned());
+            }
+            return Ok(SecretRef::File(base_dir.join(path)));
+        }
+        // Never echo the value: it may be a pasted secret.
+        Err(
+            "secrets are references like `env:NAME` or `file:PATH`, never literal values"
+                .to_owned(),
+        )
+    }
+
+    /// Reads the secret. Trailing newlines of files are trimmed.
+    pub fn resolve(&self) -> Result<Secret, String> {
+        let value = match self {
+            SecretRef::Env(name) => std::env::var(name)
+                .map_err(|_| format!("environment variable `{name}` is not set"))?,
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map_err(|err| format!("cannot read secret file `{}`: {err}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        };
+        if value.is_empty() {
+            return Err(format!("secret {self} is empty"));
+        }
+        Ok(Secret(value))
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Env(name) => write!(f, "`env:{name}`"),
+            SecretRef::File(path) => write!(f, "`file:{}`", path.display()),
+        }
+    }
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A resolved secret. Its `Debug` never shows the value, so it cannot leak
+/// through a log line or an error by accident.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// One problem in routes.toml, located by table and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted location, e.g. `consumers.crm.retry.first` or `routes[1].consumers`.
+    pub at: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config `{path}` is not valid TOML for switchyard: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config `{path}` has {} problem(s):\n{}", .issues.len(), render_issues(.issues))]
+    Invalid {
+        path: PathBuf,
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+fn render_issues(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|issue| format!("  - {issue}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads, parses and validates a routes.toml file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base_dir = if base_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base_dir
+        };
+        Config::parse(&text, &base_dir).map_err(|err| match err {
+            ParseError::Syntax(message) => ConfigError::Syntax {
+                path: path.to_owned(),
+                message,
+            },
+            ParseError::Invalid(issues) => ConfigError::Invalid {
+                path: path.to_owned(),
+                issues,
+            },
+        })
+    }
+
+    /// Parses and validates TOML text; relative paths resolve against `base_dir`.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ParseError> {
+        let raw: raw::RawConfig =
+            toml::from_str(text).map_err(|err| ParseError::Syntax(err.to_string()))?;
+        let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_owned());
+        validate(raw, &base_dir).map_err(ParseError::Invalid)
+    }
+
+    /// Consumers that the route table sends events of `source`/`event_type` to,
+    /// each once, in name order.
+    pub fn consumers_for(&self, source: &str, event_type: &str) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .routes
+            .iter()
+            .filter(|route| route.source == source)
+            .filter(|route| route.events.iter().any(|p| p.matches(event_type)))
+            .flat_map(|route| route.consumers.iter().map(String::as_str))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
+
+#[derive(Debug)]
+pub enum ParseError {
+    Syntax(String),
+    Invalid(Vec<ConfigIssue>),
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::Syntax(message) => write!(f, "{message}"),
+            ParseError::Invalid(issues) => f.write_str(&render_issues(issues)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_like_routes_say() {
+        let any = EventPattern::parse("*").unwrap();
+        let customer = EventPattern::parse("customer.*").unwrap();
+        let exact = EventPattern::parse("invoice.paid").unwrap();
+        assert!(any.matches("anything.at_all"));
+        assert!(customer.matches("customer.created"));
+        assert!(customer.matches("customer.subscription.updated"));
+        assert!(!customer.matches("customer"));
+        assert!(!customer.matches("customers.created"));
+        assert!(exact.matches("invoice.paid"));
+        assert!(!exact.matches("invoice.paid.extra"));
+        assert!(EventPattern::parse("Invoice.Paid").is_err());
+        assert!(EventPattern::parse("invoice..paid").is_err());
+        assert!(EventPattern::parse("*.paid").is_err());
+    }
+
+    #[test]
+    fn secret_refs_never_accept_literals() {
+        let base = Path::new("/etc/switchyard");
+        assert_eq!(
+            SecretRef::parse("env:STRIPE_KEY", base).unwrap(),
+            SecretRef::Env("STRIPE_KEY".into())
+        );
+        assert_eq!(
+            SecretRef::parse("file:secrets/stripe", base).unwrap(),
+            SecretRef::File("/etc/switchyard/secrets/stripe".into())
+        );
+        let err = SecretRef::parse("whsec_supersecret", base).unwrap_err();
+        assert!(!err.contains("supersecret"), "{err}");
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let secret = Secret("whsec_abc".into());
+        assert!(!format!("{secret:?}").contains("abc"));
+    }
+}

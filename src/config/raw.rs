@@ -1,0 +1,124 @@
+//! Step one of config loading: the TOML shape, exactly as written.
+//!
+//! Unknown keys are rejected here (`deny_unknown_fields`); values that need
+//! interpretation (durations, sizes, secret references, patterns) stay strings
+//! so that validation can report every bad value at once.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub bus: RawBus,
+    #[serde(default)]
+    pub idempotency: RawIdempotency,
+    #[serde(default)]
+    pub sources: BTreeMap<String, RawSource>,
+    #[serde(default)]
+    pub connections: BTreeMap<String, RawConnection>,
+    #[serde(default)]
+    pub consumers: BTreeMap<String, RawConsumer>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub max_body: Option<String>,
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBus {
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub visibility_timeout: Option<String>,
+    pub dedup_window: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdempotency {
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub url: Option<String>,
+    pub key_prefix: Option<String>,
+    pub ttl: Option<String>,
+    pub lease: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    pub tolerance: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnection {
+    pub base_url: Option<String>,
+    pub auth: Option<RawAuth>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub bearer: Option<String>,
+    pub basic_user: Option<String>,
+    pub basic_password: Option<String>,
+    pub header: Option<String>,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsumer {
+    pub plugin: Option<String>,
+    #[serde(default)]
+    pub connections: Vec<String>,
+    pub concurrency: Option<i64>,
+    pub retry: Option<RawRetry>,
+    pub limits: Option<RawLimits>,
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub first: Option<String>,
+    pub max: Option<String>,
+    pub attempts: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub cpu: Option<String>,
+    pub wall: Option<String>,
+    pub memory: Option<String>,
+    pub http_calls: Option<i64>,
+    pub response_body: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub source: Option<String>,
+    #[serde(default)]
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub consumers: Vec<String>,
+}

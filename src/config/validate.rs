@@ -1,0 +1,528 @@
+//! Step two of config loading: from [`RawConfig`] to [`Config`], collecting
+//! every problem instead of stopping at the first. No IO happens here.
+
+use super::raw::*;
+use super::units::{parse_duration, parse_size};
+use super::*;
+
+/// Validates a parsed file. Relative paths resolve against `base_dir`.
+pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigIssue>> {
+    let mut check = Checker {
+        issues: Vec::new(),
+        base_dir,
+    };
+    let server = check.server(&raw.server);
+    let bus = check.bus(&raw.bus);
+    let idempotency = check.idempotency(&raw.idempotency);
+    let sources = raw
+        .sources
+        .iter()
+        .map(|(name, source)| (name.clone(), check.source(name, source)))
+        .collect();
+    let connections = raw
+        .connections
+        .iter()
+        .map(|(name, connection)| (name.clone(), check.connection(name, connection)))
+        .collect();
+    let consumers: BTreeMap<String, ConsumerConfig> = raw
+        .consumers
+        .iter()
+        .map(|(name, consumer)| (name.clone(), check.consumer(name, consumer, &raw)))
+        .collect();
+    let routes = raw
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(index, route)| check.route(index, route, &raw))
+        .collect();
+    check.cross_checks(&raw, &consumers, &idempotency, &bus);
+    if check.issues.is_empty() {
+        Ok(Config {
+            server,
+            bus,
+            idempotency,
+            sources,
+            connections,
+            consumers,
+            routes,
+        })
+    } else {
+        Err(check.issues)
+    }
+}
+
+struct Checker<'a> {
+    issues: Vec<ConfigIssue>,
+    base_dir: &'a Path,
+}
+
+impl Checker<'_> {
+    fn issue(&mut self, at: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(ConfigIssue {
+            at: at.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, at: String, value: Option<&String>, default: Duration) -> Duration {
+        match value.map(|text| parse_duration(text)) {
+            None => default,
+            Some(Ok(duration)) if duration.is_zero() => {
+                self.issue(at, "must be longer than zero");
+                default
+            }
+            Some(Ok(duration)) => duration,
+            Some(Err(message)) => {
+                self.issue(at, message);
+                default
+            }
+        }
+    }
+
+    fn size(&mut self, at: String, value: Option<&String>, default: u64) -> u64 {
+        match value.map(|text| parse_size(text)) {
+            None => default,
+            Some(Ok(0)) => {
+                self.issue(at, "must be larger than zero");
+                default
+            }
+            Some(Ok(size)) => size,
+            Some(Err(message)) => {
+                self.issue(at, message);
+                default
+            }
+        }
+    }
+
+    fn count(&mut self, at: String, value: Option<i64>, range: (i64, i64), default: u32) -> u32 {
+        match value {
+            None => default,
+            Some(n) if n >= range.0 && n <= range.1 => n as u32,
+            Some(n) => {
+                self.issue(
+                    at,
+                    format!("`{n}` is out of range: use {} to {}", range.0, range.1),
+                );
+                default
+            }
+        }
+    }
+
+    fn secret(&mut self, at: String, text: &str) -> Option<SecretRef> {
+        match SecretRef::parse(text, self.base_dir) {
+            Ok(secret) => Some(secret),
+            Err(message) => {
+                self.issue(at, message);
+                None
+            }
+        }
+    }
+
+    fn name(&mut self, table: &str, name: &str) {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !ok {
+            self.issue(
+                format!("{table}.{name}"),
+                format!("`{name}` is not a valid name: use 1 to 64 of `a-z`, `0-9`, `_`, `-`"),
+            );
+        }
+    }
+
+    fn one_of(&mut self, at: String, value: Option<&String>, allowed: &[&str]) -> String {
+        let value = value.map(String::as_str).unwrap_or(allowed[0]);
+        if !allowed.contains(&value) {
+            let allowed = allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>();
+            self.issue(
+                at,
+                format!("unknown kind `{value}`: use {}", allowed.join(" or ")),
+            );
+        }
+        value.to_owned()
+    }
+
+    fn server(&mut self, raw: &RawServer) -> ServerConfig {
+        let default_listen: SocketAddr = ([127, 0, 0, 1], 8080).into();
+        let listen = match raw.listen.as_deref().map(str::parse::<SocketAddr>) {
+            None => default_listen,
+            Some(Ok(addr)) => addr,
+            Some(Err(_)) => {
+                let text = raw.listen.as_deref().unwrap_or_default();
+                self.issue(
+                    "server.listen",
+                    format!("`{text}` is not an address like `127.0.0.1:8080`"),
+                );
+                default_listen
+            }
+        };
+        ServerConfig {
+            listen,
+            max_body: self.size("server.max_body".into(), raw.max_body.as_ref(), 1 << 20),
+            shutdown_grace: self.duration(
+                "server.shutdown_grace".into(),
+                raw.shutdown_grace.as_ref(),
+                Duration::from_secs(30),
+            ),
+        }
+    }
+
+    fn bus(&mut self, raw: &RawBus) -> BusConfig {
+        self.one_of("bus.kind".into(), raw.kind.as_ref(), &["embedded"]);
+        BusConfig::Embedded {
+            path: self
+                .base_dir
+                .join(raw.path.as_deref().unwrap_or("data/bus")),
+            visibility_timeout: self.duration(
+                "bus.visibility_timeout".into(),
+                raw.visibility_timeout.as_ref(),
+                Duration::from_secs(300),
+            ),
+            dedup_window: self.duration(
+                "bus.dedup_window".into(),
+                raw.dedup_window.as_ref(),
+                Duration::from_secs(7 * 86_400),
+            ),
+        }
+    }
+
+    fn idempotency(&mut self, raw: &RawIdempotency) -> IdempotencyConfig {
+        let kind = self.one_of(
+            "idempotency.kind".into(),
+            raw.kind.as_ref(),
+            &["embedded", "redis"],
+        );
+        let backend = if kind == "redis" {
+            let url = raw.url.clone().unwrap_or_default();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                self.issue(
+                    "idempotency.url",
+                    "a `redis://` or `rediss://` url is required when kind is `redis`",
+                );
+            }
+            IdempotencyBackend::Redis {
+                url,
+                key_prefix: raw
+                    .key_prefix
+                    .clone()
+                    .unwrap_or_else(|| "switchyard:".into()),
+            }
+        } else {
+            for (key, set) in [
+                ("url", raw.url.is_some()),
+                ("key_prefix", raw.key_prefix.is_some()),
+            ] {
+                if set {
+                    self.issue(
+                        format!("idempotency.{key}"),
+                        "only used when kind is `redis`",
+                    );
+                }
+            }
+            IdempotencyBackend::Embedded {
+                path: self
+                    .base_dir
+                    .join(raw.path.as_deref().unwrap_or("data/idempotency")),
+            }
+        };
+        IdempotencyConfig {
+            backend,
+            ttl: self.duration(
+                "idempotency.ttl".into(),
+                raw.ttl.as_ref(),
+                Duration::from_secs(7 * 86_400),
+            ),
+            lease: self.duration(
+                "idempotency.lease".into(),
+                raw.lease.as_ref(),
+                Duration::from_secs(300),
+            ),
+        }
+    }
+
+    fn source(&mut self, name: &str, raw: &RawSource) -> SourceConfig {
+        self.name("sources", name);
+        let at = |key: &str| format!("sources.{name}.{key}");
+        self.one_of(at("kind"), raw.kind.as_ref(), &["stripe"]);
+        let path = raw
+            .path
+            .clone()
+            .unwrap_or_else(|| format!("/webhooks/{name}"));
+        if !path.starts_with('/') || path.contains(char::is_whitespace) {
+            self.issue(
+                at("path"),
+                format!("`{path}` must be a URL path starting with `/`"),
+            );
+        }
+        if raw.secrets.is_empty() {
+            self.issue(
+                at("secrets"),
+                "at least one signing secret reference is required, e.g. `env:STRIPE_WEBHOOK_SECRET`",
+            );
+        }
+        let secrets = raw
+            .secrets
+            .iter()
+            .enumerate()
+            .filter_map(|(index, text)| self.secret(format!("{}[{index}]", at("secrets")), text))
+            .collect();
+        SourceConfig {
+            kind: SourceKind::Stripe,
+            path,
+            secrets,
+            tolerance: self.duration(
+                at("tolerance"),
+                raw.tolerance.as_ref(),
+                Duration::from_secs(300),
+            ),
+        }
+    }
+
+    fn connection(&mut self, name: &str, raw: &RawConnection) -> ConnectionConfig {
+        self.name("connections", name);
+        let at = |key: &str| format!("connections.{name}.{key}");
+        let base_url = raw.base_url.clone().unwrap_or_default();
+        match reqwest::Url::parse(&base_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+                    self.issue(
+                        at("base_url"),
+                        format!("`{base_url}` must not carry credentials, a query or a fragment"),
+                    );
+                }
+            }
+            _ => self.issue(
+                at("base_url"),
+                format!("`{base_url}` is not an http(s) URL like `https://api.example.com`"),
+            ),
+        }
+        let auth = raw.auth.as_ref().and_then(|auth| self.auth(name, auth));
+        ConnectionConfig {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            auth,
+            timeout: self.duration(at("timeout"), raw.timeout.as_ref(), Duration::from_secs(10)),
+        }
+    }
+
+    fn auth(&mut self, name: &str, raw: &RawAuth) -> Option<AuthConfig> {
+        let at = |key: &str| format!("connections.{name}.auth.{key}");
+        match (
+            &raw.bearer,
+            &raw.basic_user,
+            &raw.basic_password,
+            &raw.header,
+            &raw.value,
+        ) {
+            (Some(token), None, None, None, None) => {
+                self.secret(at("bearer"), token).map(AuthConfig::Bearer)
+            }
+            (None, Some(user), Some(password), None, None) => self
+                .secret(at("basic_password"), password)
+                .map(|password| AuthConfig::Basic {
+                    user: user.clone(),
+                    password,
+                }),
+            (None, None, None, Some(header), Some(value)) => {
+                self.secret(at("value"), value)
+                    .map(|value| AuthConfig::Header {
+                        name: header.clone(),
+                        value,
+                    })
+            }
+            _ => {
+                self.issue(
+                    format!("connections.{name}.auth"),
+                    "use exactly one of `bearer`, `basic_user` + `basic_password`, or `header` + `value`",
+                );
+                None
+            }
+        }
+    }
+
+    fn consumer(&mut self, name: &str, raw: &RawConsumer, all: &RawConfig) -> ConsumerConfig {
+        self.name("consumers", name);
+        let at = |key: &str| format!("consumers.{name}.{key}");
+        let plugin = match &raw.plugin {
+            Some(path) if !path.is_empty() => self.base_dir.join(path),
+            _ => {
+                self.issue(
+                    at("plugin"),
+                    "a plugin path is required, e.g. `plugins/dist/crm.wasm`",
+                );
+                PathBuf::new()
+            }
+        };
+        for (index, connection) in raw.connections.iter().enumerate() {
+            if !all.connections.contains_key(connection) {
+                self.issue(
+                    format!("{}[{index}]", at("connections")),
+                    format!("unknown connection `{connection}`"),
+                );
+            }
+        }
+        let defaults = PluginLimits::default();
+        let limits = match &raw.limits {
+            None => defaults,
+            Some(limits) => PluginLimits {
+                cpu: self.duration(at("limits.cpu"), limits.cpu.as_ref(), defaults.cpu),
+                wall: self.duration(at("limits.wall"), limits.wall.as_ref(), defaults.wall),
+                memory: self.size(at("limits.memory"), limits.memory.as_ref(), defaults.memory),
+                http_calls: self.count(
+                    at("limits.http_calls"),
+                    limits.http_calls,
+                    (0, 1000),
+                    defaults.http_calls,
+                ),
+                response_body: self.size(
+                    at("limits.response_body"),
+                    limits.response_body.as_ref(),
+                    defaults.response_body,
+                ),
+            },
+        };
+        if limits.memory > 4 << 30 {
+            self.issue(at("limits.memory"), "must be at most `4GiB` (32-bit wasm)");
+        }
+        let retry = match &raw.retry {
+            None => RetryConfig::default(),
+            Some(retry) => {
+                let defaults = RetryConfig::default();
+                let parsed = RetryConfig {
+                    first: self.duration(at("retry.first"), retry.first.as_ref(), defaults.first),
+                    max: self.duration(at("retry.max"), retry.max.as_ref(), defaults.max),
+                    attempts: self.count(
+                        at("retry.attempts"),
+                        retry.attempts,
+                        (1, 1000),
+                        defaults.attempts,
+                    ),
+                };
+                if parsed.first > parsed.max {
+                    self.issue(at("retry.max"), "must not be shorter than `retry.first`");
+                }
+                parsed
+            }
+        };
+        ConsumerConfig {
+            plugin,
+            connections: raw.connections.clone(),
+            concurrency: self.count(at("concurrency"), raw.concurrency, (1, 1024), 4) as usize,
+            retry,
+            limits,
+            settings: raw.settings.clone(),
+        }
+    }
+
+    fn route(&mut self, index: usize, raw: &RawRoute, all: &RawConfig) -> RouteConfig {
+        let at = |key: &str| format!("routes[{index}].{key}");
+        let source = raw.source.clone().unwrap_or_default();
+        if raw.source.is_none() {
+            self.issue(at("source"), "a source name is required");
+        } else if !all.sources.contains_key(&source) {
+            self.issue(at("source"), format!("unknown source `{source}`"));
+        }
+        if raw.events.is_empty() {
+            self.issue(at("events"), "list at least one event pattern, or `*`");
+        }
+        let events = raw
+            .events
+            .iter()
+            .enumerate()
+            .filter_map(|(i, text)| match EventPattern::parse(text) {
+                Ok(pattern) => Some(pattern),
+                Err(message) => {
+                    self.issue(format!("{}[{i}]", at("events")), message);
+                    None
+                }
+            })
+            .collect();
+        if raw.consumers.is_empty() {
+            self.issue(at("consumers"), "list at least one consumer");
+        }
+        for (i, consumer) in raw.consumers.iter().enumerate() {
+            if !all.consumers.contains_key(consumer) {
+                self.issue(
+                    format!("{}[{i}]", at("consumers")),
+                    format!("unknown consumer `{consumer}`"),
+                );
+            }
+        }
+        RouteConfig {
+            source,
+            events,
+            consumers: raw.consumers.clone(),
+        }
+    }
+
+    fn cross_checks(
+        &mut self,
+        raw: &RawConfig,
+        consumers: &BTreeMap<String, ConsumerConfig>,
+        idempotency: &IdempotencyConfig,
+        bus: &BusConfig,
+    ) {
+        let BusConfig::Embedded {
+            visibility_timeout, ..
+        } = bus;
+        let mut paths: BTreeMap<String, &str> = BTreeMap::new();
+        for (name, source) in &raw.sources {
+            let path = source
+                .path
+                .clone()
+                .unwrap_or_else(|| format!("/webhooks/{name}"));
+            if let Some(other) = paths.insert(path.clone(), name) {
+                self.issue(
+                    format!("sources.{name}.path"),
+                    format!("`{path}` is already used by source `{other}`"),
+                );
+            }
+        }
+        // A lease shorter than a call lets a second worker start the same
+        // event while the first is still inside the plugin.
+        for (name, consumer) in consumers {
+            if consumer.limits.wall >= idempotency.lease {
+                self.issue(
+                    format!("consumers.{name}.limits.wall"),
+                    format!(
+                        "must be shorter than `idempotency.lease` ({})",
+                        humantime::format_duration(idempotency.lease)
+                    ),
+                );
+            }
+            // Same for the bus lease: it would redeliver mid-call.
+            if consumer.limits.wall >= *visibility_timeout {
+                self.issue(
+                    format!("consumers.{name}.limits.wall"),
+                    format!(
+                        "must be shorter than `bus.visibility_timeout` ({})",
+                        humantime::format_duration(*visibility_timeout)
+                    ),
+                );
+            }
+        }
+        for name in raw.consumers.keys() {
+            if !raw
+                .routes
+                .iter()
+                .any(|route| route.consumers.contains(name))
+            {
+                self.issue(
+                    format!("consumers.{name}"),
+                    format!("consumer `{name}` is in no route, so it would never receive events"),
+                );
+            }
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(3600),
+            attempts: 25,
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Dispatch: from the bus to each consumer's plugin, one consumer at a time.
+//!
+//! Owns the pull loop of every consumer, its bounded concurrency, its policy
+//! stack (tower layers, assembled in [`consumer_stack`]) and the decision the
+//! bus carries out: ack, retry later, dead-letter, or park for review.
+//!
+//! Isolation: each consumer has its own loop, semaphore and stack; a slow or
+//! failing consumer holds only its own permits and its own queue grows.
+//!
+//! Nothing is dropped: every verdict ends in an ack (done, or known done), a
+//! delayed redelivery, or a durable dead-letter/review entry. If settling
+//! fails, the lease simply expires and the event comes back.
+
+pub mod idempotency;
+pub mod layers;
+pub mod retry;
+
+use crate::bus::{Bus, BusError, DeadQueue, Delivery};
+use crate::config::RetryConfig;
+use crate::plugin::ConsumerPlugin;
+use idempotency::{IdempotencyError, IdempotencyStore};
+use layers::{IdempotencyLayer, PluginCall};
+use retry::{NextStep, RetrySchedule};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+
+/// How a delivery ended, as the policy stack reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Delivered,
+    /// The idempotency key says the effect already happened.
+    AlreadyDone,
+    /// Another worker holds the lease; look again later. Not a failure.
+    Busy {
+        retry_in: Duration,
+    },
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    Reject(String),
+    Review(String),
+}
+
+/// Infrastructure failures (not the plugin's): the event stays in the bus
+/// and comes back; these never dead-letter an event.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Idempotency(#[from] IdempotencyError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// The assembled policy stack of one consumer.
+pub type ConsumerService = BoxCloneSyncService<Delivery, Verdict, DispatchError>;
+
+/// Everything a consumer's stack is made from.
+pub struct StackParts {
+    pub plugin: Arc<ConsumerPlugin>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    pub key_prefix: String,
+    pub lease: Duration,
+    pub ttl: Duration,
+}
+
+/// Builds one consumer's stack, outermost layer first.
+pub fn consumer_stack(parts: StackParts) -> ConsumerService {
+    let service = ServiceBuilder::new()
+        // Outermost: a delivery whose effect is known done must cost nothing
+        // else — no breaker probe, no rate-limit permit, no plugin call.
+        .layer(IdempotencyLayer::new(
+            parts.idempotency,
+            &parts.key_prefix,
+            parts.lease,
+            parts.ttl,
+        ))
+        // Innermost: the plugin call itself, under its CPU, wall-clock and
+        // memory budgets (enforced by the plugin host).
+        .service(PluginCall::new(parts.plugin));
+    BoxCloneSyncService::new(service)
+}
+
+/// Counters of one consumer, for status and tests.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    pub delivered: AtomicU64,
+    pub skipped_done: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub reviewed: AtomicU64,
+    pub infra_errors: AtomicU64,
+    pub in_flight: AtomicU64,
+}
+
+/// A point-in-time copy of [`ConsumerStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatsSnapshot {
+    pub delivered: u64,
+    pub skipped_done: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+    pub reviewed: u64,
+    pub infra_errors: u64,
+    pub in_flight: u64,
+}
+
+impl ConsumerStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        StatsSnapshot {
+            delivered: get(&self.delivered),
+            skipped_done: get(&self.skipped_done),
+            retried: get(&self.retried),
+            dead_lettered: get(&self.dead_lettered),
+            reviewed: get(&self.reviewed),
+            infra_errors: get(&self.infra_errors),
+            in_flight: get(&self.in_flight),
+        }
+    }
+}
+
+/// One consumer's pull loop and its settings.
+pub struct ConsumerLoop {
+    pub name: String,
+    pub bus: Arc<dyn Bus>,
+    pub service: ConsumerService,
+    pub retry: RetryConfig,
+    pub concurrency: usize,
+    pub stats: Arc<ConsumerStats>,
+}
+
+/// How long one pull waits for work before the loop checks for shutdown.
+const PULL_WAIT: Duration = Duration::from_millis(500);
+/// Pause after the bus itself failed, so a broken disk is not hammered.
+const BUS_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+impl ConsumerLoop {
+    /// Runs until `shutdown` turns true, then waits up to `grace` for
+    /// in-flight deliveries. Unfinished ones stay leased in the bus and come
+    /// back after the visibility timeout.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let schedule = RetrySchedule::new(self.retry);
+        let mut in_flight = JoinSet::new();
+        let this = Arc::new(self);
+        loop {
+            while in_flight.try_join_next().is_some() {}
+            let first = tokio::select! {
+                permit = Arc::clone(&permits).acquire_owned() => permit.expect("semaphore never closes"),
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            let max = 1 + permits.available_permits();
+            let pulled = tokio::select! {
+                pulled = this.bus.pull(&this.name, max, PULL_WAIT) => pulled,
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            let deliveries = match pulled {
+                Ok(deliveries) => deliveries,
+                Err(err) => {
+                    tracing::error!(consumer = %this.name, error = %err, "pull failed");
+                    drop(first);
+                    tokio::time::sleep(BUS_ERROR_PAUSE).await;
+                    continue;
+                }
+            };
+            let mut first = Some(first);
+            for delivery in deliveries {
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    None => Arc::clone(&permits)
+                        .try_acquire_owned()
+                        .expect("pulled no more than the free permits"),
+                };
+                let this = Arc::clone(&this);
+                in_flight.spawn(async move {
+                    this.deliver(delivery, schedule).await;
+                    drop(permit);
+                });
+            }
+        }
+        let drained = tokio::time::timeout(grace, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                consumer = %this.name,
+                left = in_flight.len(),
+                "shutdown grace elapsed; unfinished deliveries stay in the bus"
+            );
+            in_flight.abort_all();
+        }
+    }
+
+    async fn deliver(&self, delivery: Delivery, schedule: RetrySchedule) {
+        let stats = &self.stats;
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!(
+            "deliver",
+            consumer = %self.name,
+            source = %delivery.envelope.source,
+            event_id = %delivery.envelope.event_id,
+            event_type = %delivery.envelope.event_type,
+            attempt = delivery.attempt,
+        );
+        let _entered = span.clone();
+        let verdict =
+            tracing::Instrument::instrument(self.service.clone().oneshot(delivery.clone()), span)
+                .await;
+        let settled = self.settle(&delivery, verdict, schedule).await;
+        if let Err(err) = settled {
+            stats.infra_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                consumer = %self.name,
+                event_id = %delivery.envelope.event_id,
+                error = %err,
+                "could not settle delivery; it returns after the visibility timeout"
+            );
+        }
+        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        verdict: Result<Verdict, DispatchError>,
+        schedule: RetrySchedule,
+    ) -> Result<(), BusError> {
+        let stats = &self.stats;
+        let event_id = &delivery.envelope.event_id;
+        let consumer = &self.name;
+        match verdict {
+            Ok(Verdict::Delivered) => {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(consumer, event_id, "delivered");
+                self.bus.ack(delivery).await
+            }
+            Ok(Verdict::AlreadyDone) => {
+                stats.skipped_done.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(consumer, event_id, "already delivered; skipped");
+                self.bus.ack(delivery).await
+            }
+            Ok(Verdict::Busy { retry_in }) => self.bus.retry(delivery, retry_in).await,
+            Ok(Verdict::Retry { reason, after }) => {
+                let step = schedule.next(delivery.attempt, after, &mut rand::rng());
+                match step {
+                    NextStep::RetryIn(delay) => {
+                        stats.retried.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            consumer,
+                            event_id,
+                            reason,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "delivery failed; will retry"
+                        );
+                        self.bus.retry(delivery, delay).await
+                    }
+                    NextStep::GiveUp => {
+                        stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        let reason =
+                            format!("gave up after {} attempts: {reason}", delivery.attempt);
+                        tracing::error!(consumer, event_id, reason, "dead-lettered");
+                        self.bus
+                            .dead_letter(delivery, DeadQueue::DeadLetter, &reason)
+                            .await
+                    }
+                }
+            }
+            Ok(Verdict::Reject(reason)) => {
+                stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(consumer, event_id, reason, "rejected; dead-lettered");
+                self.bus
+                    .dead_letter(delivery, DeadQueue::DeadLetter, &reason)
+                    .await
+            }
+            Ok(Verdict::Review(reason)) => {
+                stats.reviewed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(consumer, event_id, reason, "parked for review");
+                self.bus
+                    .dead_letter(delivery, DeadQueue::Review, &reason)
+                    .await
+            }
+            Err(err) => {
+                stats.infra_errors.fetch_add(1, Ordering::Relaxed);
+                // Not the plugin's fault: retry without burning the schedule
+                // toward the dead-letter queue.
+                let delay = schedule.ceiling(1);
+                tracing::warn!(consumer, event_id, error = %err, "infrastructure error; will retry");
+                self.bus.retry(delivery, delay).await
+            }
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The hub: assembles the stages from a validated [`Config`] and runs them.
+//!
+//! Owns start-up order (secrets → bus → idempotency store → plugins →
+//! consumer loops → listener), the janitor, and graceful shutdown (stop
+//! taking requests, let in-flight deliveries finish within the grace period,
+//! leave the rest in the bus). Also the IO checks of `switchyard check`.
+
+use crate::admin::ConsumerStatus;
+use crate::bus::embedded::{EmbeddedBus, EmbeddedSettings};
+use crate::bus::{Bus, BusError, DeadQueue, Subscription};
+use crate::config::{BusConfig, Config, IdempotencyBackend};
+use crate::dispatch::idempotency::{EmbeddedStore, IdempotencyError, IdempotencyStore, RedisStore};
+use crate::dispatch::{ConsumerLoop, ConsumerStats, StackParts, consumer_stack};
+use crate::ingest::{Clock, Ingest, SourceEndpoint, system_clock};
+use crate::plugin::{ConsumerPlugin, PluginError, PluginHost};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("{at}: {message}")]
+    Secret { at: String, message: String },
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    #[error("idempotency store: {0}")]
+    Idempotency(#[from] IdempotencyError),
+    #[error("{0}")]
+    Plugin(#[from] PluginError),
+    #[error("cannot listen on `{addr}`: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Resolves every source secret; errors name `sources.<name>.secrets[i]`.
+fn resolve_sources(config: &Config) -> Result<HashMap<String, SourceEndpoint>, Vec<HubError>> {
+    let mut endpoints = HashMap::new();
+    let mut errors = Vec::new();
+    for (name, source) in &config.sources {
+        let mut secrets = Vec::new();
+        for (index, secret) in source.secrets.iter().enumerate() {
+            match secret.resolve() {
+                Ok(value) => secrets.push(value),
+                Err(message) => errors.push(HubError::Secret {
+                    at: format!("sources.{name}.secrets[{index}]"),
+                    message,
+                }),
+            }
+        }
+        endpoints.insert(
+            source.path.clone(),
+            SourceEndpoint {
+                name: name.clone(),
+                kind: source.kind,
+                secrets,
+                tolerance: source.tolerance,
+            },
+        );
+    }
+    if errors.is_empty() {
+        Ok(endpoints)
+    } else {
+        Err(errors)
+    }
+}
+
+fn plugin_host(config: &Config) -> Result<PluginHost, PluginError> {
+    let instances: usize = config.consumers.values().map(|c| c.concurrency).sum();
+    let max_memory = config
+        .consumers
+        .values()
+        .map(|c| c.limits.memory)
+        .max()
+        .unwrap_or(32 << 20);
+    PluginHost::new(instances as u32, max_memory)
+}
+
+/// Loads every consumer's plugin; all failures are reported, not just the first.
+fn load_plugins(
+    host: &PluginHost,
+    config: &Config,
+) -> Result<BTreeMap<String, Arc<ConsumerPlugin>>, Vec<HubError>> {
+    let mut plugins = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (name, consumer) in &config.consumers {
+        match host.load(name, consumer, &config.connections) {
+            Ok(plugin) => {
+                plugins.insert(name.clone(), Arc::new(plugin));
+            }
+            Err(err) => errors.push(HubError::Plugin(err)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(plugins)
+    } else {
+        Err(errors)
+    }
+}
+
+async fn idempotency_store(
+    config: &Config,
+) -> Result<(Arc<dyn IdempotencyStore>, String), IdempotencyError> {
+    Ok(match &config.idempotency.backend {
+        IdempotencyBackend::Embedded { path } => {
+            (Arc::new(EmbeddedStore::open(path)?), String::new())
+        }
+        IdempotencyBackend::Redis { url, key_prefix } => (
+            Arc::new(RedisStore::connect(url).await?),
+            key_prefix.clone(),
+        ),
+    })
+}
+
+fn open_bus(config: &Config) -> Result<Arc<EmbeddedBus>, BusError> {
+    let BusConfig::Embedded {
+        path,
+        visibility_timeout,
+        dedup_window,
+    } = &config.bus;
+    Ok(Arc::new(EmbeddedBus::open(
+        path,
+        Subscription::from_config(config),
+        EmbeddedSettings {
+            visibility_timeout: *visibility_timeout,
+            dedup_window: *dedup_window,
+        },
+    )?))
+}
+
+/// Everything `switchyard check` verifies beyond validation: secrets
+/// resolvable, plugins loadable and of the right type, Redis reachable.
+pub async fn check(config: &Config) -> Vec<String> {
+    let mut problems: Vec<String> = Vec::new();
+    if let Err(errors) = resolve_sources(config) {
+        problems.extend(errors.iter().map(ToString::to_string));
+    }
+    match plugin_host(config) {
+        Ok(host) => {
+            if let Err(errors) = load_plugins(&host, config) {
+                problems.extend(errors.iter().map(ToString::to_string));
+            }
+        }
+        Err(err) => problems.push(err.to_string()),
+    }
+    if let IdempotencyBackend::Redis { url, .. } = &config.idempotency.backend
+        && let Err(err) = RedisStore::connect(url).await
+    {
+        problems.push(format!("idempotency.url: {err}"));
+    }
+    problems
+}
+
+/// Options a caller may set beyond the config (tests pin the clock or hand
+/// over a listener bound to port 0).
+#[derive(Default)]
+pub struct StartOptions {
+    pub listener: Option<TcpListener>,
+    pub clock: Option<Clock>,
+}
+
+/// A running hub.
+pub struct RunningHub {
+    pub addr: SocketAddr,
+    bus: Arc<EmbeddedBus>,
+    stats: BTreeMap<String, Arc<ConsumerStats>>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// Starts every stage; returns once the listener accepts connections.
+pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, Vec<HubError>> {
+    let sources = resolve_sources(&config)?;
+    let bus = open_bus(&config).map_err(|err| vec![err.into()])?;
+    let (idempotency, key_prefix) = idempotency_store(&config)
+        .await
+        .map_err(|err| vec![err.into()])?;
+    let host = plugin_host(&config).map_err(|err| vec![err.into()])?;
+    let plugins = load_plugins(&host, &config)?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut stats = BTreeMap::new();
+    let grace = config.server.shutdown_grace;
+    for (name, consumer) in &config.consumers {
+        let consumer_stats = Arc::new(ConsumerStats::default());
+        stats.insert(name.clone(), Arc::clone(&consumer_stats));
+        let service = consumer_stack(StackParts {
+            plugin: Arc::clone(&plugins[name]),
+            idempotency: Arc::clone(&idempotency),
+            key_prefix: key_prefix.clone(),
+            lease: config.idempotency.lease,
+            ttl: config.idempotency.ttl,
+        });
+        let consumer_loop = ConsumerLoop {
+            name: name.clone(),
+            bus: Arc::clone(&bus) as Arc<dyn Bus>,
+            service,
+            retry: consumer.retry,
+            concurrency: consumer.concurrency,
+            stats: consumer_stats,
+        };
+        tasks.spawn(consumer_loop.run(shutdown_rx.clone(), grace));
+    }
+    tasks.spawn(janitor(Arc::clone(&bus), shutdown_rx.clone()));
+
+    let listener = match options.listener {
+        Some(listener) => listener,
+        None => TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| {
+                vec![HubError::Bind {
+                    addr: config.server.listen,
+                    source,
+                }]
+            })?,
+    };
+    let addr = listener.local_addr().map_err(|source| {
+        vec![HubError::Bind {
+            addr: config.server.listen,
+            source,
+        }]
+    })?;
+    let ingest = Arc::new(Ingest {
+        sources,
+        bus: Arc::clone(&bus) as Arc<dyn Bus>,
+        max_body: config.server.max_body,
+        clock: options.clock.unwrap_or_else(system_clock),
+    });
+    let mut stop_serving = shutdown_rx.clone();
+    let server = warp::serve(crate::ingest::routes(ingest))
+        .incoming(listener)
+        .graceful(async move {
+            let _ = stop_serving.wait_for(|stop| *stop).await;
+        })
+        .run();
+    tasks.spawn(server);
+    tracing::info!(%addr, consumers = config.consumers.len(), "switchyard listening");
+    Ok(RunningHub {
+        addr,
+        bus,
+        stats,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Periodic housekeeping: forget ingest dedup ids older than the window.
+async fn janitor(bus: Arc<EmbeddedBus>, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        match bus.expire_dedup().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(expired = n, "forgot old dedup ids"),
+            Err(err) => tracing::warn!(error = %err, "dedup expiry failed"),
+        }
+    }
+}
+
+impl RunningHub {
+    pub fn bus(&self) -> Arc<dyn Bus> {
+        Arc::clone(&self.bus) as Arc<dyn Bus>
+    }
+
+    /// The embedded engine, for its fault-injection seam in tests.
+    pub fn embedded_bus(&self) -> &EmbeddedBus {
+        &self.bus
+    }
+
+    /// Status of every consumer, in name order.
+    pub async fn status(&self) -> Result<Vec<ConsumerStatus>, BusError> {
+        let mut out = Vec::new();
+        for (name, stats) in &self.stats {
+            out.push(ConsumerStatus {
+                name: name.clone(),
+                backlog: self.bus.backlog(name).await?,
+                dead_letters: self
+                    .bus
+                    .dead_letters(name, DeadQueue::DeadLetter)
+                    .await?
+                    .len() as u64,
+                reviews: self.bus.dead_letters(name, DeadQueue::Review).await?.len() as u64,
+                stats: stats.snapshot(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stops taking requests, lets in-flight deliveries finish within the
+    /// grace period, and returns when everything has stopped.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Resolves when the hub is asked to stop (SIGINT/SIGTERM in `serve`).
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}

@@ -1,0 +1,334 @@
+//! Ingest: the HTTP edge where webhooks arrive.
+//!
+//! Owns the public listener's request handling, in this order: body-size cap
+//! → content type → signature on the raw bytes → minimal parse (id, type,
+//! created, livemode, account) → bus append (dedup on `<source>:<event id>`)
+//! → answer. It never runs business logic and never calls a consumer.
+//!
+//! Invariant: **2xx only after the bus confirmed the event is durable.** If
+//! the bus cannot persist, the answer is 503 with `Retry-After`, so the
+//! provider retries and nothing acknowledged is ever lost. A duplicate is
+//! answered 200: it was made durable the first time.
+//!
+//! Only [`verify_and_parse`] turns raw bytes into a [`VerifiedEvent`]; nothing
+//! downstream can hold an unverified event by mistake.
+
+pub mod signature;
+
+use crate::bus::{Appended, Bus, Envelope};
+use crate::config::{Secret, SourceKind, is_event_type};
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use signature::SignatureError;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use warp::http::{HeaderMap, Method, StatusCode, header};
+use warp::{Filter, Reply};
+
+/// Seconds a provider is told to wait when the bus cannot persist.
+const RETRY_AFTER_SECS: u64 = 5;
+/// Longest accepted event id.
+const MAX_EVENT_ID: usize = 255;
+
+/// Why a request was refused. One place ([`IngestError::status`]) maps these
+/// to HTTP; messages never contain secrets or echo the body.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("no webhook source at this path")]
+    UnknownSource,
+    #[error("only POST is accepted here")]
+    MethodNotAllowed,
+    #[error("body larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    #[error("body is not a webhook event: {0}")]
+    BadEvent(String),
+    #[error("could not read the request body")]
+    BodyRead,
+    #[error("event could not be persisted; retry later")]
+    Unavailable,
+}
+
+impl IngestError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngestError::UnknownSource => StatusCode::NOT_FOUND,
+            IngestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            IngestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::Signature(_) | IngestError::BadEvent(_) | IngestError::BodyRead => {
+                StatusCode::BAD_REQUEST
+            }
+            IngestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            IngestError::UnknownSource => "unknown_source",
+            IngestError::MethodNotAllowed => "method_not_allowed",
+            IngestError::TooLarge(_) => "too_large",
+            IngestError::UnsupportedMediaType => "unsupported_media_type",
+            IngestError::Signature(_) => "bad_signature",
+            IngestError::BadEvent(_) => "bad_event",
+            IngestError::BodyRead => "bad_body",
+            IngestError::Unavailable => "unavailable",
+        }
+    }
+
+    fn into_response(self) -> warp::reply::Response {
+        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
+        if matches!(self, IngestError::Unavailable) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+        }
+        response
+    }
+}
+
+/// An event whose signature checked out. Constructed only by
+/// [`verify_and_parse`].
+#[derive(Debug)]
+pub struct VerifiedEvent {
+    envelope: Envelope,
+}
+
+impl VerifiedEvent {
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+}
+
+/// One configured source, with its secrets resolved.
+pub struct SourceEndpoint {
+    pub name: String,
+    pub kind: SourceKind,
+    pub secrets: Vec<Secret>,
+    pub tolerance: Duration,
+}
+
+/// Unix seconds; injectable so tests can pin signature time.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    })
+}
+
+/// Everything the ingest handler needs.
+pub struct Ingest {
+    /// By URL path.
+    pub sources: HashMap<String, SourceEndpoint>,
+    pub bus: Arc<dyn Bus>,
+    pub max_body: u64,
+    pub clock: Clock,
+}
+
+#[derive(Deserialize)]
+struct MinimalEvent {
+    id: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    created: Option<i64>,
+    #[serde(default)]
+    livemode: Option<bool>,
+    #[serde(default)]
+    account: Option<String>,
+}
+
+/// Checks the signature on the raw bytes, then reads the few fields routing
+/// needs. The body is kept byte for byte.
+pub fn verify_and_parse(
+    source: &SourceEndpoint,
+    headers: &HeaderMap,
+    body: Bytes,
+    now: i64,
+) -> Result<VerifiedEvent, IngestError> {
+    match source.kind {
+        SourceKind::Stripe => {
+            let header = headers
+                .get("stripe-signature")
+                .map(|value| {
+                    value
+                        .to_str()
+                        .map_err(|_| SignatureError::Malformed("not ASCII"))
+                })
+                .transpose()?;
+            signature::verify(
+                header,
+                &body,
+                &source.secrets,
+                source.tolerance.as_secs() as i64,
+                now,
+            )?;
+        }
+    }
+    // serde would also read a struct from a JSON array; only objects are events.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(IngestError::BadEvent("expected a JSON object".into()));
+    }
+    let event: MinimalEvent =
+        serde_json::from_slice(&body).map_err(|err| IngestError::BadEvent(format!("{err}")))?;
+    if event.id.is_empty()
+        || event.id.len() > MAX_EVENT_ID
+        || !event.id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(IngestError::BadEvent(
+            "`id` must be 1 to 255 printable ASCII characters".into(),
+        ));
+    }
+    if !is_event_type(&event.event_type) {
+        return Err(IngestError::BadEvent(
+            "`type` must be dot-separated tokens of a-z, 0-9 and _".into(),
+        ));
+    }
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() == 55 && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+        .map(str::to_owned);
+    Ok(VerifiedEvent {
+        envelope: Envelope {
+            source: source.name.clone(),
+            event_id: event.id,
+            event_type: event.event_type,
+            created: event.created.unwrap_or(0),
+            livemode: event.livemode.unwrap_or(false),
+            account: event.account,
+            received_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            traceparent,
+            payload: body,
+        },
+    })
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+async fn read_capped<S, B>(mut body: S, cap: u64) -> Result<Bytes, IngestError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: bytes::Buf,
+{
+    let mut collected = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|_| IngestError::BodyRead)?;
+        if (collected.len() + chunk.remaining()) as u64 > cap {
+            return Err(IngestError::TooLarge(cap));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            collected.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(collected.freeze())
+}
+
+impl Ingest {
+    async fn handle<S, B>(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: S,
+    ) -> Result<warp::reply::Response, IngestError>
+    where
+        S: Stream<Item = Result<B, warp::Error>> + Unpin,
+        B: bytes::Buf,
+    {
+        let source = self.sources.get(path).ok_or(IngestError::UnknownSource)?;
+        if method != Method::POST {
+            return Err(IngestError::MethodNotAllowed);
+        }
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body) {
+            return Err(IngestError::TooLarge(self.max_body));
+        }
+        if !is_json(&headers) {
+            return Err(IngestError::UnsupportedMediaType);
+        }
+        let body = read_capped(body, self.max_body).await?;
+        let verified = match verify_and_parse(source, &headers, body, (self.clock)()) {
+            Ok(verified) => verified,
+            Err(err) => {
+                tracing::warn!(source = %source.name, error = %err, "webhook refused");
+                return Err(err);
+            }
+        };
+        let envelope = verified.envelope();
+        let appended = self.bus.append(envelope).await.map_err(|err| {
+            tracing::error!(source = %source.name, event_id = %envelope.event_id, error = %err, "bus append failed; answering 503");
+            IngestError::Unavailable
+        })?;
+        let status = match appended {
+            Appended::Stored => "accepted",
+            Appended::Duplicate => "duplicate",
+        };
+        tracing::info!(
+            source = %source.name,
+            event_id = %envelope.event_id,
+            event_type = %envelope.event_type,
+            status,
+            "webhook persisted"
+        );
+        let body = serde_json::json!({ "status": status, "id": envelope.event_id });
+        Ok(warp::reply::json(&body).into_response())
+    }
+}
+
+/// The public listener's routes: `/healthz` and every source path.
+pub fn routes(
+    ingest: Arc<Ingest>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
+    let health = warp::path("healthz")
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(|| warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response());
+    let webhooks = warp::method()
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(move |method, path: warp::path::FullPath, headers, body| {
+            let ingest = Arc::clone(&ingest);
+            async move {
+                let body = Box::pin(body);
+                match ingest.handle(method, path.as_str(), headers, body).await {
+                    Ok(response) => response,
+                    Err(err) => err.into_response(),
+                }
+            }
+        });
+    health
+        .or(webhooks)
+        .unify()
+        .recover(|_| async {
+            Ok::<_, std::convert::Infallible>(IngestError::UnknownSource.into_response())
+        })
+        .unify()
+}

@@ -1,0 +1,16 @@
+//! Switchyard: a router for payment webhooks.
+//!
+//! The data flow, one folder per stage:
+//! `ingest` (verify, persist) → `bus` (durable queues) → `dispatch` (per
+//! consumer policies) → `plugin` (sandboxed WebAssembly consumers). `config`
+//! reads routes.toml, `admin` and `telemetry` serve the operator.
+
+pub mod admin;
+pub mod bus;
+pub mod config;
+pub mod dispatch;
+pub mod durable;
+pub mod hub;
+pub mod ingest;
+pub mod plugin;
+pub mod telemetry;

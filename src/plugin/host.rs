@@ -1,0 +1,423 @@
+//! What a running plugin may touch: the host side of the WIT imports.
+//!
+//! Outbound HTTP goes only to connections granted to the consumer. The host
+//! builds the URL from the connection's base URL (the guest supplies only a
+//! path), injects credentials and the `Idempotency-Key`, and drops headers a
+//! guest must not set. The guest never sees a secret.
+
+use super::bindings::switchyard::plugin::{host, http, types};
+use crate::config::{AuthConfig, ConnectionConfig, PluginLimits};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::{ResourceLimiter, StoreLimits};
+
+/// Most log lines one event may write; the rest are counted, not written,
+/// so a chatty plugin cannot flood the operator's logs.
+const MAX_LOG_LINES: u32 = 100;
+/// Longest log line kept, in bytes.
+const MAX_LOG_LINE: usize = 2048;
+
+/// Headers the host owns: a guest value is dropped without error.
+const HOST_OWNED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "host",
+    "idempotency-key",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+];
+
+/// A connection as the host uses it: resolved secret, ready client.
+pub struct Connection {
+    base: reqwest::Url,
+    client: reqwest::Client,
+    authorization: Option<(HeaderName, HeaderValue)>,
+}
+
+impl Connection {
+    /// Resolves the connection's credentials. Errors name no secret value.
+    pub fn build(name: &str, config: &ConnectionConfig) -> Result<Connection, String> {
+        let base = reqwest::Url::parse(&config.base_url)
+            .map_err(|err| format!("connection `{name}`: bad base_url: {err}"))?;
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|err| format!("connection `{name}`: cannot build http client: {err}"))?;
+        let authorization = match &config.auth {
+            None => None,
+            Some(auth) => {
+                Some(authorization(auth).map_err(|err| format!("connection `{name}`: {err}"))?)
+            }
+        };
+        Ok(Connection {
+            base,
+            client,
+            authorization,
+        })
+    }
+}
+
+fn authorization(auth: &AuthConfig) -> Result<(HeaderName, HeaderValue), String> {
+    use base64::Engine as _;
+    let (name, value) = match auth {
+        AuthConfig::Bearer(token) => (
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", token.resolve()?.expose()),
+        ),
+        AuthConfig::Basic { user, password } => {
+            let pair = format!("{user}:{}", password.resolve()?.expose());
+            (
+                reqwest::header::AUTHORIZATION,
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ),
+            )
+        }
+        AuthConfig::Header { name, value } => (
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("`{name}` is not a header name"))?,
+            value.resolve()?.expose().to_owned(),
+        ),
+    };
+    let mut value = HeaderValue::from_str(&value)
+        .map_err(|_| "credential is not a valid header value".to_owned())?;
+    value.set_sensitive(true);
+    Ok((name, value))
+}
+
+/// Per-consumer facts shared by every instance of its plugin.
+pub struct ConsumerContext {
+    pub consumer: Arc<str>,
+    pub connections: BTreeMap<String, Connection>,
+    pub settings: BTreeMap<String, String>,
+    pub limits: PluginLimits,
+}
+
+/// One outbound call, as recorded for `plugin test` and for diagnostics.
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    pub connection: String,
+    pub method: String,
+    pub path: String,
+    pub status: Option<u16>,
+}
+
+/// The store data of one plugin instance: lives for one event.
+pub struct HostState {
+    pub context: Arc<ConsumerContext>,
+    pub event_id: String,
+    pub calls: Vec<CallRecord>,
+    /// Longest `Retry-After` a downstream asked for during this event.
+    pub retry_after: Option<Duration>,
+    /// Epoch ticks spent running guest code.
+    pub cpu_ticks: u64,
+    pub log_lines: u32,
+    pub limits: StoreLimits,
+    /// Set when the guest tried to grow memory past its cap.
+    pub memory_refused: bool,
+}
+
+impl HostState {
+    pub fn new(context: Arc<ConsumerContext>, event_id: String) -> HostState {
+        let limits = wasmtime::StoreLimitsBuilder::new()
+            .memory_size(context.limits.memory as usize)
+            .instances(16)
+            .tables(16)
+            .memories(4)
+            .build();
+        HostState {
+            context,
+            event_id,
+            calls: Vec::new(),
+            retry_after: None,
+            cpu_ticks: 0,
+            log_lines: 0,
+            limits,
+            memory_refused: false,
+        }
+    }
+
+    fn consumer(&self) -> &str {
+        &self.context.consumer
+    }
+
+    async fn send_checked(
+        &mut self,
+        request: http::Request,
+    ) -> Result<http::Response, http::Error> {
+        let connection = self
+            .context
+            .connections
+            .get(&request.connection)
+            .ok_or_else(|| {
+                http::Error::NotGranted(format!(
+                    "connection `{}` is not granted to consumer `{}`",
+                    request.connection,
+                    self.consumer()
+                ))
+            })?;
+        if self.calls.len() as u32 >= self.context.limits.http_calls {
+            return Err(http::Error::LimitExceeded(format!(
+                "at most {} outbound calls per event",
+                self.context.limits.http_calls
+            )));
+        }
+        let method = match request.method.as_str() {
+            "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" => {
+                reqwest::Method::from_bytes(request.method.as_bytes()).expect("known method")
+            }
+            other => {
+                return Err(http::Error::InvalidRequest(format!(
+                    "method `{other}` is not allowed"
+                )));
+            }
+        };
+        let url = join_path(&connection.base, &request.path)?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &request.headers {
+            let lower = name.to_ascii_lowercase();
+            if HOST_OWNED_HEADERS.contains(&lower.as_str()) {
+                continue;
+            }
+            let name = HeaderName::from_bytes(lower.as_bytes()).map_err(|_| {
+                http::Error::InvalidRequest(format!("`{name}` is not a header name"))
+            })?;
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                http::Error::InvalidRequest(format!("header `{name}` has an invalid value"))
+            })?;
+            headers.append(name, value);
+        }
+        let call_number = self.calls.len() + 1;
+        // Stable across redeliveries of the same event: a downstream that
+        // honours it applies the effect once even if our ack was lost.
+        let key = format!("{}:{}:{call_number}", self.consumer(), self.event_id);
+        headers.insert(
+            "idempotency-key",
+            HeaderValue::from_str(&key).map_err(|_| {
+                http::Error::InvalidRequest("event id is not header-safe".to_owned())
+            })?,
+        );
+        if let Some((name, value)) = &connection.authorization {
+            headers.insert(name.clone(), value.clone());
+        }
+        self.calls.push(CallRecord {
+            connection: request.connection.clone(),
+            method: request.method.clone(),
+            path: request.path.clone(),
+            status: None,
+        });
+        let mut builder = connection.client.request(method, url).headers(headers);
+        if let Some(body) = request.body {
+            builder = builder.body(body);
+        }
+        let mut response = builder.send().await.map_err(|err| {
+            if err.is_timeout() {
+                http::Error::Timeout
+            } else {
+                http::Error::Connect(format!("`{}` unreachable", request.connection))
+            }
+        })?;
+        let status = response.status().as_u16();
+        if let Some(last) = self.calls.last_mut() {
+            last.status = Some(status);
+        }
+        if (status == 429 || status == 503)
+            && let Some(after) = retry_after(response.headers())
+        {
+            self.retry_after = Some(self.retry_after.map_or(after, |seen| seen.max(after)));
+        }
+        let response_headers = response
+            .headers()
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect();
+        let cap = self.context.limits.response_body;
+        let mut body = Vec::new();
+        loop {
+            let chunk = response.chunk().await.map_err(|err| {
+                if err.is_timeout() {
+                    http::Error::Timeout
+                } else {
+                    http::Error::Connect(format!("`{}` broke off the response", request.connection))
+                }
+            })?;
+            let Some(chunk) = chunk else { break };
+            if (body.len() + chunk.len()) as u64 > cap {
+                return Err(http::Error::LimitExceeded(format!(
+                    "response body larger than {cap} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(http::Response {
+            status,
+            headers: response_headers,
+            body,
+        })
+    }
+}
+
+/// Appends a guest path to a base URL and refuses anything that would leave
+/// the base URL's origin (`//host`, `@host`, absolute URLs).
+fn join_path(base: &reqwest::Url, path: &str) -> Result<reqwest::Url, http::Error> {
+    let invalid = |why: &str| http::Error::InvalidRequest(format!("path `{path}` {why}"));
+    if !path.starts_with('/') || path.starts_with("//") {
+        return Err(invalid("must start with a single `/`"));
+    }
+    if path
+        .chars()
+        .any(|c| c.is_control() || c == '\\' || c == ' ' || c == '#')
+    {
+        return Err(invalid("has characters not allowed in a path"));
+    }
+    let joined = format!("{}{}", base.as_str().trim_end_matches('/'), path);
+    let url = reqwest::Url::parse(&joined).map_err(|_| invalid("is not a valid URL path"))?;
+    if url.origin() != base.origin() || !url.username().is_empty() {
+        return Err(invalid("leaves the connection's base URL"));
+    }
+    Ok(url)
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+impl http::Host for HostState {
+    async fn send(&mut self, request: http::Request) -> Result<http::Response, http::Error> {
+        self.send_checked(request).await
+    }
+}
+
+impl host::Host for HostState {
+    async fn log(&mut self, level: host::Level, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES {
+            return;
+        }
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let consumer = self.consumer();
+        let event_id = self.event_id.as_str();
+        match level {
+            host::Level::Trace => tracing::trace!(consumer, event_id, plugin = true, "{message}"),
+            host::Level::Debug => tracing::debug!(consumer, event_id, plugin = true, "{message}"),
+            host::Level::Info => tracing::info!(consumer, event_id, plugin = true, "{message}"),
+            host::Level::Warn => tracing::warn!(consumer, event_id, plugin = true, "{message}"),
+            host::Level::Error => tracing::error!(consumer, event_id, plugin = true, "{message}"),
+        }
+    }
+
+    async fn config(&mut self, key: String) -> Option<String> {
+        self.context.settings.get(&key).cloned()
+    }
+}
+
+impl types::Host for HostState {}
+
+/// Notes a refused memory growth so the failure can be reported as such.
+impl ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if !allowed {
+            self.memory_refused = true;
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_cannot_leave_the_connection() {
+        let base = reqwest::Url::parse("http://127.0.0.1:9101/api").unwrap();
+        assert_eq!(
+            join_path(&base, "/contacts/cus_1").unwrap().as_str(),
+            "http://127.0.0.1:9101/api/contacts/cus_1"
+        );
+        for bad in [
+            "contacts",
+            "//evil.example/x",
+            "@evil.example/x",
+            "/a b",
+            "/x#frag",
+            "/\\evil",
+        ] {
+            assert!(join_path(&base, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        headers.insert(
+            "retry-after",
+            HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap(),
+        );
+        let parsed = retry_after(&headers).unwrap();
+        assert!(parsed > Duration::from_secs(100) && parsed <= Duration::from_secs(120));
+        headers.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+    }
+}

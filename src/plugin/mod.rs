@@ -1,0 +1,290 @@
+//! The plugin host: consumers as sandboxed WebAssembly components.
+//!
+//! Owns every use of wasmtime (its API moves; nothing outside this folder
+//! touches it). Loads, type-checks and compiles each consumer's component at
+//! start, then runs one fresh instance per event from a pre-instantiated
+//! component on a pooling allocator: no state leaks between events and a trap
+//! only drops that instance's store.
+//!
+//! Budgets per call: CPU time (epoch ticks counted while guest code runs), a
+//! wall clock around the whole call including host calls, a memory cap, and
+//! caps on outbound calls and response sizes (see [`host`]). Exceeding any of
+//! them fails that delivery as retryable, and nothing else.
+//!
+//! The contract is the WIT package in `plugins/wit/`.
+
+pub mod host;
+
+use crate::config::{ConnectionConfig, ConsumerConfig, PluginLimits};
+use host::{CallRecord, Connection, ConsumerContext, HostState};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config as EngineConfig, Engine, Store, UpdateDeadline};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "plugins/wit",
+        world: "consumer",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+pub use bindings::switchyard::plugin::types::{Event as PluginEvent, Failure};
+
+/// Length of one epoch tick: the granularity of the CPU budget.
+const TICK: Duration = Duration::from_millis(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("consumer `{consumer}`: cannot read plugin `{path}`: {message}")]
+    Read {
+        consumer: String,
+        path: String,
+        message: String,
+    },
+    #[error(
+        "consumer `{consumer}`: plugin `{path}` is not a valid switchyard component: {message}"
+    )]
+    Invalid {
+        consumer: String,
+        path: String,
+        message: String,
+    },
+    #[error("consumer `{consumer}`: {message}")]
+    Connection { consumer: String, message: String },
+    #[error("cannot start the plugin engine: {0}")]
+    Engine(String),
+}
+
+/// How a call ended, as dispatch needs to know it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallOutcome {
+    Done,
+    /// Transient failure; `after` is the longest `Retry-After` a downstream
+    /// asked for during the call, if any.
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    Reject(String),
+    Review(String),
+}
+
+/// What one call did, for dispatch, logs and `plugin test`.
+#[derive(Debug, Clone)]
+pub struct CallReport {
+    pub outcome: CallOutcome,
+    pub calls: Vec<CallRecord>,
+    pub wall: Duration,
+    pub cpu_ticks: u64,
+}
+
+/// The engine shared by all consumers, and its epoch ticker.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<HostState>,
+    /// The ticker thread runs while this lives.
+    _ticker_alive: Arc<()>,
+}
+
+impl PluginHost {
+    /// `instances` bounds how many plugin calls can run at once (the sum of
+    /// consumer concurrencies); `max_memory` is the largest per-instance cap.
+    pub fn new(instances: u32, max_memory: u64) -> Result<PluginHost, PluginError> {
+        let instances = instances.max(1) + 8;
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 2)
+            .total_memories(instances * 2)
+            .total_tables(instances * 2)
+            .total_stacks(instances)
+            .max_memory_size(max_memory as usize)
+            // Keeps the first pages of a slot's memory mapped between
+            // instances: re-instantiation skips most page faults.
+            .linear_memory_keep_resident(2 << 20);
+        let mut config = EngineConfig::new();
+        config
+            .epoch_interruption(true)
+            .concurrency_support(false)
+            .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|err| PluginError::Engine(err.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        bindings::Consumer::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|err| PluginError::Engine(err.to_string()))?;
+        let alive = Arc::new(());
+        spawn_ticker(engine.clone(), Arc::downgrade(&alive));
+        Ok(PluginHost {
+            engine,
+            linker,
+            _ticker_alive: alive,
+        })
+    }
+
+    /// Loads, type-checks and compiles one consumer's plugin, and resolves the
+    /// credentials of its connections. Every error names the consumer.
+    pub fn load(
+        &self,
+        consumer: &str,
+        config: &ConsumerConfig,
+        connections: &BTreeMap<String, ConnectionConfig>,
+    ) -> Result<ConsumerPlugin, PluginError> {
+        let path = config.plugin.display().to_string();
+        let bytes = std::fs::read(&config.plugin).map_err(|err| PluginError::Read {
+            consumer: consumer.to_owned(),
+            path: path.clone(),
+            message: err.to_string(),
+        })?;
+        let invalid = |message: String| PluginError::Invalid {
+            consumer: consumer.to_owned(),
+            path: path.clone(),
+            message,
+        };
+        let component_bytes = componentize(&bytes).map_err(invalid)?;
+        let component = Component::new(&self.engine, &component_bytes)
+            .map_err(|err| invalid(format!("{err:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|err| invalid(format!("{err:#}")))?;
+        let pre = bindings::ConsumerPre::new(pre).map_err(|err| invalid(format!("{err:#}")))?;
+        let mut granted = BTreeMap::new();
+        for name in &config.connections {
+            let connection_config =
+                connections
+                    .get(name)
+                    .ok_or_else(|| PluginError::Connection {
+                        consumer: consumer.to_owned(),
+                        message: format!("unknown connection `{name}`"),
+                    })?;
+            let connection = Connection::build(name, connection_config).map_err(|message| {
+                PluginError::Connection {
+                    consumer: consumer.to_owned(),
+                    message,
+                }
+            })?;
+            granted.insert(name.clone(), connection);
+        }
+        Ok(ConsumerPlugin {
+            pre,
+            context: Arc::new(ConsumerContext {
+                consumer: Arc::from(consumer),
+                connections: granted,
+                settings: config.settings.clone(),
+                limits: config.limits,
+            }),
+        })
+    }
+}
+
+/// Accepts a component, or a core module carrying a component-type section
+/// (what `wit-bindgen` produces for `wasm32-unknown-unknown`) and encodes it
+/// into a component in-process, so no extra tool is needed.
+pub fn componentize(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    if wasmparser::Parser::is_component(bytes) {
+        return Ok(bytes.to_vec());
+    }
+    if !wasmparser::Parser::is_core_wasm(bytes) {
+        return Err("not a WebAssembly file".to_owned());
+    }
+    wit_component::ComponentEncoder::default()
+        .module(bytes)
+        .and_then(|encoder| encoder.validate(true).encode())
+        .map_err(|err| format!("cannot make a component of this module: {err:#}"))
+}
+
+fn spawn_ticker(engine: Engine, alive: Weak<()>) {
+    std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            while alive.upgrade().is_some() {
+                std::thread::sleep(TICK);
+                engine.increment_epoch();
+            }
+        })
+        .expect("spawn epoch ticker thread");
+}
+
+/// One consumer's compiled plugin, ready to run an event.
+pub struct ConsumerPlugin {
+    pre: bindings::ConsumerPre<HostState>,
+    context: Arc<ConsumerContext>,
+}
+
+impl ConsumerPlugin {
+    pub fn limits(&self) -> PluginLimits {
+        self.context.limits
+    }
+
+    /// Runs `handle(event)` in a fresh instance under the consumer's budgets.
+    pub async fn call(&self, event: PluginEvent) -> CallReport {
+        let started = Instant::now();
+        let limits = self.context.limits;
+        let cpu_budget_ticks = (limits.cpu.as_micros() / TICK.as_micros()).max(1) as u64;
+        let mut store = Store::new(
+            self.pre.engine(),
+            HostState::new(Arc::clone(&self.context), event.id.clone()),
+        );
+        store.limiter(|state| state);
+        // Check in every tick: count the tick as guest CPU time and yield to
+        // the runtime, so the wall-clock timeout and other tasks keep running
+        // even while a guest spins.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            let state = ctx.data_mut();
+            state.cpu_ticks += 1;
+            if state.cpu_ticks > cpu_budget_ticks {
+                return Err(wasmtime::Error::msg("cpu budget exceeded"));
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        let run = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            instance.call_handle(&mut store, &event).await
+        };
+        let result = tokio::time::timeout(limits.wall, run).await;
+        let state = store.data();
+        let outcome = match result {
+            Err(_) => CallOutcome::Retry {
+                reason: format!(
+                    "wall-clock budget of {} exceeded",
+                    humantime::format_duration(limits.wall)
+                ),
+                after: state.retry_after,
+            },
+            Ok(Ok(Ok(()))) => CallOutcome::Done,
+            Ok(Ok(Err(Failure::Retry(reason)))) => CallOutcome::Retry {
+                reason,
+                after: state.retry_after,
+            },
+            Ok(Ok(Err(Failure::Reject(reason)))) => CallOutcome::Reject(reason),
+            Ok(Ok(Err(Failure::Review(reason)))) => CallOutcome::Review(reason),
+            Ok(Err(trap)) => CallOutcome::Retry {
+                reason: trap_reason(&trap, state, cpu_budget_ticks),
+                after: state.retry_after,
+            },
+        };
+        CallReport {
+            outcome,
+            calls: state.calls.clone(),
+            wall: started.elapsed(),
+            cpu_ticks: state.cpu_ticks,
+        }
+    }
+}
+
+/// A short, operator-facing reason for a trap: which budget, or which trap.
+fn trap_reason(error: &wasmtime::Error, state: &HostState, cpu_budget_ticks: u64) -> String {
+    if state.cpu_ticks > cpu_budget_ticks {
+        return "cpu budget exceeded".to_owned();
+    }
+    if state.memory_refused {
+        return "memory limit exceeded".to_owned();
+    }
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        return format!("plugin trapped: {trap}");
+    }
+    format!("plugin failed: {}", error.root_cause())
+}

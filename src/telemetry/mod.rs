@@ -1,0 +1,28 @@
+//! Telemetry: logs (and, as they land, metrics and traces).
+//!
+//! Owns the process-wide tracing subscriber. Span fields are `source`,
+//! `event_id`, `consumer`; payloads and secrets never appear in logs.
+
+use tracing_subscriber::EnvFilter;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log shippers.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Installs the global subscriber; `RUST_LOG` overrides the default `info`.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

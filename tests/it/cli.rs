@@ -1,0 +1,179 @@
+//! The `switchyard` binary as a user runs it: `check` and `sign`.
+
+use crate::harness::*;
+use std::process::Command;
+
+fn switchyard() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+}
+
+#[tokio::test]
+async fn check_accepts_a_good_config_with_its_plugins() {
+    let mock = MockDownstream::start().await;
+    let hub = TestHub::start(HubOptions::new(example_routes(
+        &mock,
+        &mock,
+        &mock,
+        r#"{ attempts = 3 }"#,
+    )))
+    .await;
+    let output = switchyard()
+        .args(["check", "--config"])
+        .arg(&hub.config_path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .contains("ok (1 source(s), 3 consumer(s), 3 route(s))")
+    );
+}
+
+#[test]
+fn check_reports_every_validation_problem_and_fails() {
+    let output = switchyard()
+        .args(["check", "--config"])
+        .arg(repo_root().join("tests/config/bad/many_problems.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "server.listen:",
+        "consumers.crm.connections[1]: unknown connection `sap`",
+        "routes[0].consumers[1]: unknown consumer `crm2`",
+        "routes[1].source: unknown source `paypal`",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_reports_missing_secrets_and_broken_plugins_together() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("not-a-plugin.wasm"),
+        b"\0asm\x01\0\0\0garbage",
+    )
+    .unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        r#"
+[sources.stripe]
+secrets = ["env:SWITCHYARD_TEST_SECRET_THAT_IS_NOT_SET", "file:missing-secret"]
+
+[connections.crm]
+base_url = "http://127.0.0.1:9"
+
+[consumers.crm]
+plugin = "missing.wasm"
+connections = ["crm"]
+
+[consumers.erp]
+plugin = "not-a-plugin.wasm"
+
+[[routes]]
+source = "stripe"
+events = ["*"]
+consumers = ["crm", "erp"]
+"#,
+    )
+    .unwrap();
+    let output = switchyard()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "sources.stripe.secrets[0]: environment variable `SWITCHYARD_TEST_SECRET_THAT_IS_NOT_SET` is not set",
+        "sources.stripe.secrets[1]: cannot read secret file",
+        "consumer `crm`: cannot read plugin",
+        "consumer `erp`: plugin",
+        "4 problem(s)",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn sign_prints_a_header_the_verifier_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let event = repo_root().join("tests/fixtures/events/invoice.paid.json");
+    let output = switchyard()
+        .current_dir(dir.path())
+        .args([
+            "sign",
+            "--secret",
+            "file:secret",
+            "--timestamp",
+            "1700000000",
+        ])
+        .arg(&event)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let header = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Stripe-Signature: "))
+        .expect("a Stripe-Signature line");
+    assert!(stdout.contains("curl -sS -X POST 'http://127.0.0.1:8080/webhooks/stripe'"));
+    let secret_file = dir.path().join("secret");
+    let secrets = vec![
+        switchyard::config::SecretRef::File(secret_file)
+            .resolve()
+            .unwrap(),
+    ];
+    let body = std::fs::read(&event).unwrap();
+    switchyard::ingest::signature::verify(Some(header), &body, &secrets, 300, 1_700_000_000)
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_send_delivers_to_a_running_hub() {
+    let mock = MockDownstream::start().await;
+    let hub = TestHub::start(HubOptions::new(example_routes(
+        &mock,
+        &mock,
+        &mock,
+        r#"{ attempts = 3 }"#,
+    )))
+    .await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .current_dir(hub.dir.path())
+        .args(["sign", "--send", "--url", &hub.url("")])
+        .arg(repo_root().join("tests/fixtures/events/customer.deleted.json"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("200 "));
+    eventually(
+        std::time::Duration::from_secs(20),
+        "crm got the DELETE",
+        || async { mock.effects().iter().any(|r| r.method == "DELETE") },
+    )
+    .await;
+}

@@ -1,0 +1,61 @@
+//! Config error snapshots: each `tests/config/bad/NAME.toml` must fail with
+//! exactly the text in `NAME.err`. `SWITCHYARD_BLESS=1` rewrites the snapshots.
+
+use crate::harness::repo_root;
+use std::path::Path;
+use switchyard::config::Config;
+
+#[test]
+fn bad_configs_report_every_problem_with_table_and_key() {
+    let dir = repo_root().join("tests/config/bad");
+    let bless = std::env::var_os("SWITCHYARD_BLESS").is_some();
+    let mut checked = 0;
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+    {
+        let text = std::fs::read_to_string(path).unwrap();
+        let err = Config::parse(&text, Path::new("/etc/switchyard"))
+            .expect_err(&format!("{} must be refused", path.display()))
+            .to_string();
+        let snapshot = path.with_extension("err");
+        if bless {
+            std::fs::write(&snapshot, format!("{err}\n")).unwrap();
+        }
+        let expected = std::fs::read_to_string(&snapshot)
+            .unwrap_or_else(|_| panic!("missing snapshot {}", snapshot.display()));
+        assert_eq!(format!("{err}\n"), expected, "{}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 4, "snapshots checked: {checked}");
+}
+
+#[test]
+fn the_shipped_routes_toml_is_valid() {
+    let config = Config::load(&repo_root().join("routes.toml")).unwrap();
+    assert_eq!(
+        config.consumers_for("stripe", "customer.created"),
+        vec!["crm", "marketing"]
+    );
+    assert_eq!(config.consumers_for("stripe", "invoice.paid"), vec!["erp"]);
+    assert!(
+        config
+            .consumers_for("stripe", "payment_intent.created")
+            .is_empty()
+    );
+}
+
+#[test]
+fn secrets_in_errors_are_never_echoed() {
+    let text =
+        std::fs::read_to_string(repo_root().join("tests/config/bad/many_problems.toml")).unwrap();
+    let err = Config::parse(&text, Path::new("/etc/switchyard"))
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("whsec_pasted_literal_secret"), "{err}");
+}

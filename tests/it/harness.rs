@@ -1,0 +1,472 @@
+//! The integration harness: a real switchyard on port 0, real plugins built
+//! from `plugins/`, and local mock downstreams (CRM, ERP, marketing) that
+//! record what they receive and can be told to fail.
+
+use bytes::Bytes;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use switchyard::config::Config;
+use switchyard::hub::{RunningHub, StartOptions};
+use switchyard::ingest::signature::signature_header;
+use warp::Filter;
+
+pub const SECRET: &str = "whsec_harness_secret_0123456789";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A plugin built from the current source by `plugins/build.sh`. Tests never
+/// use the shipped `plugins/dist` copies, so they always test today's code.
+pub fn plugin_path(name: &str) -> PathBuf {
+    let path = repo_root()
+        .join("plugins/target/wasm32-unknown-unknown/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "plugin `{}` is not built: run `plugins/build.sh` (or the README's test command) first",
+        path.display()
+    );
+    path
+}
+
+pub fn fixture(name: &str) -> Bytes {
+    let path = repo_root().join("tests/fixtures/events").join(name);
+    Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Waits for `check` to hold, polling, up to `within`. Panics with `what`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One request a mock downstream received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Bytes,
+    /// The status the mock answered.
+    pub status: u16,
+    /// When the request arrived.
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// A scripted answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub delay: Duration,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Answer {
+    pub fn status(status: u16) -> Answer {
+        Answer {
+            status,
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn delayed(mut self, delay: Duration) -> Answer {
+        self.delay = delay;
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Answer {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+#[derive(Default)]
+struct MockState {
+    received: Vec<Received>,
+    script: VecDeque<Answer>,
+    default: Option<Answer>,
+}
+
+/// A local stand-in for a third-party API (CRM, ERP, marketing).
+#[derive(Clone)]
+pub struct MockDownstream {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<MockState>>,
+}
+
+impl MockDownstream {
+    pub async fn start() -> MockDownstream {
+        let state = Arc::new(Mutex::new(MockState::default()));
+        let shared = Arc::clone(&state);
+        let route = warp::method()
+            .and(warp::path::full())
+            .and(warp::header::headers_cloned())
+            .and(warp::body::bytes())
+            .then(
+                move |method: warp::http::Method,
+                      path: warp::path::FullPath,
+                      headers: warp::http::HeaderMap,
+                      body: Bytes| {
+                    let state = Arc::clone(&shared);
+                    async move {
+                        let answer = {
+                            let mut state = state.lock().unwrap();
+                            state
+                                .script
+                                .pop_front()
+                                .or_else(|| state.default.clone())
+                                .unwrap_or_else(|| Answer::status(200))
+                        };
+                        let at = Instant::now();
+                        if !answer.delay.is_zero() {
+                            tokio::time::sleep(answer.delay).await;
+                        }
+                        state.lock().unwrap().received.push(Received {
+                            method: method.to_string(),
+                            path: path.as_str().to_owned(),
+                            headers: headers
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
+                                })
+                                .collect(),
+                            body,
+                            status: answer.status,
+                            at,
+                        });
+                        let mut response = warp::http::Response::builder().status(answer.status);
+                        for (name, value) in &answer.headers {
+                            response = response.header(name, value);
+                        }
+                        response.body("{}").unwrap()
+                    }
+                },
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        MockDownstream { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The next `n` requests get `answer`; later ones the default.
+    pub fn script(&self, n: usize, answer: Answer) {
+        let mut state = self.state.lock().unwrap();
+        for _ in 0..n {
+            state.script.push_back(answer.clone());
+        }
+    }
+
+    /// Every unscripted request gets `answer` (200 when unset).
+    pub fn set_default(&self, answer: Answer) {
+        self.state.lock().unwrap().default = Some(answer);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Requests answered 2xx: the effects that happened.
+    pub fn effects(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .collect()
+    }
+}
+
+/// What goes into a test's routes.toml besides the connections, consumers and
+/// routes the test writes itself.
+pub struct HubOptions {
+    /// TOML for `[connections.*]`, `[consumers.*]` and `[[routes]]`, where
+    /// `{plugin:NAME}` becomes the path of a freshly built plugin.
+    pub routes: String,
+    /// Use Redis (127.0.0.1:6379) with this key prefix instead of the
+    /// embedded idempotency store.
+    pub redis_prefix: Option<String>,
+    /// Extra `[bus]` keys.
+    pub bus_extra: String,
+    /// Reuse this data directory (to restart on the same bus).
+    pub dir: Option<Arc<tempfile::TempDir>>,
+    pub max_body: &'static str,
+    /// Signing secrets of the `stripe` source, newest first.
+    pub secrets: Vec<String>,
+}
+
+impl HubOptions {
+    pub fn new(routes: impl Into<String>) -> HubOptions {
+        HubOptions {
+            routes: routes.into(),
+            redis_prefix: None,
+            bus_extra: String::new(),
+            dir: None,
+            max_body: "64KiB",
+            secrets: vec![SECRET.to_owned()],
+        }
+    }
+}
+
+/// The three example consumers wired as in the shipped routes.toml, against
+/// mock downstreams. `retry` is the inline retry table for each.
+pub fn example_routes(
+    crm: &MockDownstream,
+    erp: &MockDownstream,
+    marketing: &MockDownstream,
+    retry: &str,
+) -> String {
+    format!(
+        r#"
+[connections.crm]
+base_url = "{crm}"
+auth = {{ bearer = "file:crm_token" }}
+timeout = "5s"
+
+[connections.erp]
+base_url = "{erp}"
+timeout = "5s"
+
+[connections.marketing]
+base_url = "{marketing}"
+timeout = "5s"
+
+[consumers.crm]
+plugin = "{{plugin:crm}}"
+connections = ["crm"]
+retry = {retry}
+
+[consumers.erp]
+plugin = "{{plugin:erp}}"
+connections = ["erp"]
+retry = {retry}
+
+[consumers.marketing]
+plugin = "{{plugin:marketing}}"
+connections = ["marketing"]
+retry = {retry}
+
+[[routes]]
+source = "stripe"
+events = ["customer.*"]
+consumers = ["crm", "marketing"]
+
+[[routes]]
+source = "stripe"
+events = ["invoice.paid", "invoice.payment_succeeded", "charge.refunded"]
+consumers = ["erp"]
+
+[[routes]]
+source = "stripe"
+events = ["checkout.session.completed"]
+consumers = ["marketing"]
+"#,
+        crm = crm.url(),
+        erp = erp.url(),
+        marketing = marketing.url(),
+    )
+}
+
+pub const CRM_TOKEN: &str = "crm-token-never-seen-by-plugins";
+
+/// A running switchyard with its data directory and a client.
+pub struct TestHub {
+    pub hub: RunningHub,
+    pub dir: Arc<tempfile::TempDir>,
+    pub client: reqwest::Client,
+    pub config_path: PathBuf,
+}
+
+/// Writes routes.toml (and the secret files it references) into `dir`.
+pub fn write_config(dir: &Path, options: &HubOptions) -> PathBuf {
+    let mut secret_refs = Vec::new();
+    for (index, secret) in options.secrets.iter().enumerate() {
+        std::fs::write(dir.join(format!("stripe_secret_{index}")), secret).unwrap();
+        secret_refs.push(format!("\"file:stripe_secret_{index}\""));
+    }
+    let secret_refs = secret_refs.join(", ");
+    std::fs::write(dir.join("crm_token"), CRM_TOKEN).unwrap();
+    let idempotency = match &options.redis_prefix {
+        Some(prefix) => format!(
+            "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\nlease = \"2m\""
+        ),
+        None => "kind = \"embedded\"\npath = \"data/idempotency\"\nlease = \"2m\"".to_owned(),
+    };
+    let mut routes = options.routes.clone();
+    while let Some(start) = routes.find("{plugin:") {
+        let end = start + routes[start..].find('}').unwrap();
+        let name = &routes[start + 8..end];
+        let path = plugin_path(name);
+        routes.replace_range(start..=end, &path.display().to_string());
+    }
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+max_body = "{max_body}"
+shutdown_grace = "5s"
+
+[bus]
+kind = "embedded"
+path = "data/bus"
+{bus_extra}
+
+[idempotency]
+{idempotency}
+
+[sources.stripe]
+kind = "stripe"
+secrets = [{secret_refs}]
+
+{routes}
+"#,
+        max_body = options.max_body,
+        bus_extra = options.bus_extra,
+    );
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl TestHub {
+    pub async fn start(options: HubOptions) -> TestHub {
+        let dir = options
+            .dir
+            .clone()
+            .unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
+        let config_path = write_config(dir.path(), &options);
+        let config = Config::load(&config_path).unwrap_or_else(|err| panic!("{err}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hub = switchyard::hub::start(
+            config,
+            StartOptions {
+                listener: Some(listener),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|errors| {
+            panic!(
+                "hub did not start: {}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        });
+        TestHub {
+            hub,
+            dir,
+            client: reqwest::Client::new(),
+            config_path,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.hub.addr)
+    }
+
+    /// POSTs `body` signed with the harness secret at the current time.
+    pub async fn send(&self, body: &[u8]) -> (u16, Value) {
+        let header = signature_header(SECRET, now(), body);
+        self.post("/webhooks/stripe", body, &[("stripe-signature", &header)])
+            .await
+    }
+
+    pub async fn send_fixture(&self, name: &str) -> (u16, Value) {
+        self.send(&fixture(name)).await
+    }
+
+    /// POSTs with `Content-Type: application/json` plus `headers`.
+    pub async fn post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut request = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("hub answers");
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Waits until no consumer has anything left in its queue.
+    pub async fn drained(&self, within: Duration) {
+        eventually(within, "every consumer queue drained", || async {
+            let status = self.hub.status().await.unwrap();
+            status.iter().all(|c| c.backlog == 0)
+        })
+        .await;
+    }
+
+    pub async fn status_of(&self, consumer: &str) -> switchyard::admin::ConsumerStatus {
+        self.hub
+            .status()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name == consumer)
+            .expect("consumer exists")
+    }
+}
+
+/// A unique event body, shaped like a Stripe event.
+pub fn synthetic_event(id: &str, event_type: &str, object: Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "id": id,
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": now(),
+        "data": { "object": object },
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": { "id": null, "idempotency_key": null },
+        "type": event_type,
+    }))
+    .unwrap()
+}
+
+/// A unique suffix for ids, prefixes and names in one test run.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{:016x}", rand::random::<u64>())
+}

@@ -1,0 +1,12 @@
+//! Integration tests: one binary, one harness (see `harness.rs`).
+//!
+//! Real sockets, real Redis (127.0.0.1:6379), real plugins built from
+//! `plugins/`; only the third-party APIs (CRM, ERP, marketing) are mocks.
+
+mod harness;
+
+mod cli;
+mod config_errors;
+mod end_to_end;
+mod ingest_edge;
+mod plugin_dist;

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command (README): builds the plugins from source, installs the
+# official Stripe SDKs used to cross-check signatures, then runs every test.
+#
+# Needs Redis on 127.0.0.1:6379 (and, for later suites, NATS on 4222).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+# 1. Plugins from the current source: tests load these, never plugins/dist.
+plugins/build.sh "$@"
+
+# 2. The official Stripe SDKs, into tests/.sdk (git-ignored), once.
+sdk="$root/tests/.sdk"
+if [[ ! -d "$sdk/python/stripe" ]]; then
+    python3 -m pip install --quiet --disable-pip-version-check --target "$sdk/python" stripe
+fi
+if [[ ! -d "$sdk/node/node_modules/stripe" ]]; then
+    mkdir -p "$sdk/node"
+    npm install --silent --no-audit --no-fund --prefix "$sdk/node" stripe >/dev/null
+fi
+
+# 3. Everything: unit, integration, doc tests, and a build of the benches.
+cargo test --all-targets
