@@ -86,8 +86,8 @@ pub struct CallReport {
 pub struct PluginHost {
     engine: Engine,
     linker: Linker<HostState>,
-    /// The ticker thread runs while this lives.
-    _ticker_alive: Arc<()>,
+    /// The epoch ticker runs while this or any loaded plugin lives.
+    ticker_alive: Arc<()>,
 }
 
 impl PluginHost {
@@ -119,7 +119,7 @@ impl PluginHost {
         Ok(PluginHost {
             engine,
             linker,
-            _ticker_alive: alive,
+            ticker_alive: alive,
         })
     }
 
@@ -169,6 +169,7 @@ impl PluginHost {
         }
         Ok(ConsumerPlugin {
             pre,
+            _ticker_alive: Arc::clone(&self.ticker_alive),
             context: Arc::new(ConsumerContext {
                 consumer: Arc::from(consumer),
                 connections: granted,
@@ -210,6 +211,8 @@ fn spawn_ticker(engine: Engine, alive: Weak<()>) {
 /// One consumer's compiled plugin, ready to run an event.
 pub struct ConsumerPlugin {
     pre: bindings::ConsumerPre<HostState>,
+    /// Without ticks there is no CPU budget: keep the ticker running.
+    _ticker_alive: Arc<()>,
     context: Arc<ConsumerContext>,
 }
 

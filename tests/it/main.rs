@@ -7,6 +7,8 @@ mod harness;
 
 mod cli;
 mod config_errors;
+mod crash;
 mod end_to_end;
 mod ingest_edge;
 mod plugin_dist;
+mod sandbox;

@@ -1,0 +1,173 @@
+//! Kill -9: a switchyard process killed at any moment loses no event it
+//! answered 2xx, and no downstream sees one effect under two keys.
+
+use crate::harness::*;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchyard::ingest::signature::signature_header;
+use tokio::process::{Child, Command};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn spawn_hub(config: &std::path::Path, port: u16) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "the hub answers /healthz", || {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://127.0.0.1:{port}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await;
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_no_acknowledged_event() {
+    let crm = MockDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let routes = format!(
+        r#"
+[connections.crm]
+base_url = "{}"
+
+[consumers.crm]
+plugin = "{{plugin:crm}}"
+connections = ["crm"]
+concurrency = 4
+retry = {{ first = "20ms", max = "200ms", attempts = 50 }}
+
+[[routes]]
+source = "stripe"
+events = ["customer.*"]
+consumers = ["crm"]
+"#,
+        crm.url()
+    );
+    let config = write_config(dir.path(), &HubOptions::new(routes));
+    // Short leases so deliveries cut off by a kill come back quickly.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+        .replace(
+            "path = \"data/bus\"",
+            "path = \"data/bus\"\nvisibility_timeout = \"3s\"",
+        )
+        .replace("lease = \"2m\"", "lease = \"2s\"")
+        .replace(
+            "[consumers.crm]",
+            "[consumers.crm]\nlimits = { wall = \"1s\" }",
+        );
+    std::fs::write(&config, text).unwrap();
+
+    let acknowledged: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let client = reqwest::Client::new();
+    let kills = 4;
+    let mut next = 0u32;
+    for round in 0..=kills {
+        let mut child = spawn_hub(&config, port).await;
+        // Senders run until the kill; each event is unique (its own customer).
+        let senders: Vec<_> = (0..6)
+            .map(|sender| {
+                let client = client.clone();
+                let acknowledged = Arc::clone(&acknowledged);
+                let first = next + sender * 10_000;
+                tokio::spawn(async move {
+                    for n in first..first + 10_000 {
+                        let customer = format!("cus_r{round}_{n}");
+                        let body = synthetic_event(
+                            &format!("evt_{customer}"),
+                            "customer.created",
+                            json!({"id": customer, "object": "customer", "email": null, "name": null}),
+                        );
+                        let sent = client
+                            .post(format!("http://127.0.0.1:{port}/webhooks/stripe"))
+                            .header("content-type", "application/json")
+                            .header("stripe-signature", signature_header(SECRET, now(), &body))
+                            .body(body)
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(response) if response.status().is_success() => {
+                                acknowledged.lock().unwrap().insert(customer);
+                            }
+                            Ok(_) => {}
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        next += 100_000;
+        if round < kills {
+            // Let traffic and deliveries overlap, then kill without warning.
+            tokio::time::sleep(Duration::from_millis(700 + 300 * round as u64)).await;
+            child.start_kill().unwrap();
+            child.wait().await.unwrap();
+            for sender in senders {
+                sender.await.unwrap();
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for sender in senders {
+                sender.abort();
+            }
+            let acked = acknowledged.lock().unwrap().clone();
+            assert!(acked.len() > 50, "only {} events acknowledged", acked.len());
+            eventually(
+                Duration::from_secs(60),
+                "every acknowledged event delivered",
+                || async {
+                    let delivered: BTreeSet<String> = crm
+                        .effects()
+                        .iter()
+                        .map(|r| r.path.trim_start_matches("/contacts/").to_owned())
+                        .collect();
+                    acked.is_subset(&delivered)
+                },
+            )
+            .await;
+            child.start_kill().unwrap();
+        }
+    }
+    // A downstream that honours Idempotency-Key applies each effect once: any
+    // repeated call (a kill between the effect and the ack) reused the key.
+    let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for request in crm.received() {
+        keys.entry(request.path.clone())
+            .or_default()
+            .insert(request.header("idempotency-key").unwrap().to_owned());
+    }
+    for (path, keys) in &keys {
+        assert_eq!(
+            keys.len(),
+            1,
+            "{path} was called under several keys: {keys:?}"
+        );
+    }
+}
