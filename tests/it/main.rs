@@ -5,10 +5,13 @@
 
 mod harness;
 
+mod bus;
 mod cli;
 mod config_errors;
 mod crash;
 mod end_to_end;
+mod idempotency;
 mod ingest_edge;
 mod plugin_dist;
 mod sandbox;
+mod stripe_sdk;
