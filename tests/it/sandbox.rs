@@ -158,3 +158,64 @@ async fn a_plugin_that_fails_twice_succeeds_on_the_third_attempt() {
     );
     hub.hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_supplied_host_headers_are_dropped_and_credentials_injected() {
+    let spare = MockDownstream::start().await;
+    let text = routes(&spare, "spoof", TIGHT).replace(
+        "[connections.spare]\n",
+        "[connections.spare]\nauth = { bearer = \"file:crm_token\" }\n",
+    );
+    let hub = TestHub::start(HubOptions::new(text)).await;
+    assert_eq!(hub.send_fixture("customer.created.json").await.0, 200);
+    hub.drained(Duration::from_secs(30)).await;
+    let spoofed = spare
+        .received()
+        .into_iter()
+        .find(|r| r.path == "/spoof")
+        .expect("the spoof call arrived");
+    assert_eq!(
+        spoofed.header("authorization"),
+        Some(format!("Bearer {CRM_TOKEN}").as_str())
+    );
+    assert_eq!(spoofed.header("cookie"), None);
+    assert_eq!(
+        spoofed.header("host"),
+        Some(spare.addr.to_string().as_str())
+    );
+    assert_eq!(
+        spoofed.header("idempotency-key"),
+        Some("bad:evt_1PgKq3LzX8bYw3NcCusCrt01:1")
+    );
+    assert_eq!(spoofed.header("x-custom"), Some("kept"));
+    hub.hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_calls_per_event_are_capped() {
+    let spare = MockDownstream::start().await;
+    let limits = r#"{ cpu = "50ms", wall = "5s", memory = "8MiB", http_calls = 3 }"#;
+    let reason = {
+        let hub = TestHub::start(HubOptions::new(routes(&spare, "calls", limits))).await;
+        assert_eq!(hub.send_fixture("customer.created.json").await.0, 200);
+        hub.drained(Duration::from_secs(30)).await;
+        let dead = hub
+            .hub
+            .bus()
+            .dead_letters("bad", DeadQueue::DeadLetter)
+            .await
+            .unwrap();
+        hub.hub.shutdown().await;
+        dead[0].reason.clone()
+    };
+    assert_eq!(
+        reason,
+        "call 3: limit exceeded: at most 3 outbound calls per event"
+    );
+    let calls = spare
+        .received()
+        .iter()
+        .filter(|r| r.path == "/call")
+        .count();
+    assert_eq!(calls, 3);
+}
