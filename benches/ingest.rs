@@ -64,6 +64,7 @@ fn appends(c: &mut Criterion) {
             EmbeddedSettings {
                 visibility_timeout: Duration::from_secs(300),
                 dedup_window: Duration::from_secs(86_400),
+                retention: Duration::from_secs(86_400),
             },
         )
         .unwrap(),

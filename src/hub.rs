@@ -122,6 +122,7 @@ fn open_bus(config: &Config) -> Result<Arc<EmbeddedBus>, BusError> {
         path,
         visibility_timeout,
         dedup_window,
+        retention,
     } = &config.bus;
     Ok(Arc::new(EmbeddedBus::open(
         path,
@@ -129,6 +130,7 @@ fn open_bus(config: &Config) -> Result<Arc<EmbeddedBus>, BusError> {
         EmbeddedSettings {
             visibility_timeout: *visibility_timeout,
             dedup_window: *dedup_window,
+            retention: *retention,
         },
     )?))
 }
@@ -207,7 +209,11 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         };
         tasks.spawn(consumer_loop.run(shutdown_rx.clone(), grace));
     }
-    tasks.spawn(janitor(Arc::clone(&bus), shutdown_rx.clone()));
+    tasks.spawn(janitor(
+        Arc::clone(&bus),
+        Arc::clone(&idempotency),
+        shutdown_rx.clone(),
+    ));
 
     let listener = match options.listener {
         Some(listener) => listener,
@@ -250,8 +256,13 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
     })
 }
 
-/// Periodic housekeeping: forget ingest dedup ids older than the window.
-async fn janitor(bus: Arc<EmbeddedBus>, mut shutdown: watch::Receiver<bool>) {
+/// Periodic housekeeping: forget ingest dedup ids older than the window and
+/// delete settled events older than the retention and expired idempotency keys.
+async fn janitor(
+    bus: Arc<EmbeddedBus>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -262,6 +273,16 @@ async fn janitor(bus: Arc<EmbeddedBus>, mut shutdown: watch::Receiver<bool>) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(expired = n, "forgot old dedup ids"),
             Err(err) => tracing::warn!(error = %err, "dedup expiry failed"),
+        }
+        match bus.compact(10_000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "deleted events past retention"),
+            Err(err) => tracing::warn!(error = %err, "log compaction failed"),
+        }
+        match idempotency.expire(10_000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(expired = n, "dropped expired idempotency keys"),
+            Err(err) => tracing::warn!(error = %err, "idempotency key expiry failed"),
         }
     }
 }

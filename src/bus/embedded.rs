@@ -9,7 +9,11 @@
 //!   outstanding (consumer, event). Due rows are pulled; pulling moves the row
 //!   to `now + visibility timeout`, which is the lease: a holder that dies
 //!   simply lets it come due again.
-//! - `dead`: (consumer, queue, seq) → why, attempts, and the envelope.
+//! - `dead`: (consumer, queue, seq) → why, attempts, and a copy of the envelope.
+//! - `refs`: seq → how many `schedule` rows still point at the event. The
+//!   janitor deletes events older than the retention only when none does, so
+//!   history stays replayable for the retention and the log does not grow
+//!   without bound.
 //!
 //! Appends and dead letters are durable before they answer; leases, acks and
 //! retry delays are committed lazily (a crash rolls them back, and that only
@@ -28,6 +32,7 @@ const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
 const DEDUP_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("dedup_expiry");
 const SCHEDULE: TableDefinition<(&str, u64, u64), u32> = TableDefinition::new("schedule");
 const DEAD: TableDefinition<(&str, u8, u64), &[u8]> = TableDefinition::new("dead");
+const REFS: TableDefinition<u64, u32> = TableDefinition::new("refs");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
 
@@ -36,6 +41,8 @@ const NEXT_SEQ: &str = "next_seq";
 pub struct EmbeddedSettings {
     pub visibility_timeout: Duration,
     pub dedup_window: Duration,
+    /// How long settled events stay in the log (for replay).
+    pub retention: Duration,
 }
 
 pub struct EmbeddedBus {
@@ -92,6 +99,7 @@ impl EmbeddedBus {
             txn.open_table(DEDUP_EXPIRY).map_err(storage)?;
             txn.open_table(SCHEDULE).map_err(storage)?;
             txn.open_table(DEAD).map_err(storage)?;
+            txn.open_table(REFS).map_err(storage)?;
             txn.open_table(META).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
@@ -195,6 +203,9 @@ impl EmbeddedBus {
                     // owns this event now, so this holder must not touch it.
                     return Ok(false);
                 };
+                if !matches!(next, Settle::RetryAt(_)) {
+                    release_ref(txn, seq)?;
+                }
                 match next {
                     Settle::Ack => {}
                     Settle::RetryAt(at_ms) => {
@@ -230,6 +241,38 @@ impl EmbeddedBus {
         Ok(settled)
     }
 
+    /// Deletes settled events older than the retention, at most `limit`.
+    /// Events still waiting for a consumer are kept whatever their age.
+    /// Returns how many were deleted.
+    pub async fn compact(&self, limit: usize) -> Result<usize, BusError> {
+        let cutoff = now_ms().saturating_sub(self.settings.retention.as_millis() as u64);
+        self.store
+            .write(Persist::Lazy, move |txn| {
+                let mut events = txn.open_table(EVENTS)?;
+                let refs = txn.open_table(REFS)?;
+                let mut old = Vec::new();
+                for row in events.iter()?.take(limit) {
+                    let (seq, bytes) = row?;
+                    let received_at = Envelope::decode(bytes.value())
+                        .map(|e| e.received_at_ms)
+                        .unwrap_or(0);
+                    // The log is in arrival order: the first young event ends the scan.
+                    if received_at >= cutoff {
+                        break;
+                    }
+                    if refs.get(seq.value())?.is_none() {
+                        old.push(seq.value());
+                    }
+                }
+                for seq in &old {
+                    events.remove(*seq)?;
+                }
+                Ok(old.len())
+            })
+            .await
+            .map_err(unavailable)
+    }
+
     /// Forgets dedup entries older than the window. Returns how many.
     pub async fn expire_dedup(&self) -> Result<usize, BusError> {
         let cutoff = now_ms().saturating_sub(self.settings.dedup_window.as_millis() as u64);
@@ -251,6 +294,18 @@ impl EmbeddedBus {
             .await
             .map_err(unavailable)
     }
+}
+
+/// One fewer queue row points at `seq`.
+fn release_ref(txn: &redb::WriteTransaction, seq: u64) -> Result<(), redb::Error> {
+    let mut refs = txn.open_table(REFS)?;
+    let left = refs.get(seq)?.map(|v| v.value()).unwrap_or(0);
+    if left > 1 {
+        refs.insert(seq, left - 1)?;
+    } else {
+        refs.remove(seq)?;
+    }
+    Ok(())
 }
 
 enum Settle {
@@ -290,6 +345,9 @@ impl Bus for EmbeddedBus {
                 let now = now_ms();
                 for consumer in &consumers {
                     schedule.insert((consumer.as_str(), now, seq), 0)?;
+                }
+                if !consumers.is_empty() {
+                    txn.open_table(REFS)?.insert(seq, consumers.len() as u32)?;
                 }
                 Ok(Appended::Stored)
             })

@@ -49,6 +49,8 @@ pub enum BusConfig {
         visibility_timeout: Duration,
         /// How long an event id is remembered for ingest dedup.
         dedup_window: Duration,
+        /// How long settled events stay in the log for replay.
+        retention: Duration,
     },
 }
 

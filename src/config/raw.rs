@@ -41,6 +41,7 @@ pub struct RawBus {
     pub path: Option<String>,
     pub visibility_timeout: Option<String>,
     pub dedup_window: Option<String>,
+    pub retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -185,6 +185,11 @@ impl Checker<'_> {
                 raw.dedup_window.as_ref(),
                 Duration::from_secs(7 * 86_400),
             ),
+            retention: self.duration(
+                "bus.retention".into(),
+                raw.retention.as_ref(),
+                Duration::from_secs(7 * 86_400),
+            ),
         }
     }
 

@@ -55,6 +55,9 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     async fn claim(&self, key: &str, lease: Duration) -> Result<Claim, IdempotencyError>;
     async fn complete(&self, key: &str, ttl: Duration) -> Result<(), IdempotencyError>;
     async fn release(&self, key: &str, lease: &Lease) -> Result<(), IdempotencyError>;
+    /// Drops up to `limit` expired keys, where the backend does not do it
+    /// itself. Returns how many.
+    async fn expire(&self, limit: usize) -> Result<usize, IdempotencyError>;
 }
 
 /// The key of one consumer's effect of one event.
@@ -145,6 +148,11 @@ impl IdempotencyStore for RedisStore {
             .map(drop)
             .map_err(redis_error)
     }
+
+    /// Redis expires keys itself (`PX`/`EX`).
+    async fn expire(&self, _limit: usize) -> Result<usize, IdempotencyError> {
+        Ok(0)
+    }
 }
 
 const KEYS: TableDefinition<&str, (u64, &str)> = TableDefinition::new("keys");
@@ -199,9 +207,11 @@ impl EmbeddedStore {
             .await
             .map_err(durable_error)
     }
+}
 
-    /// Drops expired keys, at most `limit`. Returns how many.
-    pub async fn expire(&self, limit: usize) -> Result<usize, IdempotencyError> {
+#[async_trait]
+impl IdempotencyStore for EmbeddedStore {
+    async fn expire(&self, limit: usize) -> Result<usize, IdempotencyError> {
         self.store
             .write(Persist::Lazy, move |txn| {
                 let now = now_ms();
@@ -221,10 +231,7 @@ impl EmbeddedStore {
             .await
             .map_err(durable_error)
     }
-}
 
-#[async_trait]
-impl IdempotencyStore for EmbeddedStore {
     async fn claim(&self, key: &str, lease: Duration) -> Result<Claim, IdempotencyError> {
         let key = key.to_owned();
         self.store

@@ -10,6 +10,10 @@ use switchyard::bus::{Appended, Bus, DeadQueue, Envelope, Subscription};
 use switchyard::config::EventPattern;
 
 fn open(dir: &Path, visibility: Duration) -> EmbeddedBus {
+    open_with_retention(dir, visibility, Duration::from_secs(3600))
+}
+
+fn open_with_retention(dir: &Path, visibility: Duration, retention: Duration) -> EmbeddedBus {
     let subscriptions = vec![
         Subscription {
             consumer: "crm".into(),
@@ -26,6 +30,7 @@ fn open(dir: &Path, visibility: Duration) -> EmbeddedBus {
     let settings = EmbeddedSettings {
         visibility_timeout: visibility,
         dedup_window: Duration::from_secs(3600),
+        retention,
     };
     // A previous instance's writer thread may still be closing the file.
     for _ in 0..100 {
@@ -212,5 +217,34 @@ async fn failed_commits_answer_errors_and_keep_nothing() {
             .await
             .unwrap(),
         Appended::Stored
+    );
+}
+
+#[tokio::test]
+async fn compaction_deletes_only_settled_events_past_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open_with_retention(dir.path(), Duration::from_secs(60), Duration::ZERO);
+    bus.append(&event("evt_1", "customer.created"))
+        .await
+        .unwrap();
+    bus.append(&event("evt_2", "customer.updated"))
+        .await
+        .unwrap();
+    bus.append(&event("evt_3", "payment_intent.created"))
+        .await
+        .unwrap();
+    let first = bus.pull("crm", 1, NO_WAIT).await.unwrap().remove(0);
+    bus.ack(&first).await.unwrap();
+    // evt_1 is settled and evt_3 had no consumer: both go; evt_2 waits.
+    assert_eq!(bus.compact(100).await.unwrap(), 2);
+    assert_eq!(bus.compact(100).await.unwrap(), 0);
+    let second = bus.pull("crm", 1, NO_WAIT).await.unwrap().remove(0);
+    assert_eq!(second.envelope.event_id, "evt_2");
+    // Dedup outlives the log: a late retry of evt_1 is still a duplicate.
+    assert_eq!(
+        bus.append(&event("evt_1", "customer.created"))
+            .await
+            .unwrap(),
+        Appended::Duplicate
     );
 }
