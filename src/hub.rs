@@ -10,9 +10,11 @@ use crate::bus::embedded::{EmbeddedBus, EmbeddedSettings};
 use crate::bus::{Bus, BusError, DeadQueue, Subscription};
 use crate::config::{BusConfig, Config, IdempotencyBackend};
 use crate::dispatch::idempotency::{EmbeddedStore, IdempotencyError, IdempotencyStore, RedisStore};
-use crate::dispatch::{ConsumerLoop, ConsumerStats, StackParts, consumer_stack};
+use crate::dispatch::layers::BreakerHandle;
+use crate::dispatch::{ConsumerLoop, ConsumerStats, StackParts, consumer_stack, plugin_call};
 use crate::ingest::{Clock, Ingest, SourceEndpoint, system_clock};
-use crate::plugin::{ConsumerPlugin, PluginError, PluginHost};
+use crate::limiter::RateLimiter;
+use crate::plugin::{ConsumerPlugin, PluginError, PluginHost, build_connections};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +33,8 @@ pub enum HubError {
     Idempotency(#[from] IdempotencyError),
     #[error("{0}")]
     Plugin(#[from] PluginError),
+    #[error("{message}")]
+    Connection { message: String },
     #[error("cannot listen on `{addr}`: {source}")]
     Bind {
         addr: SocketAddr,
@@ -81,15 +85,22 @@ fn plugin_host(config: &Config) -> Result<PluginHost, PluginError> {
     PluginHost::new(instances as u32, max_memory)
 }
 
-/// Loads every consumer's plugin; all failures are reported, not just the first.
+/// Builds the connections and loads every consumer's plugin; all failures
+/// are reported, not just the first.
 fn load_plugins(
     host: &PluginHost,
     config: &Config,
 ) -> Result<BTreeMap<String, Arc<ConsumerPlugin>>, Vec<HubError>> {
+    let connections = build_connections(&config.connections).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|message| HubError::Connection { message })
+            .collect::<Vec<_>>()
+    })?;
     let mut plugins = BTreeMap::new();
     let mut errors = Vec::new();
     for (name, consumer) in &config.consumers {
-        match host.load(name, consumer, &config.connections) {
+        match host.load(name, consumer, &connections) {
             Ok(plugin) => {
                 plugins.insert(name.clone(), Arc::new(plugin));
             }
@@ -171,6 +182,7 @@ pub struct RunningHub {
     pub addr: SocketAddr,
     bus: Arc<EmbeddedBus>,
     stats: BTreeMap<String, Arc<ConsumerStats>>,
+    breakers: BTreeMap<String, Arc<BreakerHandle>>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -188,17 +200,28 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut stats = BTreeMap::new();
+    let mut breakers = BTreeMap::new();
     let grace = config.server.shutdown_grace;
     for (name, consumer) in &config.consumers {
         let consumer_stats = Arc::new(ConsumerStats::default());
         stats.insert(name.clone(), Arc::clone(&consumer_stats));
-        let service = consumer_stack(StackParts {
-            plugin: Arc::clone(&plugins[name]),
+        let breaker = consumer
+            .circuit_breaker
+            .map(|settings| BreakerHandle::new(name, settings));
+        if let Some(breaker) = &breaker {
+            breakers.insert(name.clone(), Arc::clone(breaker));
+        }
+        let policies = StackParts {
             idempotency: Arc::clone(&idempotency),
             key_prefix: key_prefix.clone(),
             lease: config.idempotency.lease,
             ttl: config.idempotency.ttl,
-        });
+            breaker,
+            rate_limit: consumer
+                .rate_limit
+                .map(|limit| Arc::new(RateLimiter::new(limit))),
+        };
+        let service = consumer_stack(policies, plugin_call(Arc::clone(&plugins[name])));
         let consumer_loop = ConsumerLoop {
             name: name.clone(),
             bus: Arc::clone(&bus) as Arc<dyn Bus>,
@@ -251,6 +274,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         addr,
         bus,
         stats,
+        breakers,
         shutdown,
         tasks,
     })
@@ -310,6 +334,8 @@ impl RunningHub {
                     .await?
                     .len() as u64,
                 reviews: self.bus.dead_letters(name, DeadQueue::Review).await?.len() as u64,
+                breaker: self.breakers.get(name).map(|b| b.state()),
+                breaker_opened: self.breakers.get(name).map_or(0, |b| b.times_opened()),
                 stats: stats.snapshot(),
             });
         }

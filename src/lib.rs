@@ -12,5 +12,6 @@ pub mod dispatch;
 pub mod durable;
 pub mod hub;
 pub mod ingest;
+pub mod limiter;
 pub mod plugin;
 pub mod telemetry;

@@ -5,6 +5,7 @@
 //! this type.
 
 use crate::dispatch::StatsSnapshot;
+use crate::dispatch::breaker::BreakerState;
 use serde::Serialize;
 
 /// The state of one consumer at a point in time.
@@ -14,6 +15,10 @@ pub struct ConsumerStatus {
     pub backlog: u64,
     pub dead_letters: u64,
     pub reviews: u64,
+    /// `None` when the consumer runs without a circuit breaker.
+    pub breaker: Option<BreakerState>,
+    /// How many times the breaker opened since start.
+    pub breaker_opened: u64,
     #[serde(flatten)]
     pub stats: StatsSnapshot,
 }

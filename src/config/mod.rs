@@ -91,6 +91,15 @@ pub struct ConnectionConfig {
     pub base_url: String,
     pub auth: Option<AuthConfig>,
     pub timeout: Duration,
+    /// Shared by every consumer calling through this connection.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A GCRA rate: one permit every `period`, at most `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub period: Duration,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +116,9 @@ pub struct ConsumerConfig {
     pub concurrency: usize,
     pub retry: RetryConfig,
     pub limits: PluginLimits,
+    pub rate_limit: Option<RateLimit>,
+    /// `None` when `circuit_breaker.enabled = false`.
+    pub circuit_breaker: Option<crate::dispatch::breaker::BreakerConfig>,
     /// Non-secret settings the plugin reads with `config(key)`.
     pub settings: BTreeMap<String, String>,
 }
@@ -117,6 +129,8 @@ pub struct RetryConfig {
     pub max: Duration,
     /// Deliveries before the event is dead-lettered (the first one counts).
     pub attempts: u32,
+    /// Longest downstream `Retry-After` honoured.
+    pub max_retry_after: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

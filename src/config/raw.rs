@@ -71,6 +71,7 @@ pub struct RawConnection {
     pub base_url: Option<String>,
     pub auth: Option<RawAuth>,
     pub timeout: Option<String>,
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,8 +93,30 @@ pub struct RawConsumer {
     pub concurrency: Option<i64>,
     pub retry: Option<RawRetry>,
     pub limits: Option<RawLimits>,
+    pub rate_limit: Option<RawRateLimit>,
+    pub circuit_breaker: Option<RawBreaker>,
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub per_second: Option<f64>,
+    pub per_minute: Option<f64>,
+    pub burst: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub enabled: Option<bool>,
+    pub failure_ratio: Option<f64>,
+    pub min_calls: Option<i64>,
+    pub window: Option<String>,
+    pub consecutive_failures: Option<i64>,
+    pub open_for: Option<String>,
+    pub half_open_probes: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +125,7 @@ pub struct RawRetry {
     pub first: Option<String>,
     pub max: Option<String>,
     pub attempts: Option<i64>,
+    pub max_retry_after: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

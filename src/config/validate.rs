@@ -308,6 +308,10 @@ impl Checker<'_> {
             base_url: base_url.trim_end_matches('/').to_owned(),
             auth,
             timeout: self.duration(at("timeout"), raw.timeout.as_ref(), Duration::from_secs(10)),
+            rate_limit: raw
+                .rate_limit
+                .as_ref()
+                .and_then(|limit| self.rate_limit(at("rate_limit"), limit)),
         }
     }
 
@@ -403,6 +407,11 @@ impl Checker<'_> {
                         (1, 1000),
                         defaults.attempts,
                     ),
+                    max_retry_after: self.duration(
+                        at("retry.max_retry_after"),
+                        retry.max_retry_after.as_ref(),
+                        defaults.max_retry_after,
+                    ),
                 };
                 if parsed.first > parsed.max {
                     self.issue(at("retry.max"), "must not be shorter than `retry.first`");
@@ -410,14 +419,93 @@ impl Checker<'_> {
                 parsed
             }
         };
+        let rate_limit = raw
+            .rate_limit
+            .as_ref()
+            .and_then(|limit| self.rate_limit(at("rate_limit"), limit));
+        let circuit_breaker = self.breaker(name, raw.circuit_breaker.as_ref());
         ConsumerConfig {
             plugin,
             connections: raw.connections.clone(),
             concurrency: self.count(at("concurrency"), raw.concurrency, (1, 1024), 4) as usize,
             retry,
             limits,
+            rate_limit,
+            circuit_breaker,
             settings: raw.settings.clone(),
         }
+    }
+
+    fn rate_limit(&mut self, at: String, raw: &RawRateLimit) -> Option<RateLimit> {
+        let (count, unit) = match (raw.per_second, raw.per_minute) {
+            (Some(n), None) => (n, Duration::from_secs(1)),
+            (None, Some(n)) => (n, Duration::from_secs(60)),
+            _ => {
+                self.issue(at, "give exactly one of `per_second` or `per_minute`");
+                return None;
+            }
+        };
+        if !(count.is_finite() && count > 0.0 && count <= 1_000_000.0) {
+            self.issue(
+                at,
+                format!("rate `{count}` must be above 0 and at most 1000000"),
+            );
+            return None;
+        }
+        let default_burst = count.ceil().max(1.0) as i64;
+        let burst = self.count(
+            format!("{at}.burst"),
+            raw.burst.or(Some(default_burst)),
+            (1, 1_000_000),
+            1,
+        );
+        Some(RateLimit {
+            period: unit.div_f64(count),
+            burst,
+        })
+    }
+
+    fn breaker(
+        &mut self,
+        consumer: &str,
+        raw: Option<&RawBreaker>,
+    ) -> Option<crate::dispatch::breaker::BreakerConfig> {
+        let defaults = crate::dispatch::breaker::BreakerConfig::default();
+        let Some(raw) = raw else {
+            return Some(defaults);
+        };
+        let at = |key: &str| format!("consumers.{consumer}.circuit_breaker.{key}");
+        let failure_ratio = raw.failure_ratio.unwrap_or(defaults.failure_ratio);
+        if !(failure_ratio > 0.0 && failure_ratio <= 1.0) {
+            self.issue(
+                at("failure_ratio"),
+                format!("`{failure_ratio}` must be above 0 and at most 1"),
+            );
+        }
+        let config = crate::dispatch::breaker::BreakerConfig {
+            failure_ratio,
+            min_calls: self.count(
+                at("min_calls"),
+                raw.min_calls,
+                (1, 1_000_000),
+                defaults.min_calls,
+            ),
+            window: self.duration(at("window"), raw.window.as_ref(), defaults.window),
+            consecutive_failures: self.count(
+                at("consecutive_failures"),
+                raw.consecutive_failures,
+                (0, 1_000_000),
+                defaults.consecutive_failures,
+            ),
+            open_for: self.duration(at("open_for"), raw.open_for.as_ref(), defaults.open_for),
+            half_open_probes: self.count(
+                at("half_open_probes"),
+                raw.half_open_probes,
+                (1, 1000),
+                defaults.half_open_probes,
+            ),
+        };
+        raw.enabled.unwrap_or(true).then_some(config)
     }
 
     fn route(&mut self, index: usize, raw: &RawRoute, all: &RawConfig) -> RouteConfig {
@@ -528,6 +616,7 @@ impl Default for RetryConfig {
             first: Duration::from_secs(1),
             max: Duration::from_secs(3600),
             attempts: 25,
+            max_retry_after: Duration::from_secs(3600),
         }
     }
 }

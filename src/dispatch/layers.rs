@@ -1,12 +1,18 @@
 //! The per-consumer policies, each a small tower layer, and the plugin call
 //! they wrap. Assembled in [`super::consumer_stack`].
 
+use super::breaker::{Admission, BreakerState, CallResult, CircuitBreaker, Transition};
 use super::idempotency::{self, Claim, IdempotencyStore};
 use super::{DispatchError, Verdict};
 use crate::bus::Delivery;
+use crate::limiter::RateLimiter;
 use crate::plugin::{CallOutcome, ConsumerPlugin, PluginEvent};
 use futures::future::BoxFuture;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Layer, Service};
@@ -94,7 +100,7 @@ where
             };
             let verdict = inner.call(delivery).await;
             match &verdict {
-                Ok(Verdict::Delivered) => policy.store.complete(&key, policy.ttl).await?,
+                Ok(Verdict::Delivered { .. }) => policy.store.complete(&key, policy.ttl).await?,
                 // A rejected or reviewed event may be replayed by an operator
                 // later: leave no mark that would make the replay a no-op.
                 _ => policy.store.release(&key, &lease).await?,
@@ -141,11 +147,309 @@ impl Service<Delivery> for PluginCall {
             };
             let report = plugin.call(event).await;
             Ok(match report.outcome {
-                CallOutcome::Done => Verdict::Delivered,
-                CallOutcome::Retry { reason, after } => Verdict::Retry { reason, after },
+                CallOutcome::Done => Verdict::Delivered {
+                    called_downstream: !report.calls.is_empty(),
+                },
+                CallOutcome::Retry {
+                    reason,
+                    after,
+                    downstream_unwell,
+                } => Verdict::Retry {
+                    reason,
+                    after,
+                    downstream_unwell,
+                },
                 CallOutcome::Reject(reason) => Verdict::Reject(reason),
                 CallOutcome::Review(reason) => Verdict::Review(reason),
             })
         })
+    }
+}
+
+type Wait = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
+
+/// How long a worker waits for a half-open probe slot before asking again
+/// (a slot frees when a probe ends, which also wakes waiters).
+const PROBE_SLOT_POLL: Duration = Duration::from_millis(100);
+
+/// The breaker of one consumer, shared by all its workers.
+pub struct BreakerHandle {
+    consumer: Arc<str>,
+    machine: Mutex<CircuitBreaker>,
+    probe_ended: tokio::sync::Notify,
+    opened: AtomicU64,
+}
+
+impl BreakerHandle {
+    pub fn new(consumer: &str, config: super::breaker::BreakerConfig) -> Arc<BreakerHandle> {
+        Arc::new(BreakerHandle {
+            consumer: Arc::from(consumer),
+            machine: Mutex::new(CircuitBreaker::new(config)),
+            probe_ended: tokio::sync::Notify::new(),
+            opened: AtomicU64::new(0),
+        })
+    }
+
+    pub fn state(&self) -> BreakerState {
+        self.machine.lock().expect("breaker lock").state()
+    }
+
+    /// How many times it opened since start.
+    pub fn times_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    fn admit(&self) -> Admission {
+        let (admission, transition) = self
+            .machine
+            .lock()
+            .expect("breaker lock")
+            .admit(tokio::time::Instant::now());
+        self.announce(transition);
+        admission
+    }
+
+    fn record(&self, result: CallResult) {
+        let transition = self
+            .machine
+            .lock()
+            .expect("breaker lock")
+            .record(tokio::time::Instant::now(), result);
+        self.announce(transition);
+        self.probe_ended.notify_waiters();
+    }
+
+    fn announce(&self, transition: Option<Transition>) {
+        let Some(Transition { from, to }) = transition else {
+            return;
+        };
+        let reason = match (from, to) {
+            (BreakerState::Closed, BreakerState::Open) => {
+                "downstream failures reached the threshold"
+            }
+            (BreakerState::HalfOpen, BreakerState::Open) => "a probe call failed",
+            (_, BreakerState::HalfOpen) => "open period over; probing",
+            (_, BreakerState::Closed) => "probe calls succeeded",
+            _ => "state changed",
+        };
+        if to == BreakerState::Open {
+            self.opened.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::warn!(
+            consumer = %self.consumer,
+            from = ?from,
+            to = ?to,
+            reason,
+            "circuit breaker state changed"
+        );
+    }
+}
+
+/// While the breaker is open, `poll_ready` waits: the pull loop takes no
+/// new work, so the consumer's events wait in the bus without using attempts.
+#[derive(Clone)]
+pub struct CircuitBreakerLayer {
+    breaker: Arc<BreakerHandle>,
+}
+
+impl CircuitBreakerLayer {
+    pub fn new(breaker: Arc<BreakerHandle>) -> Self {
+        CircuitBreakerLayer { breaker }
+    }
+}
+
+impl<S> Layer<S> for CircuitBreakerLayer {
+    type Service = Breaker<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Breaker {
+            inner,
+            breaker: Arc::clone(&self.breaker),
+            admitted: None,
+            wait: None,
+        }
+    }
+}
+
+pub struct Breaker<S> {
+    inner: S,
+    breaker: Arc<BreakerHandle>,
+    admitted: Option<Admitted>,
+    wait: Option<Wait>,
+}
+
+impl<S: Clone> Clone for Breaker<S> {
+    /// A clone is not ready: it must be admitted on its own.
+    fn clone(&self) -> Self {
+        Breaker {
+            inner: self.inner.clone(),
+            breaker: Arc::clone(&self.breaker),
+            admitted: None,
+            wait: None,
+        }
+    }
+}
+
+/// An admitted call. Recorded when the call ends; dropped unused (no work
+/// was pulled, or the call was cancelled) it counts as neutral, so a
+/// half-open probe slot is never leaked.
+struct Admitted {
+    breaker: Arc<BreakerHandle>,
+    recorded: bool,
+}
+
+impl Admitted {
+    fn record(mut self, result: CallResult) {
+        self.recorded = true;
+        self.breaker.record(result);
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker.record(CallResult::Neutral);
+        }
+    }
+}
+
+/// What a verdict says about the downstream's health.
+fn call_result(verdict: &Result<Verdict, DispatchError>) -> CallResult {
+    match verdict {
+        // Only an answer from the downstream says it is healthy; a plugin
+        // that had nothing to send says nothing about it.
+        Ok(Verdict::Delivered {
+            called_downstream: true,
+        }) => CallResult::Healthy,
+        Ok(Verdict::Retry {
+            downstream_unwell: true,
+            ..
+        }) => CallResult::Unwell,
+        _ => CallResult::Neutral,
+    }
+}
+
+impl<S> Service<Delivery> for Breaker<S>
+where
+    S: Service<Delivery, Response = Verdict, Error = DispatchError> + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Verdict;
+    type Error = DispatchError;
+    type Future = BoxFuture<'static, Result<Verdict, DispatchError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        while self.admitted.is_none() {
+            if let Some(wait) = &mut self.wait {
+                std::task::ready!(wait.as_mut().poll(cx));
+                self.wait = None;
+            }
+            match self.breaker.admit() {
+                Admission::Allowed => {
+                    self.admitted = Some(Admitted {
+                        breaker: Arc::clone(&self.breaker),
+                        recorded: false,
+                    });
+                }
+                Admission::OpenUntil(until) => {
+                    self.wait = Some(Box::pin(tokio::time::sleep_until(until)));
+                }
+                Admission::ProbesBusy => {
+                    let breaker = Arc::clone(&self.breaker);
+                    self.wait = Some(Box::pin(async move {
+                        tokio::select! {
+                            _ = breaker.probe_ended.notified() => {}
+                            _ = tokio::time::sleep(PROBE_SLOT_POLL) => {}
+                        }
+                    }));
+                }
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, delivery: Delivery) -> Self::Future {
+        let admitted = self.admitted.take().expect("poll_ready admits before call");
+        let future = self.inner.call(delivery);
+        Box::pin(async move {
+            let verdict = future.await;
+            admitted.record(call_result(&verdict));
+            verdict
+        })
+    }
+}
+
+/// Waits in `poll_ready` for a permit of the consumer's rate: a throttled
+/// consumer pulls no faster than its limit, so its backlog stays in the bus
+/// and no attempt is spent on waiting.
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    limiter: Arc<RateLimiter>,
+}
+
+impl RateLimitLayer {
+    pub fn new(limiter: Arc<RateLimiter>) -> Self {
+        RateLimitLayer { limiter }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimited<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimited {
+            inner,
+            limiter: Arc::clone(&self.limiter),
+            permit: false,
+            wait: None,
+        }
+    }
+}
+
+pub struct RateLimited<S> {
+    inner: S,
+    limiter: Arc<RateLimiter>,
+    permit: bool,
+    wait: Option<Wait>,
+}
+
+impl<S: Clone> Clone for RateLimited<S> {
+    /// A clone holds no permit.
+    fn clone(&self) -> Self {
+        RateLimited {
+            inner: self.inner.clone(),
+            limiter: Arc::clone(&self.limiter),
+            permit: false,
+            wait: None,
+        }
+    }
+}
+
+impl<S> Service<Delivery> for RateLimited<S>
+where
+    S: Service<Delivery, Response = Verdict, Error = DispatchError>,
+{
+    type Response = Verdict;
+    type Error = DispatchError;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        while !self.permit {
+            if let Some(wait) = &mut self.wait {
+                std::task::ready!(wait.as_mut().poll(cx));
+                self.wait = None;
+            }
+            match self.limiter.try_acquire() {
+                Ok(()) => self.permit = true,
+                Err(wait) => self.wait = Some(Box::pin(tokio::time::sleep(wait))),
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, delivery: Delivery) -> Self::Future {
+        assert!(self.permit, "poll_ready takes a permit before call");
+        self.permit = false;
+        self.inner.call(delivery)
     }
 }

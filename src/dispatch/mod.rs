@@ -11,15 +11,17 @@
 //! delayed redelivery, or a durable dead-letter/review entry. If settling
 //! fails, the lease simply expires and the event comes back.
 
+pub mod breaker;
 pub mod idempotency;
 pub mod layers;
 pub mod retry;
 
 use crate::bus::{Bus, BusError, DeadQueue, Delivery};
 use crate::config::RetryConfig;
+use crate::limiter::RateLimiter;
 use crate::plugin::ConsumerPlugin;
 use idempotency::{IdempotencyError, IdempotencyStore};
-use layers::{IdempotencyLayer, PluginCall};
+use layers::{BreakerHandle, CircuitBreakerLayer, IdempotencyLayer, PluginCall, RateLimitLayer};
 use retry::{NextStep, RetrySchedule};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,12 +29,15 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tower::util::BoxCloneSyncService;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 /// How a delivery ended, as the policy stack reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    Delivered,
+    Delivered {
+        /// The plugin made at least one outbound call.
+        called_downstream: bool,
+    },
     /// The idempotency key says the effect already happened.
     AlreadyDone,
     /// Another worker holds the lease; look again later. Not a failure.
@@ -42,6 +47,8 @@ pub enum Verdict {
     Retry {
         reason: String,
         after: Option<Duration>,
+        /// Counts against the circuit breaker.
+        downstream_unwell: bool,
     },
     Reject(String),
     Review(String),
@@ -60,30 +67,55 @@ pub enum DispatchError {
 /// The assembled policy stack of one consumer.
 pub type ConsumerService = BoxCloneSyncService<Delivery, Verdict, DispatchError>;
 
-/// Everything a consumer's stack is made from.
+/// The policies of a consumer's stack.
 pub struct StackParts {
-    pub plugin: Arc<ConsumerPlugin>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub key_prefix: String,
     pub lease: Duration,
     pub ttl: Duration,
+    pub breaker: Option<Arc<BreakerHandle>>,
+    pub rate_limit: Option<Arc<RateLimiter>>,
 }
 
 /// Builds one consumer's stack, outermost layer first.
-pub fn consumer_stack(parts: StackParts) -> ConsumerService {
+///
+/// `poll_ready` runs down the stack before the pull loop takes an event from
+/// the bus, so the breaker and the limiter hold work back in the bus rather
+/// than holding a leased event in memory.
+pub fn consumer_stack<S>(parts: StackParts, call: S) -> ConsumerService
+where
+    S: tower::Service<Delivery, Response = Verdict, Error = DispatchError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let service = ServiceBuilder::new()
-        // Outermost: a delivery whose effect is known done must cost nothing
-        // else — no breaker probe, no rate-limit permit, no plugin call.
+        // Outermost on the call path: a delivery whose effect is known done
+        // is acked without touching the downstream, and a call that fails
+        // releases its lease so the retry can claim it.
         .layer(IdempotencyLayer::new(
             parts.idempotency,
             &parts.key_prefix,
             parts.lease,
             parts.ttl,
         ))
-        // Innermost: the plugin call itself, under its CPU, wall-clock and
-        // memory budgets (enforced by the plugin host).
-        .service(PluginCall::new(parts.plugin));
+        // Before the limiter: while open, the consumer pulls nothing and
+        // spends no rate permits; it records each call's effect on health.
+        .option_layer(parts.breaker.map(CircuitBreakerLayer::new))
+        // Waits for a permit before work is pulled: a throttled consumer's
+        // backlog stays in the bus and no attempt is spent waiting.
+        .option_layer(parts.rate_limit.map(RateLimitLayer::new))
+        // Innermost: the call itself — the plugin, under its CPU, wall-clock
+        // and memory budgets (see `plugin_call`).
+        .service(call);
     BoxCloneSyncService::new(service)
+}
+
+/// The innermost service of a consumer: its plugin.
+pub fn plugin_call(plugin: Arc<ConsumerPlugin>) -> PluginCall {
+    PluginCall::new(plugin)
 }
 
 /// Counters of one consumer, for status and tests.
@@ -151,38 +183,39 @@ impl ConsumerLoop {
         let this = Arc::new(self);
         loop {
             while in_flight.try_join_next().is_some() {}
-            let first = tokio::select! {
+            let permit = tokio::select! {
                 permit = Arc::clone(&permits).acquire_owned() => permit.expect("semaphore never closes"),
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
-            let max = 1 + permits.available_permits();
-            let pulled = tokio::select! {
-                pulled = this.bus.pull(&this.name, max, PULL_WAIT) => pulled,
+            // Breaker and rate limiter decide here, before anything is pulled.
+            let mut service = this.service.clone();
+            let ready = tokio::select! {
+                ready = service.ready() => ready,
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
-            let deliveries = match pulled {
-                Ok(deliveries) => deliveries,
+            if let Err(err) = ready {
+                tracing::error!(consumer = %this.name, error = %err, "consumer stack not ready");
+                tokio::time::sleep(BUS_ERROR_PAUSE).await;
+                continue;
+            }
+            let pulled = tokio::select! {
+                pulled = this.bus.pull(&this.name, 1, PULL_WAIT) => pulled,
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            let delivery = match pulled {
+                Ok(mut deliveries) if !deliveries.is_empty() => deliveries.swap_remove(0),
+                Ok(_) => continue,
                 Err(err) => {
                     tracing::error!(consumer = %this.name, error = %err, "pull failed");
-                    drop(first);
                     tokio::time::sleep(BUS_ERROR_PAUSE).await;
                     continue;
                 }
             };
-            let mut first = Some(first);
-            for delivery in deliveries {
-                let permit = match first.take() {
-                    Some(permit) => permit,
-                    None => Arc::clone(&permits)
-                        .try_acquire_owned()
-                        .expect("pulled no more than the free permits"),
-                };
-                let this = Arc::clone(&this);
-                in_flight.spawn(async move {
-                    this.deliver(delivery, schedule).await;
-                    drop(permit);
-                });
-            }
+            let this = Arc::clone(&this);
+            in_flight.spawn(async move {
+                this.deliver(delivery, service, schedule).await;
+                drop(permit);
+            });
         }
         let drained = tokio::time::timeout(grace, async {
             while in_flight.join_next().await.is_some() {}
@@ -198,7 +231,12 @@ impl ConsumerLoop {
         }
     }
 
-    async fn deliver(&self, delivery: Delivery, schedule: RetrySchedule) {
+    async fn deliver(
+        &self,
+        delivery: Delivery,
+        mut service: ConsumerService,
+        schedule: RetrySchedule,
+    ) {
         let stats = &self.stats;
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!(
@@ -209,10 +247,7 @@ impl ConsumerLoop {
             event_type = %delivery.envelope.event_type,
             attempt = delivery.attempt,
         );
-        let _entered = span.clone();
-        let verdict =
-            tracing::Instrument::instrument(self.service.clone().oneshot(delivery.clone()), span)
-                .await;
+        let verdict = tracing::Instrument::instrument(service.call(delivery.clone()), span).await;
         let settled = self.settle(&delivery, verdict, schedule).await;
         if let Err(err) = settled {
             stats.infra_errors.fetch_add(1, Ordering::Relaxed);
@@ -236,7 +271,7 @@ impl ConsumerLoop {
         let event_id = &delivery.envelope.event_id;
         let consumer = &self.name;
         match verdict {
-            Ok(Verdict::Delivered) => {
+            Ok(Verdict::Delivered { .. }) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(consumer, event_id, "delivered");
                 self.bus.ack(delivery).await
@@ -247,7 +282,7 @@ impl ConsumerLoop {
                 self.bus.ack(delivery).await
             }
             Ok(Verdict::Busy { retry_in }) => self.bus.retry(delivery, retry_in).await,
-            Ok(Verdict::Retry { reason, after }) => {
+            Ok(Verdict::Retry { reason, after, .. }) => {
                 let step = schedule.next(delivery.attempt, after, &mut rand::rng());
                 match step {
                     NextStep::RetryIn(delay) => {

@@ -10,9 +10,6 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use rand::Rng;
 use std::time::Duration;
 
-/// Longest `Retry-After` honoured, so a downstream cannot park events for days.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-
 #[derive(Debug, Clone, Copy)]
 pub struct RetrySchedule {
     config: RetryConfig,
@@ -56,7 +53,10 @@ impl RetrySchedule {
         }
         let ceiling = self.ceiling(attempt).as_millis().max(1) as u64;
         let jittered = Duration::from_millis(rng.random_range(1..=ceiling));
-        let floor = retry_after.unwrap_or_default().min(MAX_RETRY_AFTER);
+        // Capped, so a downstream cannot park events for days.
+        let floor = retry_after
+            .unwrap_or_default()
+            .min(self.config.max_retry_after);
         NextStep::RetryIn(jittered.max(floor))
     }
 }
@@ -71,6 +71,7 @@ mod tests {
             first: Duration::from_secs(1),
             max: Duration::from_secs(60),
             attempts,
+            max_retry_after: Duration::from_secs(3600),
         })
     }
 
@@ -119,7 +120,7 @@ mod tests {
         );
         assert_eq!(
             s.next(1, Some(Duration::from_secs(86_400)), &mut rng),
-            NextStep::RetryIn(MAX_RETRY_AFTER)
+            NextStep::RetryIn(Duration::from_secs(3600))
         );
     }
 }

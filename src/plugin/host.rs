@@ -7,6 +7,7 @@
 
 use super::bindings::switchyard::plugin::{host, http, types};
 use crate::config::{AuthConfig, ConnectionConfig, PluginLimits};
+use crate::limiter::RateLimiter;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,11 +36,13 @@ const HOST_OWNED_HEADERS: &[&str] = &[
     "keep-alive",
 ];
 
-/// A connection as the host uses it: resolved secret, ready client.
+/// A connection as the host uses it: resolved secret, ready client, and the
+/// rate limit every consumer calling through it shares.
 pub struct Connection {
     base: reqwest::Url,
     client: reqwest::Client,
     authorization: Option<(HeaderName, HeaderValue)>,
+    limiter: Option<RateLimiter>,
 }
 
 impl Connection {
@@ -62,6 +65,7 @@ impl Connection {
             base,
             client,
             authorization,
+            limiter: config.rate_limit.map(RateLimiter::new),
         })
     }
 }
@@ -98,7 +102,7 @@ fn authorization(auth: &AuthConfig) -> Result<(HeaderName, HeaderValue), String>
 /// Per-consumer facts shared by every instance of its plugin.
 pub struct ConsumerContext {
     pub consumer: Arc<str>,
-    pub connections: BTreeMap<String, Connection>,
+    pub connections: BTreeMap<String, Arc<Connection>>,
     pub settings: BTreeMap<String, String>,
     pub limits: PluginLimits,
 }
@@ -119,6 +123,14 @@ pub struct HostState {
     pub calls: Vec<CallRecord>,
     /// Longest `Retry-After` a downstream asked for during this event.
     pub retry_after: Option<Duration>,
+    /// A downstream timed out, was unreachable, or answered 5xx or 429:
+    /// what the circuit breaker counts.
+    pub downstream_unwell: bool,
+    /// A downstream answered 410 Gone: the event must not be retried.
+    pub downstream_gone: bool,
+    /// An outbound call is under way (a wall-clock timeout now is the
+    /// downstream's slowness, not the plugin's).
+    pub call_in_flight: bool,
     /// Epoch ticks spent running guest code.
     pub cpu_ticks: u64,
     pub log_lines: u32,
@@ -140,6 +152,9 @@ impl HostState {
             event_id,
             calls: Vec::new(),
             retry_after: None,
+            downstream_unwell: false,
+            downstream_gone: false,
+            call_in_flight: false,
             cpu_ticks: 0,
             log_lines: 0,
             limits,
@@ -159,6 +174,7 @@ impl HostState {
             .context
             .connections
             .get(&request.connection)
+            .cloned()
             .ok_or_else(|| {
                 http::Error::NotGranted(format!(
                     "connection `{}` is not granted to consumer `{}`",
@@ -220,11 +236,41 @@ impl HostState {
         if let Some(body) = request.body {
             builder = builder.body(body);
         }
+        self.call_in_flight = true;
+        let answer = self
+            .exchange(&connection, builder, &request.connection)
+            .await;
+        self.call_in_flight = false;
+        if matches!(
+            answer,
+            Err(http::Error::Timeout) | Err(http::Error::Connect(_))
+        ) || answer
+            .as_ref()
+            .is_ok_and(|r| r.status == 429 || r.status >= 500)
+        {
+            self.downstream_unwell = true;
+        }
+        if answer.as_ref().is_ok_and(|r| r.status == 410) {
+            self.downstream_gone = true;
+        }
+        answer
+    }
+
+    /// Waits for the connection's rate limit, sends, reads the answer.
+    async fn exchange(
+        &mut self,
+        connection: &Connection,
+        builder: reqwest::RequestBuilder,
+        name: &str,
+    ) -> Result<http::Response, http::Error> {
+        if let Some(limiter) = &connection.limiter {
+            limiter.acquire().await;
+        }
         let mut response = builder.send().await.map_err(|err| {
             if err.is_timeout() {
                 http::Error::Timeout
             } else {
-                http::Error::Connect(format!("`{}` unreachable", request.connection))
+                http::Error::Connect(format!("`{name}` unreachable"))
             }
         })?;
         let status = response.status().as_u16();
@@ -250,7 +296,7 @@ impl HostState {
                 if err.is_timeout() {
                     http::Error::Timeout
                 } else {
-                    http::Error::Connect(format!("`{}` broke off the response", request.connection))
+                    http::Error::Connect(format!("`{name}` broke off the response"))
                 }
             })?;
             let Some(chunk) = chunk else { break };

@@ -16,7 +16,9 @@
 pub mod host;
 
 use crate::config::{ConnectionConfig, ConsumerConfig, PluginLimits};
-use host::{CallRecord, Connection, ConsumerContext, HostState};
+use host::{CallRecord, ConsumerContext, HostState};
+
+pub use host::Connection;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -68,6 +70,9 @@ pub enum CallOutcome {
     Retry {
         reason: String,
         after: Option<Duration>,
+        /// The downstream looked unwell (timeout, unreachable, 5xx, 429), as
+        /// opposed to the plugin failing on its own.
+        downstream_unwell: bool,
     },
     Reject(String),
     Review(String),
@@ -129,7 +134,7 @@ impl PluginHost {
         &self,
         consumer: &str,
         config: &ConsumerConfig,
-        connections: &BTreeMap<String, ConnectionConfig>,
+        connections: &BTreeMap<String, Arc<Connection>>,
     ) -> Result<ConsumerPlugin, PluginError> {
         let path = config.plugin.display().to_string();
         let bytes = std::fs::read(&config.plugin).map_err(|err| PluginError::Read {
@@ -152,20 +157,13 @@ impl PluginHost {
         let pre = bindings::ConsumerPre::new(pre).map_err(|err| invalid(format!("{err:#}")))?;
         let mut granted = BTreeMap::new();
         for name in &config.connections {
-            let connection_config =
-                connections
-                    .get(name)
-                    .ok_or_else(|| PluginError::Connection {
-                        consumer: consumer.to_owned(),
-                        message: format!("unknown connection `{name}`"),
-                    })?;
-            let connection = Connection::build(name, connection_config).map_err(|message| {
-                PluginError::Connection {
+            let connection = connections
+                .get(name)
+                .ok_or_else(|| PluginError::Connection {
                     consumer: consumer.to_owned(),
-                    message,
-                }
-            })?;
-            granted.insert(name.clone(), connection);
+                    message: format!("connection `{name}` is not available"),
+                })?;
+            granted.insert(name.clone(), Arc::clone(connection));
         }
         Ok(ConsumerPlugin {
             pre,
@@ -177,6 +175,28 @@ impl PluginHost {
                 limits: config.limits,
             }),
         })
+    }
+}
+
+/// Builds every connection once, so consumers sharing a connection share its
+/// client and rate limit. Errors name the connection.
+pub fn build_connections(
+    configs: &BTreeMap<String, ConnectionConfig>,
+) -> Result<BTreeMap<String, Arc<Connection>>, Vec<String>> {
+    let mut built = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (name, config) in configs {
+        match Connection::build(name, config) {
+            Ok(connection) => {
+                built.insert(name.clone(), Arc::new(connection));
+            }
+            Err(message) => errors.push(format!("connections.{name}: {message}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(built)
+    } else {
+        Err(errors)
     }
 }
 
@@ -249,25 +269,30 @@ impl ConsumerPlugin {
         };
         let result = tokio::time::timeout(limits.wall, run).await;
         let state = store.data();
+        let retry = |reason: String, downstream_unwell: bool| CallOutcome::Retry {
+            reason,
+            after: state.retry_after,
+            downstream_unwell,
+        };
         let outcome = match result {
-            Err(_) => CallOutcome::Retry {
-                reason: format!(
+            Err(_) => retry(
+                format!(
                     "wall-clock budget of {} exceeded",
                     humantime::format_duration(limits.wall)
                 ),
-                after: state.retry_after,
-            },
+                // Cut off while waiting on a downstream: that downstream is slow.
+                state.call_in_flight || state.downstream_unwell,
+            ),
             Ok(Ok(Ok(()))) => CallOutcome::Done,
-            Ok(Ok(Err(Failure::Retry(reason)))) => CallOutcome::Retry {
-                reason,
-                after: state.retry_after,
-            },
+            // A downstream said the resource is gone for good: retrying
+            // cannot help, whatever the plugin asked for.
+            Ok(Ok(Err(Failure::Retry(_)))) if state.downstream_gone => {
+                CallOutcome::Reject("downstream answered 410 Gone".to_owned())
+            }
+            Ok(Ok(Err(Failure::Retry(reason)))) => retry(reason, state.downstream_unwell),
             Ok(Ok(Err(Failure::Reject(reason)))) => CallOutcome::Reject(reason),
             Ok(Ok(Err(Failure::Review(reason)))) => CallOutcome::Review(reason),
-            Ok(Err(trap)) => CallOutcome::Retry {
-                reason: trap_reason(&trap, state, cpu_budget_ticks),
-                after: state.retry_after,
-            },
+            Ok(Err(trap)) => retry(trap_reason(&trap, state, cpu_budget_ticks), false),
         };
         CallReport {
             outcome,

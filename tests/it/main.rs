@@ -13,5 +13,6 @@ mod end_to_end;
 mod idempotency;
 mod ingest_edge;
 mod plugin_dist;
+mod resilience;
 mod sandbox;
 mod stripe_sdk;

@@ -69,8 +69,9 @@ fn shipped_plugins_are_built_from_the_current_sources() {
 fn shipped_plugins_load_and_type_check() {
     let config = switchyard::config::Config::load(&repo_root().join("routes.toml")).unwrap();
     let host = switchyard::plugin::PluginHost::new(4, 32 << 20).unwrap();
+    let connections = switchyard::plugin::build_connections(&config.connections).unwrap();
     for (name, consumer) in &config.consumers {
-        host.load(name, consumer, &config.connections)
+        host.load(name, consumer, &connections)
             .unwrap_or_else(|err| panic!("{err}"));
     }
 }
