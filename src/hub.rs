@@ -5,9 +5,9 @@
 //! taking requests, let in-flight deliveries finish within the grace period,
 //! leave the rest in the bus). Also the IO checks of `switchyard check`.
 
-use crate::admin::ConsumerStatus;
+use crate::admin::{ConsumerControl, ConsumerStatus, HubControl};
 use crate::bus::embedded::{EmbeddedBus, EmbeddedSettings};
-use crate::bus::{Bus, BusError, DeadQueue, Subscription};
+use crate::bus::{Bus, BusError, Subscription};
 use crate::config::{BusConfig, Config, IdempotencyBackend};
 use crate::dispatch::idempotency::{EmbeddedStore, IdempotencyError, IdempotencyStore, RedisStore};
 use crate::dispatch::layers::BreakerHandle;
@@ -174,6 +174,7 @@ pub async fn check(config: &Config) -> Vec<String> {
 #[derive(Default)]
 pub struct StartOptions {
     pub listener: Option<TcpListener>,
+    pub admin_listener: Option<TcpListener>,
     pub clock: Option<Clock>,
 }
 
@@ -181,8 +182,9 @@ pub struct StartOptions {
 pub struct RunningHub {
     pub addr: SocketAddr,
     bus: Arc<EmbeddedBus>,
-    stats: BTreeMap<String, Arc<ConsumerStats>>,
-    breakers: BTreeMap<String, Arc<BreakerHandle>>,
+    control: Arc<HubControl>,
+    /// Where the admin API listens, when enabled.
+    pub admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -199,18 +201,23 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let mut stats = BTreeMap::new();
-    let mut breakers = BTreeMap::new();
+    let mut controls = BTreeMap::new();
     let grace = config.server.shutdown_grace;
     for (name, consumer) in &config.consumers {
         let consumer_stats = Arc::new(ConsumerStats::default());
-        stats.insert(name.clone(), Arc::clone(&consumer_stats));
         let breaker = consumer
             .circuit_breaker
             .map(|settings| BreakerHandle::new(name, settings));
-        if let Some(breaker) = &breaker {
-            breakers.insert(name.clone(), Arc::clone(breaker));
-        }
+        let (paused, paused_rx) = watch::channel(false);
+        controls.insert(
+            name.clone(),
+            ConsumerControl {
+                stats: Arc::clone(&consumer_stats),
+                breaker: breaker.clone(),
+                paused,
+                concurrency: consumer.concurrency,
+            },
+        );
         let policies = StackParts {
             idempotency: Arc::clone(&idempotency),
             key_prefix: key_prefix.clone(),
@@ -229,6 +236,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
             retry: consumer.retry,
             concurrency: consumer.concurrency,
             stats: consumer_stats,
+            paused: paused_rx,
         };
         tasks.spawn(consumer_loop.run(shutdown_rx.clone(), grace));
     }
@@ -269,12 +277,53 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         })
         .run();
     tasks.spawn(server);
+    let control = Arc::new(HubControl {
+        bus: Arc::clone(&bus) as Arc<dyn Bus>,
+        consumers: controls,
+    });
+    let admin_addr = match &config.admin {
+        None => None,
+        Some(admin) => {
+            let token = admin.token.resolve().map_err(|message| {
+                vec![HubError::Secret {
+                    at: "admin.token".into(),
+                    message,
+                }]
+            })?;
+            let listener = match options.admin_listener {
+                Some(listener) => listener,
+                None => TcpListener::bind(admin.listen).await.map_err(|source| {
+                    vec![HubError::Bind {
+                        addr: admin.listen,
+                        source,
+                    }]
+                })?,
+            };
+            let admin_addr = listener.local_addr().map_err(|source| {
+                vec![HubError::Bind {
+                    addr: admin.listen,
+                    source,
+                }]
+            })?;
+            let mut stop_admin = shutdown_rx.clone();
+            tasks.spawn(
+                warp::serve(crate::admin::api::routes(Arc::clone(&control), token))
+                    .incoming(listener)
+                    .graceful(async move {
+                        let _ = stop_admin.wait_for(|stop| *stop).await;
+                    })
+                    .run(),
+            );
+            tracing::info!(addr = %admin_addr, "admin api listening");
+            Some(admin_addr)
+        }
+    };
     tracing::info!(%addr, consumers = config.consumers.len(), "switchyard listening");
     Ok(RunningHub {
         addr,
         bus,
-        stats,
-        breakers,
+        control,
+        admin_addr,
         shutdown,
         tasks,
     })
@@ -323,23 +372,12 @@ impl RunningHub {
 
     /// Status of every consumer, in name order.
     pub async fn status(&self) -> Result<Vec<ConsumerStatus>, BusError> {
-        let mut out = Vec::new();
-        for (name, stats) in &self.stats {
-            out.push(ConsumerStatus {
-                name: name.clone(),
-                backlog: self.bus.backlog(name).await?,
-                dead_letters: self
-                    .bus
-                    .dead_letters(name, DeadQueue::DeadLetter)
-                    .await?
-                    .len() as u64,
-                reviews: self.bus.dead_letters(name, DeadQueue::Review).await?.len() as u64,
-                breaker: self.breakers.get(name).map(|b| b.state()),
-                breaker_opened: self.breakers.get(name).map_or(0, |b| b.times_opened()),
-                stats: stats.snapshot(),
-            });
-        }
-        Ok(out)
+        self.control.status().await
+    }
+
+    /// Pause/resume, queues and status: what the admin API serves.
+    pub fn control(&self) -> Arc<HubControl> {
+        Arc::clone(&self.control)
     }
 
     /// Stops taking requests, lets in-flight deliveries finish within the

@@ -38,6 +38,31 @@ enum Command {
     Serve,
     /// Validate routes.toml, resolve secrets and load every plugin; print every problem.
     Check,
+    /// Status of every consumer (from the admin API).
+    Consumers {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a consumer taking new events; they wait in the bus.
+    Pause {
+        consumer: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Let a paused consumer take events again.
+    Resume {
+        consumer: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The dead-letter queue (or, with --review, the review queue).
+    Dlq {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
     /// Sign an event JSON file like Stripe does; print curl-ready headers, or send it.
     Sign {
         /// The event JSON file (the exact bytes are signed).
@@ -60,6 +85,67 @@ enum Command {
     },
 }
 
+/// Where the admin API is and how to authenticate.
+#[derive(clap::Args, Clone)]
+struct AdminArgs {
+    /// Base URL of the admin listener.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    admin_url: String,
+    /// Bearer token of the admin API.
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+}
+
+#[derive(clap::Args, Clone)]
+struct QueueArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// The review queue instead of the dead-letter queue.
+    #[arg(long)]
+    review: bool,
+    /// Only this consumer.
+    #[arg(long)]
+    consumer: Option<String>,
+    /// Only these event types (`*`, `prefix.*` or exact).
+    #[arg(long = "type")]
+    event_type: Option<String>,
+    /// Only entries whose failure reason contains this text.
+    #[arg(long)]
+    error: Option<String>,
+    /// Only these entry ids (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    ids: Option<Vec<u64>>,
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// List parked events (no payloads).
+    List {
+        #[command(flatten)]
+        queue: QueueArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put matching events back into their consumers' queues. Dry run unless --yes.
+    Replay {
+        #[command(flatten)]
+        queue: QueueArgs,
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Delete matching events for good. Dry run unless --yes.
+    Discard {
+        #[command(flatten)]
+        queue: QueueArgs,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
@@ -77,6 +163,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve => serve(&cli.config).await,
         Command::Check => check(&cli.config).await,
+        Command::Consumers { admin, json } => consumers(&admin, json).await,
+        Command::Pause { consumer, admin } => set_paused(&admin, &consumer, true).await,
+        Command::Resume { consumer, admin } => set_paused(&admin, &consumer, false).await,
+        Command::Dlq { action } => queue_action(action).await,
         Command::Sign {
             event,
             source,
@@ -229,4 +319,187 @@ fn pick_source<'a>(
         None if config.sources.len() == 1 => Ok(config.sources.values().next().expect("one")),
         None => bail!("several sources are configured; pick one with --source"),
     }
+}
+
+async fn admin_call(
+    admin: &AdminArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let url = format!("{}{path}", admin.admin_url.trim_end_matches('/'));
+    let mut request = reqwest::Client::new()
+        .request(method, &url)
+        .bearer_auth(&admin.admin_token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the admin API at `{url}`"))?;
+    let status = response.status();
+    let value: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "admin API answered {}: {}",
+            status.as_u16(),
+            value["message"].as_str().unwrap_or("no message")
+        );
+    }
+    Ok(value)
+}
+
+async fn consumers(admin: &AdminArgs, json: bool) -> Result<ExitCode> {
+    let value = admin_call(admin, reqwest::Method::GET, "/v1/consumers", None).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<switchyard::admin::ConsumerStatus> = serde_json::from_value(value)?;
+    println!(
+        "{:<16} {:<18} {:>8} {:>10} {:>10} {:>8} {:>6} {:>6}  LAST ERROR",
+        "CONSUMER", "STATE", "BACKLOG", "OLDEST", "DELIVERED", "RETRIED", "DLQ", "REVIEW"
+    );
+    for row in rows {
+        let oldest = row
+            .oldest_pending_ms
+            .map(|ms| {
+                humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string()
+            })
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<16} {:<18} {:>8} {:>10} {:>10} {:>8} {:>6} {:>6}  {}",
+            row.name,
+            serde_json::to_value(row.state)?.as_str().unwrap_or("?"),
+            row.backlog,
+            oldest,
+            row.stats.delivered,
+            row.stats.retried,
+            row.dead_letters,
+            row.reviews,
+            row.stats.last_error.as_deref().unwrap_or("-"),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn set_paused(admin: &AdminArgs, consumer: &str, pause: bool) -> Result<ExitCode> {
+    let action = if pause { "pause" } else { "resume" };
+    admin_call(
+        admin,
+        reqwest::Method::POST,
+        &format!("/v1/consumers/{consumer}/{action}"),
+        None,
+    )
+    .await?;
+    println!("{consumer}: {}", if pause { "paused" } else { "running" });
+    Ok(ExitCode::SUCCESS)
+}
+
+fn filter_of(queue: &QueueArgs) -> switchyard::admin::QueueFilter {
+    switchyard::admin::QueueFilter {
+        consumer: queue.consumer.clone(),
+        event_type: queue.event_type.clone(),
+        error: queue.error.clone(),
+        ids: queue.ids.clone(),
+        ..Default::default()
+    }
+}
+
+fn queue_path(queue: &QueueArgs) -> &'static str {
+    if queue.review {
+        "review"
+    } else {
+        "dead_letter"
+    }
+}
+
+async fn queue_action(action: QueueAction) -> Result<ExitCode> {
+    match action {
+        QueueAction::List { queue, json } => {
+            let filter = filter_of(&queue);
+            let query = query_string(&filter);
+            let path = format!("/v1/queues/{}{query}", queue_path(&queue));
+            let value = admin_call(&queue.admin, reqwest::Method::GET, &path, None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let entries: Vec<switchyard::admin::ParkedEntry> = serde_json::from_value(value)?;
+            println!(
+                "{:>6} {:<14} {:<32} {:<34} {:>4}  REASON",
+                "ID", "CONSUMER", "EVENT", "TYPE", "TRY"
+            );
+            for e in &entries {
+                println!(
+                    "{:>6} {:<14} {:<32} {:<34} {:>4}  {}",
+                    e.id, e.consumer, e.event_id, e.event_type, e.attempts, e.reason
+                );
+            }
+            println!(
+                "{} entr{}",
+                entries.len(),
+                if entries.len() == 1 { "y" } else { "ies" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueAction::Replay { queue, yes } => bulk(&queue, "replay", yes).await,
+        QueueAction::Discard { queue, yes } => bulk(&queue, "discard", yes).await,
+    }
+}
+
+async fn bulk(queue: &QueueArgs, action: &str, yes: bool) -> Result<ExitCode> {
+    let body = serde_json::json!({ "filter": filter_of(queue), "dry_run": !yes });
+    let path = format!("/v1/queues/{}/{action}", queue_path(queue));
+    let outcome: switchyard::admin::BulkOutcome = serde_json::from_value(
+        admin_call(&queue.admin, reqwest::Method::POST, &path, Some(body)).await?,
+    )?;
+    for e in &outcome.sample {
+        println!(
+            "{:>6} {:<14} {:<32} {}",
+            e.id, e.consumer, e.event_id, e.event_type
+        );
+    }
+    if outcome.dry_run {
+        println!(
+            "dry run: {} entries would be {action}ed; add --yes to do it",
+            outcome.matched
+        );
+    } else {
+        println!(
+            "{action}: {} of {} matched entries",
+            outcome.done, outcome.matched
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `?key=value&...` for the filter's set fields.
+fn query_string(filter: &switchyard::admin::QueueFilter) -> String {
+    let mut pairs = Vec::new();
+    let mut push = |key: &str, value: Option<String>| {
+        if let Some(value) = value {
+            pairs.push(format!("{key}={}", urlencode(&value)));
+        }
+    };
+    push("consumer", filter.consumer.clone());
+    push("event_type", filter.event_type.clone());
+    push("error", filter.error.clone());
+    if pairs.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", pairs.join("&"))
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -203,13 +203,17 @@ impl EmbeddedBus {
                     // owns this event now, so this holder must not touch it.
                     return Ok(false);
                 };
-                if !matches!(next, Settle::RetryAt(_)) {
+                if matches!(next, Settle::Ack | Settle::Park(..)) {
                     release_ref(txn, seq)?;
                 }
                 match next {
                     Settle::Ack => {}
                     Settle::RetryAt(at_ms) => {
                         schedule.insert((consumer.as_str(), at_ms, seq), deliveries)?;
+                    }
+                    Settle::Release => {
+                        let undo = deliveries.saturating_sub(1);
+                        schedule.insert((consumer.as_str(), now_ms(), seq), undo)?;
                     }
                     Settle::Park(queue, reason) => {
                         let meta = serde_json::to_vec(&DeadMeta {
@@ -308,8 +312,19 @@ fn release_ref(txn: &redb::WriteTransaction, seq: u64) -> Result<(), redb::Error
     Ok(())
 }
 
+/// A `dead` row: `[meta length u32][meta JSON][encoded envelope]`.
+fn split_dead(value: &[u8]) -> Result<(DeadMeta, &[u8]), BusError> {
+    let corrupt = || BusError::Corrupt(EnvelopeError::Truncated);
+    let meta_len =
+        u32::from_be_bytes(value.get(0..4).ok_or_else(corrupt)?.try_into().expect("4")) as usize;
+    let meta: DeadMeta = serde_json::from_slice(value.get(4..4 + meta_len).ok_or_else(corrupt)?)
+        .map_err(|err| BusError::Corrupt(EnvelopeError::Header(err.to_string())))?;
+    Ok((meta, &value[4 + meta_len..]))
+}
+
 enum Settle {
     Ack,
+    Release,
     RetryAt(u64),
     Park(DeadQueue, String),
 }
@@ -409,6 +424,13 @@ impl Bus for EmbeddedBus {
             .map(drop)
     }
 
+    async fn release(&self, delivery: &Delivery) -> Result<(), BusError> {
+        self.settle(delivery, Persist::Lazy, Settle::Release)
+            .await?;
+        self.waker(&delivery.consumer)?.notify_one();
+        Ok(())
+    }
+
     async fn retry(&self, delivery: &Delivery, delay: Duration) -> Result<(), BusError> {
         let at = now_ms() + delay.as_millis() as u64;
         self.settle(delivery, Persist::Lazy, Settle::RetryAt(at))
@@ -445,25 +467,115 @@ impl Bus for EmbeddedBus {
             .range((consumer, code, 0)..=(consumer, code, u64::MAX))
             .map_err(storage)?
         {
-            let (_, value) = row.map_err(storage)?;
-            let value = value.value();
-            let corrupt = || BusError::Corrupt(EnvelopeError::Truncated);
-            let meta_len =
-                u32::from_be_bytes(value.get(0..4).ok_or_else(corrupt)?.try_into().expect("4"))
-                    as usize;
-            let meta: DeadMeta =
-                serde_json::from_slice(value.get(4..4 + meta_len).ok_or_else(corrupt)?)
-                    .map_err(|err| BusError::Corrupt(EnvelopeError::Header(err.to_string())))?;
+            let (key, value) = row.map_err(storage)?;
+            let (meta, envelope) = split_dead(value.value())?;
             out.push(DeadLetter {
+                id: key.value().2,
                 consumer: consumer.to_owned(),
                 queue,
-                envelope: Envelope::decode(&value[4 + meta_len..])?,
+                envelope: Envelope::decode(envelope)?,
                 attempts: meta.attempts,
                 reason: meta.reason,
                 at_ms: meta.at_ms,
             });
         }
         Ok(out)
+    }
+
+    async fn oldest_pending_age(&self, consumer: &str) -> Result<Option<Duration>, BusError> {
+        self.waker(consumer)?;
+        let txn = self.store.database().begin_read().map_err(storage)?;
+        let schedule = txn.open_table(SCHEDULE).map_err(storage)?;
+        let events = txn.open_table(EVENTS).map_err(storage)?;
+        // The lowest seq waiting is the oldest arrival.
+        let mut oldest: Option<u64> = None;
+        for row in schedule
+            .range((consumer, 0, 0)..=(consumer, u64::MAX, u64::MAX))
+            .map_err(storage)?
+        {
+            let seq = row.map_err(storage)?.0.value().2;
+            oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
+        }
+        let Some(seq) = oldest else { return Ok(None) };
+        let Some(bytes) = events.get(seq).map_err(storage)? else {
+            return Ok(None);
+        };
+        let received = Envelope::decode(bytes.value())?.received_at_ms;
+        Ok(Some(Duration::from_millis(
+            now_ms().saturating_sub(received),
+        )))
+    }
+
+    async fn requeue_dead(
+        &self,
+        consumer: &str,
+        queue: DeadQueue,
+        ids: &[u64],
+    ) -> Result<usize, BusError> {
+        self.waker(consumer)?;
+        let consumer_key = consumer.to_owned();
+        let ids = ids.to_vec();
+        let moved = self
+            .store
+            .write(Persist::Durable, move |txn| {
+                let mut dead = txn.open_table(DEAD)?;
+                let mut schedule = txn.open_table(SCHEDULE)?;
+                let mut events = txn.open_table(EVENTS)?;
+                let mut refs = txn.open_table(REFS)?;
+                let now = now_ms();
+                let mut moved = 0;
+                for seq in ids {
+                    let removed = dead
+                        .remove((consumer_key.as_str(), queue_code(queue), seq))?
+                        .map(|v| v.value().to_vec());
+                    let Some(value) = removed else { continue };
+                    // The log may have compacted the event: restore it from
+                    // the copy the dead letter kept.
+                    if events.get(seq)?.is_none() {
+                        let start =
+                            4 + u32::from_be_bytes(value[0..4].try_into().expect("4")) as usize;
+                        events.insert(seq, &value[start..])?;
+                    }
+                    schedule.insert((consumer_key.as_str(), now, seq), 0)?;
+                    let count = refs.get(seq)?.map(|v| v.value()).unwrap_or(0);
+                    refs.insert(seq, count + 1)?;
+                    moved += 1;
+                }
+                Ok(moved)
+            })
+            .await
+            .map_err(unavailable)?;
+        if moved > 0 {
+            self.waker(consumer)?.notify_one();
+        }
+        Ok(moved)
+    }
+
+    async fn discard_dead(
+        &self,
+        consumer: &str,
+        queue: DeadQueue,
+        ids: &[u64],
+    ) -> Result<usize, BusError> {
+        self.waker(consumer)?;
+        let consumer_key = consumer.to_owned();
+        let ids = ids.to_vec();
+        self.store
+            .write(Persist::Durable, move |txn| {
+                let mut dead = txn.open_table(DEAD)?;
+                let mut deleted = 0;
+                for seq in ids {
+                    if dead
+                        .remove((consumer_key.as_str(), queue_code(queue), seq))?
+                        .is_some()
+                    {
+                        deleted += 1;
+                    }
+                }
+                Ok(deleted)
+            })
+            .await
+            .map_err(unavailable)
     }
 
     async fn backlog(&self, consumer: &str) -> Result<u64, BusError> {

@@ -99,6 +99,8 @@ pub enum DeliveryHandle {
 /// An event parked in a dead-letter or review queue.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
+    /// Identifies the entry within its consumer's queue (for replay/discard).
+    pub id: u64,
     pub consumer: String,
     pub queue: DeadQueue,
     pub envelope: Envelope,
@@ -135,6 +137,10 @@ pub trait Bus: Send + Sync + 'static {
     /// Done: the delivery leaves the consumer's queue.
     async fn ack(&self, delivery: &Delivery) -> Result<(), BusError>;
 
+    /// Gives a delivery back untouched: due now, and this delivery does not
+    /// count as an attempt (the consumer was paused after pulling it).
+    async fn release(&self, delivery: &Delivery) -> Result<(), BusError>;
+
     /// Redeliver no earlier than `delay` from now.
     async fn retry(&self, delivery: &Delivery, delay: Duration) -> Result<(), BusError>;
 
@@ -155,4 +161,24 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Events still waiting for `consumer` (due, delayed or leased).
     async fn backlog(&self, consumer: &str) -> Result<u64, BusError>;
+
+    /// How long the oldest event waiting for `consumer` has waited.
+    async fn oldest_pending_age(&self, consumer: &str) -> Result<Option<Duration>, BusError>;
+
+    /// Moves parked entries back into the consumer's queue as new deliveries
+    /// (attempts start again). Unknown ids are skipped. Returns how many moved.
+    async fn requeue_dead(
+        &self,
+        consumer: &str,
+        queue: DeadQueue,
+        ids: &[u64],
+    ) -> Result<usize, BusError>;
+
+    /// Deletes parked entries for good. Returns how many were deleted.
+    async fn discard_dead(
+        &self,
+        consumer: &str,
+        queue: DeadQueue,
+        ids: &[u64],
+    ) -> Result<usize, BusError>;
 }

@@ -26,6 +26,8 @@ pub use validate::validate;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    /// The admin listener; off when `[admin]` is absent.
+    pub admin: Option<AdminConfig>,
     pub bus: BusConfig,
     pub idempotency: IdempotencyConfig,
     pub sources: BTreeMap<String, SourceConfig>,
@@ -39,6 +41,13 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body: u64,
     pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token callers must present.
+    pub token: SecretRef,
 }
 
 #[derive(Debug, Clone)]

@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default)]
     pub bus: RawBus,
+    pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub idempotency: RawIdempotency,
     #[serde(default)]
@@ -32,6 +33,13 @@ pub struct RawServer {
     pub listen: Option<String>,
     pub max_body: Option<String>,
     pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

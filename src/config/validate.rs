@@ -12,6 +12,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigIss
         base_dir,
     };
     let server = check.server(&raw.server);
+    let admin = raw.admin.as_ref().and_then(|admin| check.admin(admin));
     let bus = check.bus(&raw.bus);
     let idempotency = check.idempotency(&raw.idempotency);
     let sources = raw
@@ -39,6 +40,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigIss
     if check.issues.is_empty() {
         Ok(Config {
             server,
+            admin,
             bus,
             idempotency,
             sources,
@@ -167,6 +169,41 @@ impl Checker<'_> {
                 Duration::from_secs(30),
             ),
         }
+    }
+
+    fn admin(&mut self, raw: &RawAdmin) -> Option<AdminConfig> {
+        let listen = match raw.listen.as_deref().map(str::parse::<SocketAddr>) {
+            Some(Ok(addr)) => Some(addr),
+            Some(Err(_)) => {
+                let text = raw.listen.as_deref().unwrap_or_default();
+                self.issue(
+                    "admin.listen",
+                    format!("`{text}` is not an address like `127.0.0.1:8081`"),
+                );
+                None
+            }
+            None => {
+                self.issue(
+                    "admin.listen",
+                    "an address is required, e.g. `127.0.0.1:8081`",
+                );
+                None
+            }
+        };
+        let token = match &raw.token {
+            Some(text) => self.secret("admin.token".into(), text),
+            None => {
+                self.issue(
+                    "admin.token",
+                    "a token reference is required, e.g. `env:SWITCHYARD_ADMIN_TOKEN`",
+                );
+                None
+            }
+        };
+        Some(AdminConfig {
+            listen: listen?,
+            token: token?,
+        })
     }
 
     fn bus(&mut self, raw: &RawBus) -> BusConfig {

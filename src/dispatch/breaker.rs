@@ -44,7 +44,7 @@ impl Default for BreakerConfig {
 }
 
 /// The state, as the admin API and metrics show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,

@@ -128,10 +128,12 @@ pub struct ConsumerStats {
     pub reviewed: AtomicU64,
     pub infra_errors: AtomicU64,
     pub in_flight: AtomicU64,
+    /// The latest failure reason (never a payload).
+    pub last_error: std::sync::Mutex<Option<String>>,
 }
 
 /// A point-in-time copy of [`ConsumerStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatsSnapshot {
     pub delivered: u64,
     pub skipped_done: u64,
@@ -140,6 +142,7 @@ pub struct StatsSnapshot {
     pub reviewed: u64,
     pub infra_errors: u64,
     pub in_flight: u64,
+    pub last_error: Option<String>,
 }
 
 impl ConsumerStats {
@@ -153,6 +156,7 @@ impl ConsumerStats {
             reviewed: get(&self.reviewed),
             infra_errors: get(&self.infra_errors),
             in_flight: get(&self.in_flight),
+            last_error: self.last_error.lock().expect("stats lock").clone(),
         }
     }
 }
@@ -165,6 +169,8 @@ pub struct ConsumerLoop {
     pub retry: RetryConfig,
     pub concurrency: usize,
     pub stats: Arc<ConsumerStats>,
+    /// While true the loop takes no new work; events wait in the bus.
+    pub paused: watch::Receiver<bool>,
 }
 
 /// How long one pull waits for work before the loop checks for shutdown.
@@ -180,9 +186,14 @@ impl ConsumerLoop {
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let schedule = RetrySchedule::new(self.retry);
         let mut in_flight = JoinSet::new();
+        let mut paused = self.paused.clone();
         let this = Arc::new(self);
         loop {
             while in_flight.try_join_next().is_some() {}
+            tokio::select! {
+                _ = paused.wait_for(|paused| !*paused) => {}
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
             let permit = tokio::select! {
                 permit = Arc::clone(&permits).acquire_owned() => permit.expect("semaphore never closes"),
                 _ = shutdown.wait_for(|stop| *stop) => break,
@@ -211,6 +222,13 @@ impl ConsumerLoop {
                     continue;
                 }
             };
+            // Paused while the pull waited: give the event back untouched.
+            if *paused.borrow() {
+                if let Err(err) = this.bus.release(&delivery).await {
+                    tracing::warn!(consumer = %this.name, error = %err, "could not release a delivery; it returns after the visibility timeout");
+                }
+                continue;
+            }
             let this = Arc::clone(&this);
             in_flight.spawn(async move {
                 this.deliver(delivery, service, schedule).await;
@@ -270,6 +288,16 @@ impl ConsumerLoop {
         let stats = &self.stats;
         let event_id = &delivery.envelope.event_id;
         let consumer = &self.name;
+        let failure = match &verdict {
+            Ok(
+                Verdict::Retry { reason, .. } | Verdict::Reject(reason) | Verdict::Review(reason),
+            ) => Some(reason.clone()),
+            Err(err) => Some(err.to_string()),
+            _ => None,
+        };
+        if let Some(reason) = failure {
+            *stats.last_error.lock().expect("stats lock") = Some(reason);
+        }
         match verdict {
             Ok(Verdict::Delivered { .. }) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);

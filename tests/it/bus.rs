@@ -248,3 +248,16 @@ async fn compaction_deletes_only_settled_events_past_the_retention() {
         Appended::Duplicate
     );
 }
+
+#[tokio::test]
+async fn a_released_delivery_is_due_at_once_and_costs_no_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path(), Duration::from_secs(60));
+    bus.append(&event("evt_1", "customer.created"))
+        .await
+        .unwrap();
+    let first = bus.pull("crm", 1, NO_WAIT).await.unwrap().remove(0);
+    bus.release(&first).await.unwrap();
+    let again = bus.pull("crm", 1, NO_WAIT).await.unwrap().remove(0);
+    assert_eq!(again.attempt, 1);
+}

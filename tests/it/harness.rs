@@ -229,6 +229,8 @@ pub struct HubOptions {
     pub max_body: &'static str,
     /// Signing secrets of the `stripe` source, newest first.
     pub secrets: Vec<String>,
+    /// Enable the admin API (token [`ADMIN_TOKEN`]) on a free port.
+    pub admin: bool,
 }
 
 impl HubOptions {
@@ -240,6 +242,7 @@ impl HubOptions {
             dir: None,
             max_body: "64KiB",
             secrets: vec![SECRET.to_owned()],
+            admin: false,
         }
     }
 }
@@ -304,6 +307,7 @@ consumers = ["marketing"]
 }
 
 pub const CRM_TOKEN: &str = "crm-token-never-seen-by-plugins";
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 
 /// A running switchyard with its data directory and a client.
 pub struct TestHub {
@@ -322,6 +326,12 @@ pub fn write_config(dir: &Path, options: &HubOptions) -> PathBuf {
     }
     let secret_refs = secret_refs.join(", ");
     std::fs::write(dir.join("crm_token"), CRM_TOKEN).unwrap();
+    std::fs::write(dir.join("admin_token"), ADMIN_TOKEN).unwrap();
+    let admin = if options.admin {
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"file:admin_token\"\n"
+    } else {
+        ""
+    };
     let idempotency = match &options.redis_prefix {
         Some(prefix) => format!(
             "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\nlease = \"2m\""
@@ -342,6 +352,7 @@ listen = "127.0.0.1:0"
 max_body = "{max_body}"
 shutdown_grace = "5s"
 
+{admin}
 [bus]
 kind = "embedded"
 path = "data/bus"
@@ -401,6 +412,32 @@ impl TestHub {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.hub.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.hub.admin_addr.expect("admin enabled")
+        )
+    }
+
+    /// Calls the admin API with the right token.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, self.admin_url(path))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("admin answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// POSTs `body` signed with the harness secret at the current time.

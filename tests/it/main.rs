@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod admin;
 mod bus;
 mod cli;
 mod config_errors;

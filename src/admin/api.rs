@@ -1,0 +1,244 @@
+//! The admin HTTP API (its own listener). Every route but `/healthz` needs
+//! `Authorization: Bearer <token>`; the token is compared in constant time.
+//!
+//! - `GET  /v1/consumers`
+//! - `POST /v1/consumers/{name}/pause` and `/resume`
+//! - `GET  /v1/queues/{dead_letter|review}?consumer=&event_type=&since_ms=&until_ms=&error=`
+//! - `POST /v1/queues/{dead_letter|review}/replay`  body: `{"filter": {...}, "dry_run": true}`
+//! - `POST /v1/queues/{dead_letter|review}/discard` body: the same
+
+use super::{AdminError, HubControl, ParkedEntry, QueueFilter};
+use crate::bus::DeadQueue;
+use crate::config::Secret;
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    #[serde(default)]
+    pub filter: QueueFilter,
+    /// Defaults to true: a bulk action must be asked for explicitly.
+    #[serde(default = "yes")]
+    pub dry_run: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug)]
+struct Unauthorized;
+impl warp::reject::Reject for Unauthorized {}
+
+#[derive(Debug)]
+struct Failed(AdminError);
+impl warp::reject::Reject for Failed {}
+
+fn error_body(status: StatusCode, code: &str, message: String) -> warp::reply::Response {
+    warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({ "error": code, "message": message })),
+        status,
+    )
+    .into_response()
+}
+
+fn authorized(token: Arc<Secret>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and_then(move |header: Option<String>| {
+            let token = Arc::clone(&token);
+            async move {
+                let presented = header
+                    .as_deref()
+                    .and_then(|h| h.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                let expected = token.expose().as_bytes();
+                let same_length = presented.len() == expected.len();
+                // Compare even on a length mismatch, against itself, so the
+                // time taken does not depend on how much of the token matched.
+                let equal = if same_length {
+                    presented.as_bytes().ct_eq(expected)
+                } else {
+                    presented.as_bytes().ct_eq(presented.as_bytes()) & subtle::Choice::from(0)
+                };
+                if bool::from(equal) {
+                    Ok(())
+                } else {
+                    Err(warp::reject::custom(Unauthorized))
+                }
+            }
+        })
+        .untuple_one()
+}
+
+fn queue() -> impl Filter<Extract = (DeadQueue,), Error = Rejection> + Clone {
+    warp::path::param::<String>().and_then(|name: String| async move {
+        match name.as_str() {
+            "dead_letter" => Ok(DeadQueue::DeadLetter),
+            "review" => Ok(DeadQueue::Review),
+            _ => Err(warp::reject::not_found()),
+        }
+    })
+}
+
+fn reply<T: serde::Serialize>(
+    result: Result<T, AdminError>,
+) -> Result<warp::reply::Response, Rejection> {
+    match result {
+        Ok(value) => Ok(warp::reply::json(&value).into_response()),
+        Err(err) => Err(warp::reject::custom(Failed(err))),
+    }
+}
+
+/// Every admin route, with auth and error mapping.
+pub fn routes(
+    control: Arc<HubControl>,
+    token: Secret,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    let token = Arc::new(token);
+    let with_control = {
+        let control = Arc::clone(&control);
+        warp::any().map(move || Arc::clone(&control))
+    };
+    let health = warp::path("healthz")
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(|| warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response());
+
+    let consumers = warp::path!("v1" / "consumers")
+        .and(warp::get())
+        .and(with_control.clone())
+        .and_then(|control: Arc<HubControl>| async move {
+            reply(control.status().await.map_err(AdminError::from))
+        });
+    let pause = warp::path!("v1" / "consumers" / String / "pause")
+        .and(warp::post())
+        .and(with_control.clone())
+        .and_then(|name: String, control: Arc<HubControl>| async move {
+            reply(
+                control
+                    .pause(&name)
+                    .map(|()| serde_json::json!({ "consumer": name, "paused": true })),
+            )
+        });
+    let resume = warp::path!("v1" / "consumers" / String / "resume")
+        .and(warp::post())
+        .and(with_control.clone())
+        .and_then(|name: String, control: Arc<HubControl>| async move {
+            reply(
+                control
+                    .resume(&name)
+                    .map(|()| serde_json::json!({ "consumer": name, "paused": false })),
+            )
+        });
+    let list = warp::path("v1")
+        .and(warp::path("queues"))
+        .and(queue())
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(warp::query::<QueueFilter>())
+        .and(with_control.clone())
+        .and_then(
+            |queue: DeadQueue, filter: QueueFilter, control: Arc<HubControl>| async move {
+                reply(
+                    control
+                        .parked(queue, &filter)
+                        .await
+                        .map(|entries| entries.iter().map(ParkedEntry::from).collect::<Vec<_>>()),
+                )
+            },
+        );
+    let replay = warp::path("v1")
+        .and(warp::path("queues"))
+        .and(queue())
+        .and(warp::path("replay"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(warp::body::content_length_limit(64 * 1024))
+        .and(warp::body::json::<BulkRequest>())
+        .and(with_control.clone())
+        .and_then(
+            |queue: DeadQueue, request: BulkRequest, control: Arc<HubControl>| async move {
+                reply(
+                    control
+                        .replay(queue, &request.filter, request.dry_run)
+                        .await,
+                )
+            },
+        );
+    let discard = warp::path("v1")
+        .and(warp::path("queues"))
+        .and(queue())
+        .and(warp::path("discard"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(warp::body::content_length_limit(64 * 1024))
+        .and(warp::body::json::<BulkRequest>())
+        .and(with_control)
+        .and_then(
+            |queue: DeadQueue, request: BulkRequest, control: Arc<HubControl>| async move {
+                reply(
+                    control
+                        .discard(queue, &request.filter, request.dry_run)
+                        .await,
+                )
+            },
+        );
+
+    let api = authorized(token).and(
+        consumers
+            .or(pause)
+            .unify()
+            .or(resume)
+            .unify()
+            .or(list)
+            .unify()
+            .or(replay)
+            .unify()
+            .or(discard)
+            .unify(),
+    );
+    health
+        .or(api)
+        .unify()
+        .recover(|rejection: Rejection| async move {
+            let response = if rejection.find::<Unauthorized>().is_some() {
+                error_body(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a valid bearer token is required".into(),
+                )
+            } else if let Some(Failed(err)) = rejection.find::<Failed>() {
+                let status = match err {
+                    AdminError::UnknownConsumer(_) => StatusCode::NOT_FOUND,
+                    AdminError::BadFilter(_) => StatusCode::BAD_REQUEST,
+                    AdminError::Bus(_) => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                error_body(status, "failed", err.to_string())
+            } else if rejection.is_not_found() {
+                error_body(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no such admin route".into(),
+                )
+            } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+                error_body(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "wrong method".into(),
+                )
+            } else {
+                error_body(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the request is not valid for this route".into(),
+                )
+            };
+            Ok::<_, Infallible>(response)
+        })
+        .unify()
+}

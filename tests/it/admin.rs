@@ -1,0 +1,283 @@
+//! The admin API and CLI: auth, status, pause/resume, dead-letter and review
+//! queues with filters, dry runs, replay and discard.
+
+use crate::harness::*;
+use reqwest::Method;
+use serde_json::json;
+use std::time::Duration;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+async fn admin_hub(crm: &MockDownstream) -> TestHub {
+    let mut options = HubOptions::new(example_routes(
+        crm,
+        crm,
+        crm,
+        r#"{ first = "10ms", max = "50ms", attempts = 3 }"#,
+    ));
+    options.admin = true;
+    TestHub::start(options).await
+}
+
+fn contact(i: usize, event_type: &str) -> Vec<u8> {
+    synthetic_event(
+        &unique(&format!("evt_a{i}_")),
+        event_type,
+        json!({"id": format!("cus_{i}"), "object": "customer", "email": null, "name": null}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_needs_the_right_bearer_token() {
+    let crm = MockDownstream::start().await;
+    let hub = admin_hub(&crm).await;
+    let url = hub.admin_url("/v1/consumers");
+    let missing = hub.client.get(&url).send().await.unwrap();
+    assert_eq!(missing.status().as_u16(), 401);
+    for wrong in [
+        "wrong",
+        "admin-token-for-tests-012345678",
+        "admin-token-for-tests-0123456789x",
+        "",
+    ] {
+        let response = hub
+            .client
+            .get(&url)
+            .bearer_auth(wrong)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{wrong:?}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(!body.to_string().contains(ADMIN_TOKEN));
+    }
+    let basic = hub
+        .client
+        .get(&url)
+        .basic_auth("admin", Some(ADMIN_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status().as_u16(), 401);
+    let (status, consumers) = hub.admin(Method::GET, "/v1/consumers", None).await;
+    assert_eq!(status, 200);
+    let names: Vec<_> = consumers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["crm", "erp", "marketing"]);
+    assert_eq!(consumers[0]["state"], "running");
+    assert_eq!(consumers[0]["breaker"], "closed");
+    // Health needs no token; unknown routes are 404 behind auth.
+    assert_eq!(
+        hub.client
+            .get(hub.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(hub.admin(Method::GET, "/v1/nothing", None).await.0, 404);
+    assert_eq!(
+        hub.admin(Method::POST, "/v1/consumers/nobody/pause", None)
+            .await
+            .0,
+        404
+    );
+    hub.hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_consumer_takes_nothing_and_catches_up_on_resume() {
+    let crm = MockDownstream::start().await;
+    let hub = admin_hub(&crm).await;
+    assert_eq!(
+        hub.admin(Method::POST, "/v1/consumers/crm/pause", None)
+            .await
+            .0,
+        200
+    );
+    for i in 0..5 {
+        assert_eq!(hub.send(&contact(i, "customer.created")).await.0, 200);
+    }
+    // Marketing (also routed customer.*) is not paused and handles all five.
+    eventually(WITHIN, "marketing handled the events", || async {
+        hub.status_of("marketing").await.stats.delivered == 5
+    })
+    .await;
+    // Absence can only be shown over time: give the paused consumer a while.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(crm.received().is_empty(), "nothing delivered while paused");
+    let status = hub.status_of("crm").await;
+    assert_eq!(status.backlog, 5);
+    assert_eq!(serde_json::to_value(status.state).unwrap(), "paused");
+    assert!(status.oldest_pending_ms.unwrap() >= 1000);
+
+    assert_eq!(
+        hub.admin(Method::POST, "/v1/consumers/crm/resume", None)
+            .await
+            .0,
+        200
+    );
+    eventually(WITHIN, "crm caught up", || async {
+        crm.effects().len() == 5
+    })
+    .await;
+    hub.drained(WITHIN).await;
+    hub.hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_filtered_dry_run_replayed_and_discarded() {
+    let crm = MockDownstream::start().await;
+    crm.set_default(Answer::status(422));
+    let hub = admin_hub(&crm).await;
+    for i in 0..3 {
+        assert_eq!(hub.send(&contact(i, "customer.created")).await.0, 200);
+    }
+    assert_eq!(hub.send(&contact(9, "customer.deleted")).await.0, 200);
+    hub.drained(WITHIN).await;
+
+    let (status, all) = hub
+        .admin(Method::GET, "/v1/queues/dead_letter?consumer=crm", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(all.as_array().unwrap().len(), 4);
+    assert!(all[0]["reason"].as_str().unwrap().contains("HTTP 422"));
+    assert!(all[0].get("payload").is_none(), "lists never show payloads");
+    let (_, created) = hub
+        .admin(
+            Method::GET,
+            "/v1/queues/dead_letter?consumer=crm&event_type=customer.created",
+            None,
+        )
+        .await;
+    assert_eq!(created.as_array().unwrap().len(), 3);
+    let (_, none) = hub
+        .admin(Method::GET, "/v1/queues/dead_letter?error=timeout", None)
+        .await;
+    assert!(none.as_array().unwrap().is_empty());
+    let (status, _) = hub
+        .admin(
+            Method::GET,
+            "/v1/queues/dead_letter?event_type=Bad%20Type",
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    // A dry run says what would happen and changes nothing.
+    let filter = json!({"consumer": "crm", "event_type": "customer.created"});
+    let (status, dry) = hub
+        .admin(
+            Method::POST,
+            "/v1/queues/dead_letter/replay",
+            Some(json!({"filter": filter, "dry_run": true})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (dry["matched"].as_u64(), dry["done"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert_eq!(dry["sample"].as_array().unwrap().len(), 3);
+    assert_eq!(hub.status_of("crm").await.dead_letters, 4);
+    // Without `dry_run` the API still only previews: doing it is explicit.
+    let (_, implicit) = hub
+        .admin(
+            Method::POST,
+            "/v1/queues/dead_letter/replay",
+            Some(json!({"filter": filter})),
+        )
+        .await;
+    assert_eq!(implicit["dry_run"], true);
+
+    // The downstream is fixed; replay the three for real.
+    crm.set_default(Answer::status(200));
+    let (_, done) = hub
+        .admin(
+            Method::POST,
+            "/v1/queues/dead_letter/replay",
+            Some(json!({"filter": filter, "dry_run": false})),
+        )
+        .await;
+    assert_eq!(done["done"], 3);
+    eventually(WITHIN, "replayed events delivered", || async {
+        crm.effects().len() == 3
+    })
+    .await;
+    hub.drained(WITHIN).await;
+    let crm_status = hub.status_of("crm").await;
+    assert_eq!(
+        crm_status.dead_letters, 1,
+        "the deleted-customer event is still parked"
+    );
+
+    // Discard the last one by id.
+    let (_, left) = hub
+        .admin(Method::GET, "/v1/queues/dead_letter?consumer=crm", None)
+        .await;
+    let id = left[0]["id"].as_u64().unwrap();
+    let (_, discarded) = hub
+        .admin(
+            Method::POST,
+            "/v1/queues/dead_letter/discard",
+            Some(json!({"filter": {"ids": [id]}, "dry_run": false})),
+        )
+        .await;
+    assert_eq!(discarded["done"], 1);
+    assert_eq!(hub.status_of("crm").await.dead_letters, 0);
+    hub.hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_consumers_and_replays_reviews() {
+    let erp = MockDownstream::start().await;
+    let hub = admin_hub(&erp).await;
+    assert_eq!(hub.send_fixture("invoice.paid.no_order.json").await.0, 200);
+    hub.drained(WITHIN).await;
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(args)
+            .env("SWITCHYARD_ADMIN_URL", hub.admin_url(""))
+            .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let table = cli(&["consumers"]);
+    println!("{table}");
+    assert!(table.starts_with("CONSUMER"), "{table}");
+    let erp_line = table.lines().find(|l| l.starts_with("erp")).unwrap();
+    assert!(erp_line.contains("running"), "{erp_line}");
+    assert!(erp_line.contains("has no order_id"), "{erp_line}");
+    let reviews = cli(&["dlq", "list", "--review"]);
+    assert!(
+        reviews.contains("evt_1PgKq3LzX8bYw3NcInvPad02"),
+        "{reviews}"
+    );
+    let dry = cli(&["dlq", "replay", "--review", "--consumer", "erp"]);
+    assert!(
+        dry.contains("dry run: 1 entries would be replayed"),
+        "{dry}"
+    );
+    assert_eq!(hub.status_of("erp").await.reviews, 1);
+    let wrong = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["consumers"])
+        .env("SWITCHYARD_ADMIN_URL", hub.admin_url(""))
+        .env("SWITCHYARD_ADMIN_TOKEN", "nope")
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
+    hub.hub.shutdown().await;
+}
