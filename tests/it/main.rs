@@ -13,6 +13,7 @@ mod crash;
 mod end_to_end;
 mod idempotency;
 mod ingest_edge;
+mod log_hygiene;
 mod plugin_dist;
 mod resilience;
 mod sandbox;
