@@ -263,7 +263,20 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
             source,
         }]
     })?;
+    let readiness: crate::ingest::ReadinessCheck = {
+        let bus = Arc::clone(&bus);
+        let idempotency = Arc::clone(&idempotency);
+        Arc::new(move || {
+            let bus = Arc::clone(&bus);
+            let idempotency = Arc::clone(&idempotency);
+            Box::pin(async move {
+                bus.ping().await.map_err(|err| err.to_string())?;
+                idempotency.ping().await.map_err(|err| err.to_string())
+            })
+        })
+    };
     let ingest = Arc::new(Ingest {
+        readiness,
         sources,
         bus: Arc::clone(&bus) as Arc<dyn Bus>,
         max_body: config.server.max_body,

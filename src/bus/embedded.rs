@@ -578,6 +578,12 @@ impl Bus for EmbeddedBus {
             .map_err(unavailable)
     }
 
+    async fn ping(&self) -> Result<(), BusError> {
+        let txn = self.store.database().begin_read().map_err(storage)?;
+        txn.open_table(META).map_err(storage)?;
+        Ok(())
+    }
+
     async fn backlog(&self, consumer: &str) -> Result<u64, BusError> {
         self.waker(consumer)?;
         let txn = self.store.database().begin_read().map_err(storage)?;

@@ -159,6 +159,9 @@ pub trait Bus: Send + Sync + 'static {
         queue: DeadQueue,
     ) -> Result<Vec<DeadLetter>, BusError>;
 
+    /// Checks the engine can serve (for `/readyz`).
+    async fn ping(&self) -> Result<(), BusError>;
+
     /// Events still waiting for `consumer` (due, delayed or leased).
     async fn backlog(&self, consumer: &str) -> Result<u64, BusError>;
 

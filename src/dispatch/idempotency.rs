@@ -58,6 +58,8 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// Drops up to `limit` expired keys, where the backend does not do it
     /// itself. Returns how many.
     async fn expire(&self, limit: usize) -> Result<usize, IdempotencyError>;
+    /// Checks the store answers (for `/readyz`).
+    async fn ping(&self) -> Result<(), IdempotencyError>;
 }
 
 /// The key of one consumer's effect of one event.
@@ -149,6 +151,15 @@ impl IdempotencyStore for RedisStore {
             .map_err(redis_error)
     }
 
+    async fn ping(&self) -> Result<(), IdempotencyError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(redis_error)
+    }
+
     /// Redis expires keys itself (`PX`/`EX`).
     async fn expire(&self, _limit: usize) -> Result<usize, IdempotencyError> {
         Ok(0)
@@ -230,6 +241,15 @@ impl IdempotencyStore for EmbeddedStore {
             })
             .await
             .map_err(durable_error)
+    }
+
+    async fn ping(&self) -> Result<(), IdempotencyError> {
+        use redb::ReadableDatabase;
+        self.store
+            .database()
+            .begin_read()
+            .map(drop)
+            .map_err(|err| IdempotencyError::Unavailable(err.to_string()))
     }
 
     async fn claim(&self, key: &str, lease: Duration) -> Result<Claim, IdempotencyError> {

@@ -127,8 +127,14 @@ pub fn system_clock() -> Clock {
     })
 }
 
+/// Answers whether the hub can take traffic (bus and idempotency store
+/// reachable; plugins are loaded before the listener opens).
+pub type ReadinessCheck =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
 /// Everything the ingest handler needs.
 pub struct Ingest {
+    pub readiness: ReadinessCheck,
     /// By URL path.
     pub sources: HashMap<String, SourceEndpoint>,
     pub bus: Arc<dyn Bus>,
@@ -310,6 +316,28 @@ pub fn routes(
         .and(warp::path::end())
         .and(warp::get())
         .map(|| warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response());
+    let ready = {
+        let ingest = Arc::clone(&ingest);
+        warp::path("readyz")
+            .and(warp::path::end())
+            .and(warp::get())
+            .then(move || {
+                let check = (ingest.readiness)();
+                async move {
+                    match check.await {
+                        Ok(()) => warp::reply::json(&serde_json::json!({ "status": "ready" }))
+                            .into_response(),
+                        Err(reason) => warp::reply::with_status(
+                            warp::reply::json(
+                                &serde_json::json!({ "status": "not_ready", "reason": reason }),
+                            ),
+                            StatusCode::SERVICE_UNAVAILABLE,
+                        )
+                        .into_response(),
+                    }
+                }
+            })
+    };
     let webhooks = warp::method()
         .and(warp::path::full())
         .and(warp::header::headers_cloned())
@@ -325,6 +353,8 @@ pub fn routes(
             }
         });
     health
+        .or(ready)
+        .unify()
         .or(webhooks)
         .unify()
         .recover(|_| async {

@@ -168,6 +168,8 @@ async fn unknown_sources_wrong_types_and_huge_bodies_are_refused() {
 
     let health = hub.client.get(hub.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
+    let ready = hub.client.get(hub.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
 }
 
 #[tokio::test]

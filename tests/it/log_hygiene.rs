@@ -53,7 +53,10 @@ async fn no_payload_field_and_no_secret_reaches_the_logs_even_at_trace() {
     {
         let tail = std::fs::read_to_string(&log).unwrap_or_default();
         let tail = &tail[tail.len().saturating_sub(2000)..];
-        assert!(std::time::Instant::now() < deadline, "hub did not come up:\n{tail}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hub did not come up:\n{tail}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Distinctive values in every kind of payload field.
