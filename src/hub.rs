@@ -15,6 +15,7 @@ use crate::dispatch::{ConsumerLoop, ConsumerStats, StackParts, consumer_stack, p
 use crate::ingest::{Clock, Ingest, SourceEndpoint, system_clock};
 use crate::limiter::RateLimiter;
 use crate::plugin::{ConsumerPlugin, PluginError, PluginHost, build_connections};
+use crate::telemetry::metrics::Metrics;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -202,6 +203,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut controls = BTreeMap::new();
+    let metrics = Arc::new(Metrics::new());
     let grace = config.server.shutdown_grace;
     for (name, consumer) in &config.consumers {
         let consumer_stats = Arc::new(ConsumerStats::default());
@@ -228,7 +230,10 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
                 .rate_limit
                 .map(|limit| Arc::new(RateLimiter::new(limit))),
         };
-        let service = consumer_stack(policies, plugin_call(Arc::clone(&plugins[name])));
+        let service = consumer_stack(
+            policies,
+            plugin_call(Arc::clone(&plugins[name]), Arc::clone(&metrics)),
+        );
         let consumer_loop = ConsumerLoop {
             name: name.clone(),
             bus: Arc::clone(&bus) as Arc<dyn Bus>,
@@ -237,6 +242,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
             concurrency: consumer.concurrency,
             stats: consumer_stats,
             paused: paused_rx,
+            metrics: Arc::clone(&metrics),
         };
         tasks.spawn(consumer_loop.run(shutdown_rx.clone(), grace));
     }
@@ -277,6 +283,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
     };
     let ingest = Arc::new(Ingest {
         readiness,
+        metrics: Arc::clone(&metrics),
         sources,
         bus: Arc::clone(&bus) as Arc<dyn Bus>,
         max_body: config.server.max_body,
@@ -293,6 +300,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
     let control = Arc::new(HubControl {
         bus: Arc::clone(&bus) as Arc<dyn Bus>,
         consumers: controls,
+        metrics,
     });
     let admin_addr = match &config.admin {
         None => None,

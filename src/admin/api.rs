@@ -1,6 +1,7 @@
 //! The admin HTTP API (its own listener). Every route but `/healthz` needs
 //! `Authorization: Bearer <token>`; the token is compared in constant time.
 //!
+//! - `GET  /metrics` (Prometheus; scrape with `authorization: Bearer`)
 //! - `GET  /v1/consumers`
 //! - `POST /v1/consumers/{name}/pause` and `/resume`
 //! - `GET  /v1/queues/{dead_letter|review}?consumer=&event_type=&since_ms=&until_ms=&error=`
@@ -109,6 +110,21 @@ pub fn routes(
         .and(warp::get())
         .map(|| warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response());
 
+    let metrics = warp::path("metrics")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_control.clone())
+        .and_then(|control: Arc<HubControl>| async move {
+            match control.metrics_text().await {
+                Ok(text) => Ok(warp::reply::with_header(
+                    text,
+                    "content-type",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+                .into_response()),
+                Err(err) => Err(warp::reject::custom(Failed(AdminError::Bus(err)))),
+            }
+        });
     let consumers = warp::path!("v1" / "consumers")
         .and(warp::get())
         .and(with_control.clone())
@@ -190,7 +206,9 @@ pub fn routes(
         );
 
     let api = authorized(token).and(
-        consumers
+        metrics
+            .or(consumers)
+            .unify()
             .or(pause)
             .unify()
             .or(resume)

@@ -13,6 +13,7 @@ use crate::config::EventPattern;
 use crate::dispatch::breaker::BreakerState;
 use crate::dispatch::layers::BreakerHandle;
 use crate::dispatch::{ConsumerStats, StatsSnapshot};
+use crate::telemetry::metrics::{ConsumerLabel, Metrics};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -131,6 +132,7 @@ pub struct BulkOutcome {
 pub struct HubControl {
     pub bus: Arc<dyn Bus>,
     pub consumers: BTreeMap<String, ConsumerControl>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl HubControl {
@@ -173,6 +175,31 @@ impl HubControl {
             });
         }
         Ok(out)
+    }
+
+    /// The Prometheus exposition, with per-consumer gauges read now.
+    pub async fn metrics_text(&self) -> Result<String, BusError> {
+        for status in self.status().await? {
+            let label = ConsumerLabel {
+                consumer: status.name.clone(),
+            };
+            let m = &self.metrics;
+            m.backlog.get_or_create(&label).set(status.backlog as i64);
+            m.oldest_pending
+                .get_or_create(&label)
+                .set(status.oldest_pending_ms.map_or(0, |ms| (ms / 1000) as i64));
+            m.dead_letters
+                .get_or_create(&label)
+                .set(status.dead_letters as i64);
+            m.reviews.get_or_create(&label).set(status.reviews as i64);
+            let breaker = match status.breaker {
+                Some(BreakerState::Open) => 2,
+                Some(BreakerState::HalfOpen) => 1,
+                _ => 0,
+            };
+            m.breaker_state.get_or_create(&label).set(breaker);
+        }
+        Ok(self.metrics.render())
     }
 
     /// Stops the consumer taking new work; in-flight deliveries finish.

@@ -7,6 +7,7 @@ use super::{DispatchError, Verdict};
 use crate::bus::Delivery;
 use crate::limiter::RateLimiter;
 use crate::plugin::{CallOutcome, ConsumerPlugin, PluginEvent};
+use crate::telemetry::metrics::{ConsumerLabel, Metrics};
 use futures::future::BoxFuture;
 use std::future::Future;
 use std::pin::Pin;
@@ -114,11 +115,12 @@ where
 #[derive(Clone)]
 pub struct PluginCall {
     plugin: Arc<ConsumerPlugin>,
+    metrics: Arc<Metrics>,
 }
 
 impl PluginCall {
-    pub fn new(plugin: Arc<ConsumerPlugin>) -> Self {
-        PluginCall { plugin }
+    pub fn new(plugin: Arc<ConsumerPlugin>, metrics: Arc<Metrics>) -> Self {
+        PluginCall { plugin, metrics }
     }
 }
 
@@ -133,6 +135,7 @@ impl Service<Delivery> for PluginCall {
 
     fn call(&mut self, delivery: Delivery) -> Self::Future {
         let plugin = Arc::clone(&self.plugin);
+        let metrics = Arc::clone(&self.metrics);
         Box::pin(async move {
             let envelope = &delivery.envelope;
             let event = PluginEvent {
@@ -146,6 +149,12 @@ impl Service<Delivery> for PluginCall {
                 payload: String::from_utf8_lossy(&envelope.payload).into_owned(),
             };
             let report = plugin.call(event).await;
+            metrics
+                .plugin_duration
+                .get_or_create(&ConsumerLabel {
+                    consumer: delivery.consumer.to_string(),
+                })
+                .observe(report.wall.as_secs_f64());
             Ok(match report.outcome {
                 CallOutcome::Done => Verdict::Delivered {
                     called_downstream: !report.calls.is_empty(),

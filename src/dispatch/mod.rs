@@ -20,6 +20,7 @@ use crate::bus::{Bus, BusError, DeadQueue, Delivery};
 use crate::config::RetryConfig;
 use crate::limiter::RateLimiter;
 use crate::plugin::ConsumerPlugin;
+use crate::telemetry::metrics::Metrics;
 use idempotency::{IdempotencyError, IdempotencyStore};
 use layers::{BreakerHandle, CircuitBreakerLayer, IdempotencyLayer, PluginCall, RateLimitLayer};
 use retry::{NextStep, RetrySchedule};
@@ -114,8 +115,8 @@ where
 }
 
 /// The innermost service of a consumer: its plugin.
-pub fn plugin_call(plugin: Arc<ConsumerPlugin>) -> PluginCall {
-    PluginCall::new(plugin)
+pub fn plugin_call(plugin: Arc<ConsumerPlugin>, metrics: Arc<Metrics>) -> PluginCall {
+    PluginCall::new(plugin, metrics)
 }
 
 /// Counters of one consumer, for status and tests.
@@ -171,6 +172,7 @@ pub struct ConsumerLoop {
     pub stats: Arc<ConsumerStats>,
     /// While true the loop takes no new work; events wait in the bus.
     pub paused: watch::Receiver<bool>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// How long one pull waits for work before the loop checks for shutdown.
@@ -269,6 +271,7 @@ impl ConsumerLoop {
         let settled = self.settle(&delivery, verdict, schedule).await;
         if let Err(err) = settled {
             stats.infra_errors.fetch_add(1, Ordering::Relaxed);
+            self.metrics.delivery(&self.name, "infra_error");
             tracing::error!(
                 consumer = %self.name,
                 event_id = %delivery.envelope.event_id,
@@ -301,11 +304,13 @@ impl ConsumerLoop {
         match verdict {
             Ok(Verdict::Delivered { .. }) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
+                self.metrics.delivery(consumer, "delivered");
                 tracing::info!(consumer, event_id, "delivered");
                 self.bus.ack(delivery).await
             }
             Ok(Verdict::AlreadyDone) => {
                 stats.skipped_done.fetch_add(1, Ordering::Relaxed);
+                self.metrics.delivery(consumer, "skipped_done");
                 tracing::info!(consumer, event_id, "already delivered; skipped");
                 self.bus.ack(delivery).await
             }
@@ -315,6 +320,7 @@ impl ConsumerLoop {
                 match step {
                     NextStep::RetryIn(delay) => {
                         stats.retried.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.delivery(consumer, "retried");
                         tracing::warn!(
                             consumer,
                             event_id,
@@ -326,6 +332,7 @@ impl ConsumerLoop {
                     }
                     NextStep::GiveUp => {
                         stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.delivery(consumer, "dead_lettered");
                         let reason =
                             format!("gave up after {} attempts: {reason}", delivery.attempt);
                         tracing::error!(consumer, event_id, reason, "dead-lettered");
@@ -337,6 +344,7 @@ impl ConsumerLoop {
             }
             Ok(Verdict::Reject(reason)) => {
                 stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.metrics.delivery(consumer, "dead_lettered");
                 tracing::error!(consumer, event_id, reason, "rejected; dead-lettered");
                 self.bus
                     .dead_letter(delivery, DeadQueue::DeadLetter, &reason)
@@ -344,6 +352,7 @@ impl ConsumerLoop {
             }
             Ok(Verdict::Review(reason)) => {
                 stats.reviewed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.delivery(consumer, "reviewed");
                 tracing::warn!(consumer, event_id, reason, "parked for review");
                 self.bus
                     .dead_letter(delivery, DeadQueue::Review, &reason)
@@ -351,6 +360,7 @@ impl ConsumerLoop {
             }
             Err(err) => {
                 stats.infra_errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.delivery(consumer, "infra_error");
                 // Not the plugin's fault: retry without burning the schedule
                 // toward the dead-letter queue.
                 let delay = schedule.ceiling(1);

@@ -135,6 +135,7 @@ pub type ReadinessCheck =
 /// Everything the ingest handler needs.
 pub struct Ingest {
     pub readiness: ReadinessCheck,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// By URL path.
     pub sources: HashMap<String, SourceEndpoint>,
     pub bus: Arc<dyn Bus>,
@@ -260,7 +261,7 @@ impl Ingest {
         path: &str,
         headers: HeaderMap,
         body: S,
-    ) -> Result<warp::reply::Response, IngestError>
+    ) -> Result<(&'static str, warp::reply::Response), IngestError>
     where
         S: Stream<Item = Result<B, warp::Error>> + Unpin,
         B: bytes::Buf,
@@ -288,7 +289,12 @@ impl Ingest {
             }
         };
         let envelope = verified.envelope();
-        let appended = self.bus.append(envelope).await.map_err(|err| {
+        let append_started = std::time::Instant::now();
+        let appended = self.bus.append(envelope).await;
+        self.metrics
+            .bus_append_duration
+            .observe(append_started.elapsed().as_secs_f64());
+        let appended = appended.map_err(|err| {
             tracing::error!(source = %source.name, event_id = %envelope.event_id, error = %err, "bus append failed; answering 503");
             IngestError::Unavailable
         })?;
@@ -304,7 +310,7 @@ impl Ingest {
             "webhook persisted"
         );
         let body = serde_json::json!({ "status": status, "id": envelope.event_id });
-        Ok(warp::reply::json(&body).into_response())
+        Ok((status, warp::reply::json(&body).into_response()))
     }
 }
 
@@ -345,11 +351,19 @@ pub fn routes(
         .then(move |method, path: warp::path::FullPath, headers, body| {
             let ingest = Arc::clone(&ingest);
             async move {
+                let started = std::time::Instant::now();
                 let body = Box::pin(body);
-                match ingest.handle(method, path.as_str(), headers, body).await {
-                    Ok(response) => response,
-                    Err(err) => err.into_response(),
-                }
+                let source = ingest
+                    .sources
+                    .get(path.as_str())
+                    .map_or("unknown", |s| s.name.as_str());
+                let (outcome, response) =
+                    match ingest.handle(method, path.as_str(), headers, body).await {
+                        Ok((outcome, response)) => (outcome, response),
+                        Err(err) => (err.code(), err.into_response()),
+                    };
+                ingest.metrics.ingest(source, outcome, started.elapsed());
+                response
             }
         });
     health

@@ -1,7 +1,9 @@
-//! Telemetry: logs (and, as they land, metrics and traces).
+//! Telemetry: logs and Prometheus metrics.
 //!
 //! Owns the process-wide tracing subscriber. Span fields are `source`,
 //! `event_id`, `consumer`; payloads and secrets never appear in logs.
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

@@ -281,3 +281,56 @@ async fn the_cli_shows_consumers_and_replays_reviews() {
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
     hub.hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_a_known_sequence_of_events() {
+    let crm = MockDownstream::start().await;
+    crm.script(1, Answer::status(503));
+    let hub = admin_hub(&crm).await;
+    assert_eq!(hub.send_fixture("customer.created.json").await.0, 200);
+    assert_eq!(hub.send_fixture("customer.created.json").await.0, 200);
+    assert_eq!(hub.send_fixture("invoice.paid.no_order.json").await.0, 200);
+    let bad = hub
+        .post(
+            "/webhooks/stripe",
+            b"{}",
+            &[("stripe-signature", "t=1,v1=00")],
+        )
+        .await;
+    assert_eq!(bad.0, 400);
+    hub.drained(WITHIN).await;
+    let unauthorized = hub
+        .client
+        .get(hub.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status().as_u16(), 401);
+    let text = hub
+        .client
+        .get(hub.admin_url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    println!("{text}");
+    for line in [
+        r#"switchyard_ingest_requests_total{source="stripe",outcome="accepted"} 2"#,
+        r#"switchyard_ingest_requests_total{source="stripe",outcome="duplicate"} 1"#,
+        r#"switchyard_ingest_requests_total{source="stripe",outcome="bad_signature"} 1"#,
+        r#"switchyard_dispatch_deliveries_total{consumer="crm",outcome="retried"} 1"#,
+        r#"switchyard_dispatch_deliveries_total{consumer="crm",outcome="delivered"} 1"#,
+        r#"switchyard_dispatch_deliveries_total{consumer="erp",outcome="reviewed"} 1"#,
+        r#"switchyard_consumer_reviews_events{consumer="erp"} 1"#,
+        r#"switchyard_consumer_backlog_events{consumer="crm"} 0"#,
+        r#"switchyard_consumer_breaker_state{consumer="crm"} 0"#,
+        r#"switchyard_plugin_duration_seconds_count{consumer="crm"} 2"#,
+        "switchyard_bus_append_duration_seconds_count 3",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}`");
+    }
+    hub.hub.shutdown().await;
+}

@@ -1,0 +1,164 @@
+//! Prometheus metrics: `switchyard_<stage>_<what>_<unit>`, bounded labels
+//! (source and consumer names from routes.toml, outcomes from closed sets).
+//! Served by the admin listener at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceOutcome {
+    pub source: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerOutcome {
+    pub consumer: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabel {
+    pub consumer: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms .. ~8 s
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// Every metric of the hub. Cheap to share (`Arc`); updates are lock-free.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub ingest_requests: Family<SourceOutcome, Counter>,
+    pub ingest_duration: Family<SourceLabel, Histogram, fn() -> Histogram>,
+    pub bus_append_duration: Histogram,
+    pub deliveries: Family<ConsumerOutcome, Counter>,
+    pub plugin_duration: Family<ConsumerLabel, Histogram, fn() -> Histogram>,
+    pub backlog: Family<ConsumerLabel, Gauge>,
+    pub oldest_pending: Family<ConsumerLabel, Gauge>,
+    pub breaker_state: Family<ConsumerLabel, Gauge>,
+    pub dead_letters: Family<ConsumerLabel, Gauge>,
+    pub reviews: Family<ConsumerLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let metrics = Metrics {
+            registry: Mutex::new(Registry::with_prefix("switchyard")),
+            ingest_requests: Family::default(),
+            ingest_duration: Family::new_with_constructor(latency_histogram),
+            bus_append_duration: latency_histogram(),
+            deliveries: Family::default(),
+            plugin_duration: Family::new_with_constructor(latency_histogram),
+            backlog: Family::default(),
+            oldest_pending: Family::default(),
+            breaker_state: Family::default(),
+            dead_letters: Family::default(),
+            reviews: Family::default(),
+        };
+        {
+            let mut r = metrics.registry.lock().expect("registry lock");
+            r.register(
+                "ingest_requests",
+                "Webhook requests by source and outcome",
+                metrics.ingest_requests.clone(),
+            );
+            r.register(
+                "ingest_duration_seconds",
+                "Time from request to answer",
+                metrics.ingest_duration.clone(),
+            );
+            r.register(
+                "bus_append_duration_seconds",
+                "Time for a durable bus append",
+                metrics.bus_append_duration.clone(),
+            );
+            r.register(
+                "dispatch_deliveries",
+                "Deliveries by consumer and outcome",
+                metrics.deliveries.clone(),
+            );
+            r.register(
+                "plugin_duration_seconds",
+                "Plugin call time, host calls included",
+                metrics.plugin_duration.clone(),
+            );
+            r.register(
+                "consumer_backlog_events",
+                "Events waiting for a consumer",
+                metrics.backlog.clone(),
+            );
+            r.register(
+                "consumer_oldest_pending_seconds",
+                "Age of the oldest waiting event",
+                metrics.oldest_pending.clone(),
+            );
+            r.register(
+                "consumer_breaker_state",
+                "Circuit breaker: 0 closed, 1 half-open, 2 open",
+                metrics.breaker_state.clone(),
+            );
+            r.register(
+                "consumer_dead_letters_events",
+                "Events in the dead-letter queue",
+                metrics.dead_letters.clone(),
+            );
+            r.register(
+                "consumer_reviews_events",
+                "Events in the review queue",
+                metrics.reviews.clone(),
+            );
+        }
+        metrics
+    }
+
+    pub fn ingest(&self, source: &str, outcome: &str, took: Duration) {
+        self.ingest_requests
+            .get_or_create(&SourceOutcome {
+                source: source.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.ingest_duration
+            .get_or_create(&SourceLabel {
+                source: source.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn delivery(&self, consumer: &str, outcome: &str) {
+        self.deliveries
+            .get_or_create(&ConsumerOutcome {
+                consumer: consumer.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().expect("registry lock");
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
