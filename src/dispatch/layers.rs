@@ -148,7 +148,7 @@ impl Service<Delivery> for PluginCall {
                 attempt: delivery.attempt,
                 payload: String::from_utf8_lossy(&envelope.payload).into_owned(),
             };
-            let report = plugin.call(event).await;
+            let report = plugin.call(event, envelope.traceparent.as_deref()).await;
             metrics
                 .plugin_duration
                 .get_or_create(&ConsumerLabel {

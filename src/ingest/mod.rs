@@ -202,11 +202,21 @@ pub fn verify_and_parse(
             "`type` must be dot-separated tokens of a-z, 0-9 and _".into(),
         ));
     }
+    // Join the sender's trace when it sent one; start a trace otherwise, so
+    // every event can be followed to each downstream call.
     let traceparent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() == 55 && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
-        .map(str::to_owned);
+        .filter(|v| is_traceparent(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            format!(
+                "00-{:032x}-{:016x}-01",
+                rand::random::<u128>(),
+                rand::random::<u64>()
+            )
+        });
+    let traceparent = Some(traceparent);
     Ok(VerifiedEvent {
         envelope: Envelope {
             source: source.name.clone(),
@@ -223,6 +233,22 @@ pub fn verify_and_parse(
             payload: body,
         },
     })
+}
+
+/// W3C `traceparent`: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1] != "0".repeat(32)
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

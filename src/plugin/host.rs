@@ -23,6 +23,7 @@ const MAX_LOG_LINE: usize = 2048;
 /// Headers the host owns: a guest value is dropped without error.
 const HOST_OWNED_HEADERS: &[&str] = &[
     "authorization",
+    "traceparent",
     "proxy-authorization",
     "cookie",
     "host",
@@ -120,6 +121,8 @@ pub struct CallRecord {
 pub struct HostState {
     pub context: Arc<ConsumerContext>,
     pub event_id: String,
+    /// W3C trace id of the event, passed on to downstreams.
+    pub trace_id: Option<String>,
     pub calls: Vec<CallRecord>,
     /// Longest `Retry-After` a downstream asked for during this event.
     pub retry_after: Option<Duration>,
@@ -140,7 +143,11 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub fn new(context: Arc<ConsumerContext>, event_id: String) -> HostState {
+    pub fn new(
+        context: Arc<ConsumerContext>,
+        event_id: String,
+        trace_id: Option<String>,
+    ) -> HostState {
         let limits = wasmtime::StoreLimitsBuilder::new()
             .memory_size(context.limits.memory as usize)
             .instances(16)
@@ -150,6 +157,7 @@ impl HostState {
         HostState {
             context,
             event_id,
+            trace_id,
             calls: Vec::new(),
             retry_after: None,
             downstream_unwell: false,
@@ -225,6 +233,12 @@ impl HostState {
         );
         if let Some((name, value)) = &connection.authorization {
             headers.insert(name.clone(), value.clone());
+        }
+        if let Some(trace_id) = &self.trace_id {
+            let traceparent = format!("00-{trace_id}-{:016x}-01", rand::random::<u64>());
+            if let Ok(value) = HeaderValue::from_str(&traceparent) {
+                headers.insert("traceparent", value);
+            }
         }
         self.calls.push(CallRecord {
             connection: request.connection.clone(),

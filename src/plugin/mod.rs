@@ -242,13 +242,21 @@ impl ConsumerPlugin {
     }
 
     /// Runs `handle(event)` in a fresh instance under the consumer's budgets.
-    pub async fn call(&self, event: PluginEvent) -> CallReport {
+    /// `traceparent` is the event's trace context; every outbound call
+    /// carries it on as a child span.
+    pub async fn call(&self, event: PluginEvent, traceparent: Option<&str>) -> CallReport {
         let started = Instant::now();
         let limits = self.context.limits;
         let cpu_budget_ticks = (limits.cpu.as_micros() / TICK.as_micros()).max(1) as u64;
         let mut store = Store::new(
             self.pre.engine(),
-            HostState::new(Arc::clone(&self.context), event.id.clone()),
+            HostState::new(
+                Arc::clone(&self.context),
+                event.id.clone(),
+                traceparent
+                    .and_then(|t| t.split('-').nth(1))
+                    .map(str::to_owned),
+            ),
         );
         store.limiter(|state| state);
         // Check in every tick: count the tick as guest CPU time and yield to

@@ -394,3 +394,42 @@ async fn a_downstream_retry_after_delays_the_next_attempt_at_least_that_long() {
     assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
     hub.hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_reaches_the_downstream_as_traceparent() {
+    let mocks = Mocks::start().await;
+    let hub = TestHub::start(HubOptions::new(example_routes(
+        &mocks.crm,
+        &mocks.erp,
+        &mocks.marketing,
+        r#"{ attempts = 3 }"#,
+    )))
+    .await;
+    // A sender that traces: its trace continues downstream.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let body = fixture("customer.created.json");
+    let header = switchyard::ingest::signature::signature_header(SECRET, now(), &body);
+    let parent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let (status, _) = hub
+        .post(
+            "/webhooks/stripe",
+            &body,
+            &[("stripe-signature", &header), ("traceparent", &parent)],
+        )
+        .await;
+    assert_eq!(status, 200);
+    // A sender that does not (Stripe): a trace starts at ingest.
+    assert_eq!(hub.send_fixture("invoice.paid.json").await.0, 200);
+    hub.drained(WITHIN).await;
+    let crm_call = &mocks.crm.effects()[0];
+    let traceparent = crm_call.header("traceparent").expect("traceparent sent");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts[0], "00");
+    assert_eq!(parts[1], trace_id, "same trace");
+    assert_ne!(parts[2], "00f067aa0ba902b7", "a child span of its own");
+    let erp_call = &mocks.erp.effects()[0];
+    let started = erp_call.header("traceparent").expect("traceparent sent");
+    assert_eq!(started.len(), 55);
+    assert_ne!(started.split('-').nth(1), Some(trace_id));
+    hub.hub.shutdown().await;
+}

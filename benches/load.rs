@@ -1,0 +1,1338 @@
+//! Load harness (issue 9): ingest throughput and latency of switchyard against
+//! baselines measured in the same run, on the same machine, with the same
+//! generator. Every figure that matters is a ratio.
+//!
+//! ```sh
+//! cargo bench --bench load                      # full run, ~1.5 min (+ npm install)
+//! cargo bench --bench load -- --quick           # 3 s per target
+//! cargo bench --bench load -- --duration 20 --concurrency 64 --client-threads 1 --skip-node
+//! ```
+//!
+//! Under `cargo test --all-targets` (no `--bench` argument) it is a smoke run
+//! of a few seconds: tiny durations, no Node baseline, no speed assertions,
+//! but every target must answer 2xx.
+//!
+//! Targets, in this order:
+//! - `bare hyper`: an in-process hyper server that drains the body and answers
+//!   200 (the ceiling for this generator on this machine);
+//! - `node express+stripe`: express with `stripe.webhooks.constructEvent`,
+//!   nothing persisted, installed with npm into a temp dir (skipped with a
+//!   note when node/npm are missing or the install fails);
+//! - `switchyard embedded`: the `switchyard` binary built by this same cargo
+//!   invocation (`CARGO_BIN_EXE_switchyard`, release profile under
+//!   `cargo bench`), embedded bus, no consumer receives the events; then the
+//!   same process at a fixed rate of half its measured throughput (P3);
+//! - `switchyard +3 consumers`: the shipped crm/erp/marketing plugins from
+//!   `plugins/dist/`, their connections pointing at an in-process mock that
+//!   answers 200.
+//!
+//! The generator is a minimal keep-alive HTTP/1.1 client (one TCP connection
+//! per concurrent sender, no pipelining) so that its own cost per request is
+//! small next to the servers'. Each request is a unique Stripe event (distinct
+//! `evt_`, object and customer ids; 1-3 KB; `invoice.paid`,
+//! `customer.created` and `checkout.session.completed` in turn) signed like
+//! Stripe: `Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "{t}.{body}">`.
+//! All traffic goes to 127.0.0.1; children are killed on exit and the temp
+//! dirs removed.
+
+#![recursion_limit = "512"]
+
+use bytes::BytesMut;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::fmt::Write as _;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const SECRET: &str = "whsec_load_harness_0123456789abcdef";
+const WEBHOOK_PATH: &str = "/webhooks/stripe";
+
+// ---------------------------------------------------------------- options --
+
+#[derive(Debug, Clone)]
+struct Options {
+    /// `cargo bench` (passes `--bench`): full measurement; otherwise smoke.
+    full: bool,
+    duration: Duration,
+    warmup: Duration,
+    concurrency: usize,
+    client_threads: usize,
+    server_threads: usize,
+    skip_node: bool,
+    /// Only drive an already running server on this loopback address (for
+    /// profiling with perf/strace); it must use the harness's secret.
+    external: Option<SocketAddr>,
+    /// With `external`: a fixed rate instead of max throughput.
+    rate: Option<f64>,
+}
+
+impl Options {
+    fn parse() -> Options {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let full = args.iter().any(|a| a == "--bench");
+        let quick = args.iter().any(|a| a == "--quick");
+        let value = |name: &str| -> Option<f64> {
+            let at = args.iter().position(|a| a == name)?;
+            let text = args.get(at + 1)?;
+            Some(
+                text.parse()
+                    .unwrap_or_else(|_| panic!("{name} expects a number, got `{text}`")),
+            )
+        };
+        let duration = match value("--duration") {
+            Some(secs) => Duration::from_secs_f64(secs),
+            None if !full => Duration::from_millis(400),
+            None if quick => Duration::from_secs(3),
+            None => Duration::from_secs(10),
+        };
+        let warmup = if full {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(100)
+        };
+        // Unknown arguments (libtest's `--nocapture`, filters) are ignored so
+        // that `cargo test -- <anything>` never breaks this binary.
+        Options {
+            full,
+            duration,
+            warmup,
+            concurrency: value("--concurrency").map_or(if full { 32 } else { 8 }, |v| v as usize),
+            client_threads: value("--client-threads").map_or(1, |v| v as usize).max(1),
+            server_threads: value("--server-threads").map_or(2, |v| v as usize).max(1),
+            skip_node: !full || args.iter().any(|a| a == "--skip-node"),
+            external: args
+                .iter()
+                .position(|a| a == "--external")
+                .and_then(|at| args.get(at + 1))
+                .map(|text| {
+                    let addr: SocketAddr = text
+                        .parse()
+                        .unwrap_or_else(|_| panic!("--external expects 127.0.0.1:PORT"));
+                    assert!(
+                        addr.ip().is_loopback(),
+                        "--external must be a loopback address"
+                    );
+                    addr
+                }),
+            rate: value("--rate"),
+        }
+    }
+}
+
+// ------------------------------------------------------------- the events --
+
+/// A compact JSON event with `@@` where the per-request unique suffix goes.
+struct Template {
+    parts: Vec<String>,
+}
+
+fn templates(created: i64) -> Vec<(&'static str, Template)> {
+    let invoice = serde_json::json!({
+        "id": "evt_1Pg@@", "object": "event", "api_version": "2024-06-20", "created": created,
+        "data": { "object": {
+            "id": "in_1Pg@@", "object": "invoice", "account_country": "US",
+            "account_name": "Acme Tools Inc.", "amount_due": 4900, "amount_paid": 4900,
+            "amount_remaining": 0, "attempt_count": 1, "attempted": true,
+            "billing_reason": "subscription_cycle", "charge": "ch_3Pg@@",
+            "collection_method": "charge_automatically", "created": created - 4,
+            "currency": "usd", "customer": "cus_Q@@", "customer_email": "ada.lovelace@example.com",
+            "customer_name": "Ada Lovelace", "customer_tax_exempt": "none",
+            "hosted_invoice_url": "https://invoice.stripe.com/i/acct_1NxAcmeToolsTest/test_@@",
+            "invoice_pdf": "https://pay.stripe.com/invoice/acct_1NxAcmeToolsTest/test_@@/pdf",
+            "lines": { "object": "list", "data": [{
+                "id": "il_1Pg@@", "object": "line_item", "amount": 4900, "currency": "usd",
+                "description": "Cordless drill kit", "discountable": true, "livemode": false,
+                "metadata": {}, "period": { "end": created + 2_592_000, "start": created },
+                "price": { "id": "price_1PgKq2LzX8bYw3NcDrillKt", "object": "price",
+                    "active": true, "billing_scheme": "per_unit", "currency": "usd",
+                    "product": "prod_QgRkDrillKit01", "type": "recurring", "unit_amount": 4900,
+                    "recurring": { "interval": "month", "interval_count": 1, "usage_type": "licensed" } },
+                "proration": false, "quantity": 1, "type": "subscription" }],
+                "has_more": false, "total_count": 1, "url": "/v1/invoices/in_1Pg@@/lines" },
+            "livemode": false, "metadata": { "order_id": "SO-@@" }, "number": "ACME-@@",
+            "paid": true, "paid_out_of_band": false, "payment_intent": "pi_3Pg@@",
+            "period_end": created, "period_start": created - 2_592_000,
+            "status": "paid",
+            "status_transitions": { "finalized_at": created - 3, "marked_uncollectible_at": null,
+                "paid_at": created - 1, "voided_at": null },
+            "subscription": "sub_1PgKq2LzX8bYw3NcSubs0001", "subtotal": 4900,
+            "tax": null, "total": 4900, "total_excluding_tax": 4900 } },
+        "livemode": false, "pending_webhooks": 3,
+        "request": { "id": null, "idempotency_key": null }, "type": "invoice.paid"
+    });
+    let customer = serde_json::json!({
+        "id": "evt_1Pg@@", "object": "event", "api_version": "2024-06-20", "created": created,
+        "data": { "object": {
+            "id": "cus_Q@@", "object": "customer",
+            "address": { "city": "London", "country": "GB", "line1": "12 St James's Square",
+                "line2": null, "postal_code": "SW1Y 4JH", "state": null },
+            "balance": 0, "created": created, "currency": null, "default_source": null,
+            "delinquent": false, "description": "Signed up from the spring campaign",
+            "discount": null, "email": "ada.lovelace+@@@example.com",
+            "invoice_prefix": "ACME@@",
+            "invoice_settings": { "custom_fields": null, "default_payment_method": null,
+                "footer": null, "rendering_options": null },
+            "livemode": false, "metadata": { "crm_segment": "smb", "signup_source": "web" },
+            "name": "Ada Lovelace", "next_invoice_sequence": 1, "phone": "+44 20 7946 0000",
+            "preferred_locales": ["en-GB"], "shipping": null, "tax_exempt": "none",
+            "test_clock": null } },
+        "livemode": false, "pending_webhooks": 2,
+        "request": { "id": "req_@@", "idempotency_key": "a1b2c3d4-@@" }, "type": "customer.created"
+    });
+    let checkout = serde_json::json!({
+        "id": "evt_1Pg@@", "object": "event", "api_version": "2024-06-20", "created": created,
+        "data": { "object": {
+            "id": "cs_test_a1@@", "object": "checkout.session", "after_expiration": null,
+            "allow_promotion_codes": false, "amount_subtotal": 12900, "amount_total": 12900,
+            "automatic_tax": { "enabled": false, "liability": null, "status": null },
+            "billing_address_collection": "auto",
+            "cancel_url": "https://shop.example.com/cart",
+            "client_reference_id": "cart_@@", "consent": null, "created": created - 60,
+            "currency": "usd", "customer": "cus_Q@@", "customer_creation": "if_required",
+            "customer_details": { "address": { "city": "Boston", "country": "US",
+                "line1": "1 Main St", "line2": null, "postal_code": "02110", "state": "MA" },
+                "email": "grace.hopper@example.com", "name": "Grace Hopper", "phone": null,
+                "tax_exempt": "none", "tax_ids": [] },
+            "customer_email": null, "expires_at": created + 86_340, "invoice": null,
+            "livemode": false, "locale": null, "metadata": { "order_id": "SO-@@" },
+            "mode": "payment", "payment_intent": "pi_3Pg@@",
+            "payment_method_types": ["card"], "payment_status": "paid",
+            "shipping_address_collection": null, "shipping_cost": null,
+            "status": "complete", "submit_type": "pay", "subscription": null,
+            "success_url": "https://shop.example.com/thanks?session_id={CHECKOUT_SESSION_ID}",
+            "total_details": { "amount_discount": 0, "amount_shipping": 0, "amount_tax": 0 },
+            "ui_mode": "hosted", "url": null } },
+        "livemode": false, "pending_webhooks": 2,
+        "request": { "id": null, "idempotency_key": null }, "type": "checkout.session.completed"
+    });
+    [
+        ("invoice.paid", invoice),
+        ("customer.created", customer),
+        ("checkout.session.completed", checkout),
+    ]
+    .into_iter()
+    .map(|(kind, value)| {
+        let text = serde_json::to_string(&value).unwrap();
+        let parts = text.split("@@").map(str::to_owned).collect();
+        (kind, Template { parts })
+    })
+    .collect()
+}
+
+/// Builds unique, signed requests; shared by every sender.
+struct Factory {
+    templates: Vec<(&'static str, Template)>,
+    run_tag: String,
+    mac: Hmac<Sha256>,
+}
+
+impl Factory {
+    fn new() -> Factory {
+        let now = unix_now();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        Factory {
+            templates: templates(now - 2),
+            run_tag: format!("{:08x}", (now as u32) ^ nanos),
+            mac: Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap(),
+        }
+    }
+
+    /// The `n`-th event of sender `sender` in target `target`: ids never repeat
+    /// within a run (and practically not across runs).
+    fn body(&self, target: u8, sender: usize, n: u64) -> Vec<u8> {
+        let suffix = format!("{}{target:x}{sender:04x}{n:010x}", self.run_tag);
+        let (_, template) = &self.templates[(n as usize + sender) % self.templates.len()];
+        let mut body = String::with_capacity(3072);
+        for (i, part) in template.parts.iter().enumerate() {
+            if i > 0 {
+                body.push_str(&suffix);
+            }
+            body.push_str(part);
+        }
+        body.into_bytes()
+    }
+
+    fn request(&self, host: &str, target: u8, sender: usize, n: u64) -> Vec<u8> {
+        let body = self.body(target, sender, n);
+        let t = unix_now();
+        let mut mac = self.mac.clone();
+        mac.update(t.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(&body);
+        let signature = hex::encode(mac.finalize().into_bytes());
+        let mut head = String::with_capacity(320);
+        let _ = write!(
+            head,
+            "POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: {host}\r\n\
+             User-Agent: Stripe/1.0 (+https://stripe.com/docs/webhooks)\r\n\
+             Accept: */*; q=0.5, application/xml\r\nCache-Control: no-cache\r\n\
+             Content-Type: application/json; charset=utf-8\r\n\
+             Stripe-Signature: t={t},v1={signature}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut request = head.into_bytes();
+        request.extend_from_slice(&body);
+        request
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+// ------------------------------------------------------- the HTTP client --
+
+/// One keep-alive HTTP/1.1 connection; one request in flight.
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> io::Result<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+        })
+    }
+
+    /// Sends `request`, reads one whole response; returns its status and
+    /// whether the server will close the connection.
+    async fn roundtrip(&mut self, request: &[u8]) -> io::Result<(u16, bool)> {
+        self.stream.write_all(request).await?;
+        let head_end = loop {
+            if let Some(at) = find(&self.buf, b"\r\n\r\n") {
+                break at + 4;
+            }
+            self.fill().await?;
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end])
+            .map_err(|_| bad("response head is not UTF-8"))?;
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .and_then(|line| line.split(' ').nth(1))
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| bad("bad status line"))?;
+        let mut length = 0usize;
+        let mut chunked = false;
+        let mut close = false;
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse().map_err(|_| bad("bad content-length"))?;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.eq_ignore_ascii_case("chunked");
+            } else if name.eq_ignore_ascii_case("connection") {
+                close = value.eq_ignore_ascii_case("close");
+            }
+        }
+        let _ = self.buf.split_to(head_end);
+        if chunked {
+            loop {
+                let line_end = loop {
+                    if let Some(at) = find(&self.buf, b"\r\n") {
+                        break at;
+                    }
+                    self.fill().await?;
+                };
+                let size_text = std::str::from_utf8(&self.buf[..line_end])
+                    .map_err(|_| bad("bad chunk size"))?;
+                let size_text = size_text.split(';').next().unwrap_or("").trim();
+                let size =
+                    usize::from_str_radix(size_text, 16).map_err(|_| bad("bad chunk size"))?;
+                let _ = self.buf.split_to(line_end + 2);
+                // Data plus CRLF (for the last chunk: no trailers, just CRLF).
+                while self.buf.len() < size + 2 {
+                    self.fill().await?;
+                }
+                let _ = self.buf.split_to(size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            while self.buf.len() < length {
+                self.fill().await?;
+            }
+            let _ = self.buf.split_to(length);
+        }
+        Ok((status, close))
+    }
+
+    async fn fill(&mut self) -> io::Result<()> {
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed mid-response",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn bad(message: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.to_owned())
+}
+
+async fn get_ok(addr: SocketAddr, path: &str) -> bool {
+    let attempt = async {
+        let mut conn = Conn::open(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        conn.roundtrip(request.as_bytes()).await
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        Ok(Ok((200, _)))
+    )
+}
+
+// -------------------------------------------------------------- load runs --
+
+#[derive(Default)]
+struct Stats {
+    ok: u64,
+    non_2xx: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl Stats {
+    fn requests(&self) -> u64 {
+        self.ok + self.non_2xx
+    }
+
+    fn rate(&self) -> f64 {
+        self.requests() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Latency quantile in milliseconds (`latencies_us` sorted).
+    fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let n = self.latencies_us.len();
+        let index = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
+        self.latencies_us[index] as f64 / 1000.0
+    }
+
+    fn merge(parts: Vec<Stats>, elapsed: Duration) -> Stats {
+        let mut all = Stats {
+            elapsed,
+            ..Stats::default()
+        };
+        for part in parts {
+            all.ok += part.ok;
+            all.non_2xx += part.non_2xx;
+            all.errors += part.errors;
+            all.latencies_us.extend(part.latencies_us);
+        }
+        all.latencies_us.sort_unstable();
+        all
+    }
+}
+
+/// How the senders pace themselves.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// Next request as soon as the previous answer is in (max throughput).
+    Closed,
+    /// This many requests per second in all, spread evenly over the senders;
+    /// latency counts from the scheduled send time when a sender falls
+    /// behind (no coordinated omission).
+    Fixed(f64),
+}
+
+struct Load<'a> {
+    addr: SocketAddr,
+    target: u8,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    pace: Pace,
+    factory: &'a Arc<Factory>,
+}
+
+impl Load<'_> {
+    async fn run(&self) -> Stats {
+        let start = Instant::now() + Duration::from_millis(20);
+        let measure_from = start + self.warmup;
+        let end = measure_from + self.duration;
+        let mut tasks = Vec::new();
+        for sender in 0..self.concurrency {
+            let factory = Arc::clone(self.factory);
+            let (addr, target, pace, concurrency) =
+                (self.addr, self.target, self.pace, self.concurrency);
+            tasks.push(tokio::spawn(async move {
+                sender_loop(
+                    addr,
+                    factory,
+                    target,
+                    sender,
+                    concurrency,
+                    pace,
+                    (start, measure_from, end),
+                )
+                .await
+            }));
+        }
+        let mut parts = Vec::new();
+        for task in tasks {
+            parts.push(task.await.expect("sender task panicked"));
+        }
+        let finished = Instant::now();
+        Stats::merge(parts, finished.saturating_duration_since(measure_from))
+    }
+}
+
+async fn sender_loop(
+    addr: SocketAddr,
+    factory: Arc<Factory>,
+    target: u8,
+    sender: usize,
+    concurrency: usize,
+    pace: Pace,
+    (start, measure_from, end): (Instant, Instant, Instant),
+) -> Stats {
+    let mut stats = Stats::default();
+    let host = addr.to_string();
+    let mut conn: Option<Conn> = None;
+    let interval = match pace {
+        Pace::Closed => Duration::ZERO,
+        Pace::Fixed(rate) => Duration::from_secs_f64(concurrency as f64 / rate),
+    };
+    // Stagger the fixed-rate senders over one interval.
+    let mut next = start + interval.mul_f64(sender as f64 / concurrency as f64);
+    let mut n: u64 = 0;
+    tokio::time::sleep_until(start.into()).await;
+    loop {
+        let began = match pace {
+            Pace::Closed => Instant::now(),
+            Pace::Fixed(_) => {
+                let now = Instant::now();
+                let began = if now < next {
+                    tokio::time::sleep_until(next.into()).await;
+                    // Late timer wake-ups are the generator's, not the server's.
+                    Instant::now()
+                } else {
+                    // Behind schedule because the server was slow: count the wait.
+                    next
+                };
+                next += interval;
+                began
+            }
+        };
+        if began >= end {
+            break;
+        }
+        let request = factory.request(&host, target, sender, n);
+        n += 1;
+        if conn.is_none() {
+            match Conn::open(addr).await {
+                Ok(c) => conn = Some(c),
+                Err(_) => {
+                    stats.errors += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        }
+        let result = conn.as_mut().unwrap().roundtrip(&request).await;
+        let done = Instant::now();
+        let measured = began >= measure_from;
+        match result {
+            Ok((status, close)) => {
+                if measured {
+                    if (200..300).contains(&status) {
+                        stats.ok += 1;
+                    } else {
+                        stats.non_2xx += 1;
+                    }
+                    let us = done.duration_since(began).as_micros();
+                    stats.latencies_us.push(us.min(u32::MAX as u128) as u32);
+                }
+                if close {
+                    conn = None;
+                }
+            }
+            Err(_) => {
+                if measured {
+                    stats.errors += 1;
+                }
+                conn = None;
+            }
+        }
+    }
+    stats
+}
+
+// ------------------------------------------- in-process bare hyper server --
+
+/// hyper 1 I/O over a tokio TcpStream, without unsafe (one extra copy).
+struct Io(TcpStream);
+
+impl warp::hyper::rt::Read for Io {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: warp::hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut scratch = [0u8; 16 * 1024];
+        let len = buf.remaining().min(scratch.len());
+        let mut read = tokio::io::ReadBuf::new(&mut scratch[..len]);
+        ready!(Pin::new(&mut self.0).poll_read(cx, &mut read))?;
+        buf.put_slice(read.filled());
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl warp::hyper::rt::Write for Io {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// A hyper server on its own runtime answering 200 `{}` to anything after
+/// reading the whole body; counts the requests it saw. Stops when dropped.
+struct BareServer {
+    addr: SocketAddr,
+    requests: Arc<AtomicU64>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl BareServer {
+    fn start(threads: usize, name: &str) -> BareServer {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name(format!("load-{name}"))
+            .enable_all()
+            .build()
+            .unwrap();
+        // Bound here, registered with the server's own runtime in its task
+        // (no block_on: this may be called from inside the generator's).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&requests);
+        runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener).expect("register listener");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let service = warp::hyper::service::service_fn(
+                        move |request: warp::hyper::Request<warp::hyper::body::Incoming>| {
+                            let counter = Arc::clone(&counter);
+                            async move {
+                                let mut body = request.into_body();
+                                while let Some(frame) = futures::future::poll_fn(|cx| {
+                                    warp::hyper::body::Body::poll_frame(Pin::new(&mut body), cx)
+                                })
+                                .await
+                                {
+                                    frame?;
+                                }
+                                counter.fetch_add(1, Ordering::Relaxed);
+                                Ok::<_, warp::hyper::Error>(warp::hyper::Response::new(
+                                    String::from("{}"),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = warp::hyper::server::conn::http1::Builder::new()
+                        .serve_connection(Io(stream), service)
+                        .await;
+                });
+            }
+        });
+        BareServer {
+            addr,
+            requests,
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl Drop for BareServer {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+// ------------------------------------------------------- child processes --
+
+/// A child process killed (and reaped) when dropped, also on panic.
+struct ChildGuard {
+    name: String,
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl ChildGuard {
+    fn spawn(name: &str, mut command: Command, log: PathBuf) -> ChildGuard {
+        let out = std::fs::File::create(&log).expect("create child log");
+        let err = out.try_clone().unwrap();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        ChildGuard {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Polls `GET path` until 200; panics with the log tail if the child
+    /// exits or `limit` passes.
+    async fn wait_ready(&mut self, addr: SocketAddr, path: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before it was ready:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            if get_ok(addr, path).await {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} not ready on {addr} after {limit:?}:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().unwrap()
+}
+
+/// VmRSS of `pid` in MiB.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// user + system CPU time of `pid` so far, in clock ticks (fields 14, 15 of
+/// /proc/<pid>/stat).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields are counted after its `)`.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// What a child process used over a load run.
+#[derive(Clone, Copy)]
+struct Usage {
+    /// Highest VmRSS seen, MiB.
+    max_rss: f64,
+    /// CPU time used ÷ wall time: 1.0 is one core busy.
+    cores: f64,
+}
+
+/// Samples the RSS of `pid` every 100 ms until finished; keeps the maximum,
+/// and the CPU time used in between.
+struct ProcSampler {
+    pid: u32,
+    began: Instant,
+    ticks: Option<u64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<f64>>,
+}
+
+impl ProcSampler {
+    fn start(pid: u32) -> ProcSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut max: f64 = 0.0;
+            while !flag.load(Ordering::Relaxed) {
+                if let Some(rss) = rss_mib(pid) {
+                    max = max.max(rss);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            max
+        });
+        ProcSampler {
+            pid,
+            began: Instant::now(),
+            ticks: cpu_ticks(pid),
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Usage {
+        let wall = self.began.elapsed().as_secs_f64();
+        let used = match (self.ticks, cpu_ticks(self.pid)) {
+            (Some(a), Some(b)) => (b - a) as f64 / clock_ticks_per_second(),
+            _ => f64::NAN,
+        };
+        self.stop.store(true, Ordering::Relaxed);
+        let max_rss = self.thread.take().unwrap().join().unwrap_or(f64::NAN);
+        Usage {
+            max_rss,
+            cores: used / wall,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- targets --
+
+struct Row {
+    target: String,
+    stats: Stats,
+    note: String,
+}
+
+fn write_secret(dir: &Path) -> PathBuf {
+    let path = dir.join("stripe_secret");
+    std::fs::write(&path, SECRET).unwrap();
+    path
+}
+
+/// routes.toml for the switchyard targets. With `downstream`, the three
+/// shipped consumers and routes (as in the repo's routes.toml); without, one
+/// consumer routed to an event type the generator never sends, so every
+/// append is durable and nothing is dispatched.
+fn write_config(dir: &Path, listen: SocketAddr, downstream: Option<SocketAddr>) -> PathBuf {
+    let secret = write_secret(dir);
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/dist");
+    let mut toml = format!(
+        r#"[server]
+listen = "{listen}"
+max_body = "1MiB"
+shutdown_grace = "1s"
+
+[bus]
+kind = "embedded"
+path = "{bus}"
+
+[idempotency]
+kind = "embedded"
+path = "{idem}"
+
+[sources.stripe]
+kind = "stripe"
+path = "{WEBHOOK_PATH}"
+secrets = ["file:{secret}"]
+tolerance = "5m"
+"#,
+        bus = dir.join("bus").display(),
+        idem = dir.join("idempotency").display(),
+        secret = secret.display(),
+    );
+    match downstream {
+        None => {
+            let _ = write!(
+                toml,
+                r#"
+[connections.crm]
+base_url = "http://127.0.0.1:9"
+
+[consumers.crm]
+plugin = "{crm}"
+connections = ["crm"]
+
+[[routes]]
+source = "stripe"
+events = ["harness.never_sent"]
+consumers = ["crm"]
+"#,
+                crm = dist.join("crm.wasm").display()
+            );
+        }
+        Some(mock) => {
+            for name in ["crm", "erp", "marketing"] {
+                let _ = write!(
+                    toml,
+                    "\n[connections.{name}]\nbase_url = \"http://{mock}\"\ntimeout = \"10s\"\n"
+                );
+            }
+            let _ = write!(
+                toml,
+                r#"
+[consumers.crm]
+plugin = "{dist}/crm.wasm"
+connections = ["crm"]
+concurrency = 4
+
+[consumers.erp]
+plugin = "{dist}/erp.wasm"
+connections = ["erp"]
+concurrency = 4
+
+[consumers.marketing]
+plugin = "{dist}/marketing.wasm"
+connections = ["marketing"]
+concurrency = 2
+
+[[routes]]
+source = "stripe"
+events = ["customer.*"]
+consumers = ["crm", "marketing"]
+
+[[routes]]
+source = "stripe"
+events = ["invoice.paid", "invoice.payment_succeeded", "charge.refunded"]
+consumers = ["erp"]
+
+[[routes]]
+source = "stripe"
+events = ["checkout.session.completed"]
+consumers = ["marketing"]
+"#,
+                dist = dist.display()
+            );
+        }
+    }
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn start_switchyard(dir: &Path, config: &Path) -> ChildGuard {
+    let binary = env!("CARGO_BIN_EXE_switchyard");
+    let mut command = Command::new(binary);
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env_remove("STRIPE_WEBHOOK_SECRET");
+    ChildGuard::spawn("switchyard", command, dir.join("switchyard.log"))
+}
+
+const NODE_SERVER: &str = r#"
+const express = require('express');
+const stripe = require('stripe')('sk_test_load_harness_not_a_key');
+const secret = process.env.STRIPE_WEBHOOK_SECRET;
+const app = express();
+app.get('/healthz', (req, res) => res.json({ status: 'ok' }));
+app.post('/webhooks/stripe', express.raw({ type: 'application/json' }), (req, res) => {
+  let event;
+  try {
+    event = stripe.webhooks.constructEvent(req.body, req.headers['stripe-signature'], secret);
+  } catch (err) {
+    return res.status(400).json({ error: err.message });
+  }
+  res.json({ received: true, id: event.id });
+});
+const server = app.listen(Number(process.env.PORT), '127.0.0.1');
+server.keepAliveTimeout = 65000;
+"#;
+
+/// Installs express + stripe into `dir` and starts the server; `Err` is a
+/// note saying why the baseline is skipped.
+fn start_node(dir: &Path, addr: SocketAddr) -> Result<(ChildGuard, String), String> {
+    let version = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let node = version("node").ok_or("node not found on PATH")?;
+    version("npm").ok_or("npm not found on PATH")?;
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("package.json"),
+        r#"{"name":"load-baseline","private":true}"#,
+    )
+    .unwrap();
+    eprintln!("load: npm install express stripe (into a temp dir) ...");
+    let installed = Command::new("npm")
+        .args([
+            "install",
+            "--silent",
+            "--no-audit",
+            "--no-fund",
+            "express",
+            "stripe",
+        ])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("npm install failed to start: {e}"))?;
+    if !installed.status.success() {
+        return Err(format!(
+            "npm install express stripe failed: {}",
+            String::from_utf8_lossy(&installed.stderr).trim()
+        ));
+    }
+    let package_version = |name: &str| -> String {
+        std::fs::read_to_string(dir.join("node_modules").join(name).join("package.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|v| v["version"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "?".into())
+    };
+    let versions = format!(
+        "node {node}, express {}, stripe {}",
+        package_version("express"),
+        package_version("stripe")
+    );
+    std::fs::write(dir.join("server.js"), NODE_SERVER).unwrap();
+    let mut command = Command::new("node");
+    command
+        .arg("server.js")
+        .current_dir(dir)
+        .env("PORT", addr.port().to_string())
+        .env("STRIPE_WEBHOOK_SECRET", SECRET)
+        .env("NODE_ENV", "production");
+    let child = ChildGuard::spawn("node", command, dir.join("node.log"));
+    Ok((child, versions))
+}
+
+// ------------------------------------------------------------------- main --
+
+fn main() {
+    let options = Options::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.client_threads)
+        .thread_name("load-client")
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run(options));
+}
+
+async fn run(options: Options) {
+    let started = Instant::now();
+    let root = tempfile::Builder::new()
+        .prefix("switchyard-load-")
+        .tempdir()
+        .unwrap();
+    let factory = Arc::new(Factory::new());
+    let sizes: Vec<String> = (0..factory.templates.len() as u64)
+        .map(|n| {
+            let (kind, _) = &factory.templates[n as usize];
+            format!("{kind} {} B", factory.body(0, 0, n).len())
+        })
+        .collect();
+    for n in 0..3u64 {
+        let len = factory.body(0, 0, n).len();
+        assert!((1000..=3072).contains(&len), "event body of {len} bytes");
+    }
+    println!(
+        "load: {} mode; {} s per target after {} s warm-up; {} keep-alive connections; \
+         generator {} thread(s); bare server {} thread(s); {} cores",
+        if options.full { "bench" } else { "smoke" },
+        options.duration.as_secs_f64(),
+        options.warmup.as_secs_f64(),
+        options.concurrency,
+        options.client_threads,
+        options.server_threads,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    println!("load: bodies: {}", sizes.join(", "));
+    if !options.full {
+        println!("load: smoke run (cargo test): debug build, figures are not measurements");
+    }
+    let load = |addr, target, pace| Load {
+        addr,
+        target,
+        concurrency: options.concurrency,
+        warmup: options.warmup,
+        duration: options.duration,
+        pace,
+        factory: &factory,
+    };
+    let mut rows: Vec<Row> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+
+    if let Some(addr) = options.external {
+        let pace = options.rate.map_or(Pace::Closed, Pace::Fixed);
+        let stats = load(addr, 6, pace).run().await;
+        println!(
+            "{addr}: {:.0} req/s, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, \
+             {} non-2xx, {} errors",
+            stats.rate(),
+            stats.quantile_ms(0.50),
+            stats.quantile_ms(0.90),
+            stats.quantile_ms(0.99),
+            stats.quantile_ms(1.0),
+            stats.non_2xx,
+            stats.errors
+        );
+        return;
+    }
+
+    // 1. Ceiling.
+    {
+        let server = BareServer::start(options.server_threads, "bare");
+        let stats = load(server.addr, 1, Pace::Closed).run().await;
+        rows.push(Row {
+            target: "bare hyper (ceiling)".into(),
+            note: format!("{} threads, reads body, 200 {{}}", options.server_threads),
+            stats,
+        });
+    }
+
+    // 2. Typical user code.
+    let mut node_rate = None;
+    if options.skip_node {
+        notes.push(if options.full {
+            "node express+stripe: skipped (--skip-node)".into()
+        } else {
+            "node express+stripe: skipped in smoke mode".into()
+        });
+    } else {
+        let addr = free_port();
+        match start_node(&root.path().join("node"), addr) {
+            Err(why) => {
+                println!("load: NOTE: node baseline skipped: {why}");
+                notes.push(format!("node express+stripe: skipped: {why}"));
+            }
+            Ok((mut child, versions)) => {
+                child
+                    .wait_ready(addr, "/healthz", Duration::from_secs(30))
+                    .await;
+                let sampler = ProcSampler::start(child.pid());
+                let stats = load(addr, 2, Pace::Closed).run().await;
+                let usage = sampler.finish();
+                node_rate = Some(stats.rate());
+                rows.push(Row {
+                    target: "node express+stripe".into(),
+                    note: format!(
+                        "constructEvent only, 1 process, used {:.2} cores; {versions}",
+                        usage.cores
+                    ),
+                    stats,
+                });
+                drop(child);
+            }
+        }
+    }
+
+    // 3. switchyard, embedded bus, nothing dispatched; then P3 at half rate.
+    let ready_limit = Duration::from_secs(if options.full { 60 } else { 120 });
+    let (embedded_rate, p3, rss_embedded) = {
+        let dir = root.path().join("switchyard-embedded");
+        std::fs::create_dir_all(&dir).unwrap();
+        let addr = free_port();
+        let config = write_config(&dir, addr, None);
+        let mut child = start_switchyard(&dir, &config);
+        child.wait_ready(addr, "/healthz", ready_limit).await;
+        tokio::time::sleep(Duration::from_secs(if options.full { 2 } else { 0 })).await;
+        let idle = rss_mib(child.pid()).unwrap_or(f64::NAN);
+        let sampler = ProcSampler::start(child.pid());
+        let stats = load(addr, 3, Pace::Closed).run().await;
+        let under_load = sampler.finish();
+        let rate = stats.rate();
+        rows.push(Row {
+            target: "switchyard embedded".into(),
+            note: format!(
+                "durable ack (fsync), no consumer gets the events; process used {:.2} cores",
+                under_load.cores
+            ),
+            stats,
+        });
+        let half = (rate / 2.0).max(1.0);
+        let stats = load(addr, 4, Pace::Fixed(half)).run().await;
+        let p3 = stats.quantile_ms(0.99);
+        rows.push(Row {
+            target: format!("switchyard embedded @ {half:.0}/s"),
+            note: "fixed rate = half the max above (P3)".into(),
+            stats,
+        });
+        drop(child);
+        (rate, p3, (idle, under_load))
+    };
+
+    // 4. switchyard with the three shipped consumers and a mock downstream.
+    let (rss_consumers, delivered) = {
+        let dir = root.path().join("switchyard-consumers");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mock = BareServer::start(1, "mock");
+        let addr = free_port();
+        let config = write_config(&dir, addr, Some(mock.addr));
+        let mut child = start_switchyard(&dir, &config);
+        child.wait_ready(addr, "/healthz", ready_limit).await;
+        tokio::time::sleep(Duration::from_secs(if options.full { 2 } else { 0 })).await;
+        let idle = rss_mib(child.pid()).unwrap_or(f64::NAN);
+        let sampler = ProcSampler::start(child.pid());
+        let before = mock.requests.load(Ordering::Relaxed);
+        let stats = load(addr, 5, Pace::Closed).run().await;
+        let calls = mock.requests.load(Ordering::Relaxed) - before;
+        let under_load = sampler.finish();
+        let call_rate = calls as f64 / stats.elapsed.as_secs_f64().max(1e-9);
+        rows.push(Row {
+            target: "switchyard +3 consumers".into(),
+            note: format!(
+                "crm/erp/marketing from plugins/dist; mock downstream saw {call_rate:.0} calls/s; \
+                 process used {:.2} cores",
+                under_load.cores
+            ),
+            stats,
+        });
+        drop(child);
+        drop(mock);
+        ((idle, under_load), call_rate)
+    };
+
+    // The table.
+    println!();
+    println!(
+        "| {:<34} | {:>9} | {:>8} | {:>8} | {:>7} | {:>6} | notes",
+        "target", "req/s", "p50 ms", "p99 ms", "non-2xx", "errors"
+    );
+    println!(
+        "|{:-<36}|{:->11}|{:->10}|{:->10}|{:->9}|{:->8}|------",
+        "", "", "", "", "", ""
+    );
+    for row in &rows {
+        println!(
+            "| {:<34} | {:>9.0} | {:>8.2} | {:>8.2} | {:>7} | {:>6} | {}",
+            row.target,
+            row.stats.rate(),
+            row.stats.quantile_ms(0.50),
+            row.stats.quantile_ms(0.99),
+            row.stats.non_2xx,
+            row.stats.errors,
+            row.note
+        );
+    }
+    println!();
+    let ceiling_rate = rows[0].stats.rate();
+    let full = options.full;
+    let verdict = move |ok: bool| match (full, ok) {
+        (false, _) => "(smoke: not judged)",
+        (true, true) => "met",
+        (true, false) => "MISSED",
+    };
+    match node_rate {
+        Some(node) => {
+            let p1 = embedded_rate / node;
+            println!(
+                "P1 switchyard embedded / node+stripe   {p1:>7.2}x  / >= 8x      {}",
+                verdict(p1 >= 8.0)
+            );
+        }
+        None => println!("P1 switchyard embedded / node+stripe   n/a (node baseline skipped)"),
+    }
+    let p2 = embedded_rate / ceiling_rate;
+    println!(
+        "P2 switchyard embedded / bare ceiling  {p2:>7.2}   / >= 0.5     {}",
+        verdict(p2 >= 0.5)
+    );
+    println!(
+        "P3 ack p99 at half max rate            {p3:>7.2} ms / <= 10 ms  {}",
+        verdict(p3 <= 10.0)
+    );
+    println!(
+        "P7 RSS no consumers: idle {:.1} MiB, under load max {:.1} MiB",
+        rss_embedded.0, rss_embedded.1.max_rss
+    );
+    println!(
+        "P7 RSS 3 consumers:  idle {:.1} MiB / <= 40 MB {}, under load max {:.1} MiB / <= 250 MB {}",
+        rss_consumers.0,
+        verdict(rss_consumers.0 <= 40.0 * 1e6 / 1048576.0),
+        rss_consumers.1.max_rss,
+        verdict(rss_consumers.1.max_rss <= 250.0 * 1e6 / 1048576.0),
+    );
+    println!(
+        "(downstream calls during the consumers run: {delivered:.0}/s; one call per event \
+         is expected once the backlog drains)"
+    );
+    for note in &notes {
+        println!("note: {note}");
+    }
+    println!("load: finished in {:.1} s", started.elapsed().as_secs_f64());
+
+    // Smoke: every target answered, and only 2xx. No speed assertions.
+    for row in &rows {
+        assert!(
+            row.stats.ok > 0,
+            "{}: no request was answered 2xx",
+            row.target
+        );
+        assert_eq!(row.stats.non_2xx, 0, "{}: non-2xx answers", row.target);
+    }
+}
