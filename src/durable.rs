@@ -17,6 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most operations applied in one transaction; bounds commit latency.
 const MAX_BATCH: usize = 4096;
+/// redb's page cache per database. Its default (1 GiB) lets resident memory
+/// grow with the data; the hot set here (recent events, queue heads) is small.
+const CACHE_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DurableError {
@@ -104,7 +107,12 @@ impl GroupCommit {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|err| open_error(err.to_string()))?;
         }
-        let db = Arc::new(Database::create(path).map_err(|err| open_error(err.to_string()))?);
+        let db = Arc::new(
+            Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(path)
+                .map_err(|err| open_error(err.to_string()))?,
+        );
         let (jobs, receiver) = mpsc::unbounded_channel();
         let fail_commits = Arc::new(AtomicBool::new(false));
         let writer_db = Arc::clone(&db);
@@ -165,9 +173,18 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let committed = commit_batch(db, &mut batch, fail_commits);
-        for job in batch.drain(..) {
-            job.finish(committed.clone());
+        // Lazy work (leases, acks) commits on its own first, so it never
+        // waits behind the fsync that durable appends need.
+        let (mut lazy, mut durable): (Vec<_>, Vec<_>) =
+            batch.drain(..).partition(|job| job.sync() == Persist::Lazy);
+        for group in [&mut lazy, &mut durable] {
+            if group.is_empty() {
+                continue;
+            }
+            let committed = commit_batch(db, group, fail_commits);
+            for job in group.drain(..) {
+                job.finish(committed.clone());
+            }
         }
     }
 }

@@ -305,13 +305,13 @@ impl ConsumerLoop {
             Ok(Verdict::Delivered { .. }) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
                 self.metrics.delivery(consumer, "delivered");
-                tracing::info!(consumer, event_id, "delivered");
+                tracing::debug!(consumer, event_id, "delivered");
                 self.bus.ack(delivery).await
             }
             Ok(Verdict::AlreadyDone) => {
                 stats.skipped_done.fetch_add(1, Ordering::Relaxed);
                 self.metrics.delivery(consumer, "skipped_done");
-                tracing::info!(consumer, event_id, "already delivered; skipped");
+                tracing::debug!(consumer, event_id, "already delivered; skipped");
                 self.bus.ack(delivery).await
             }
             Ok(Verdict::Busy { retry_in }) => self.bus.retry(delivery, retry_in).await,

@@ -328,7 +328,7 @@ impl Ingest {
             Appended::Stored => "accepted",
             Appended::Duplicate => "duplicate",
         };
-        tracing::info!(
+        tracing::debug!(
             source = %source.name,
             event_id = %envelope.event_id,
             event_type = %envelope.event_type,
