@@ -93,8 +93,25 @@ where
 #[derive(Clone)]
 pub struct GroupCommit {
     db: Arc<Database>,
-    jobs: mpsc::UnboundedSender<Box<dyn Job>>,
+    writer: Arc<Writer>,
     fail_commits: Arc<AtomicBool>,
+}
+
+/// The writer thread's channel. Dropping the last handle closes the channel
+/// and waits for the thread, so the file is closed when `GroupCommit` goes:
+/// a restart in the same process can reopen it at once.
+struct Writer {
+    jobs: Option<mpsc::UnboundedSender<Box<dyn Job>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl GroupCommit {
@@ -117,13 +134,16 @@ impl GroupCommit {
         let fail_commits = Arc::new(AtomicBool::new(false));
         let writer_db = Arc::clone(&db);
         let writer_fail = Arc::clone(&fail_commits);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("redb-writer".into())
             .spawn(move || writer_loop(&writer_db, receiver, &writer_fail))
             .map_err(|err| open_error(err.to_string()))?;
         Ok(GroupCommit {
             db,
-            jobs,
+            writer: Arc::new(Writer {
+                jobs: Some(jobs),
+                thread: Some(thread),
+            }),
             fail_commits,
         })
     }
@@ -146,7 +166,10 @@ impl GroupCommit {
             result: None,
             reply,
         };
-        self.jobs
+        self.writer
+            .jobs
+            .as_ref()
+            .ok_or(DurableError::Closed)?
             .send(Box::new(job))
             .map_err(|_| DurableError::Closed)?;
         answer.await.map_err(|_| DurableError::Closed)?

@@ -58,6 +58,27 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Deliver events from the bus history to a consumer again (e.g. one
+    /// added later). Idempotency keys still apply. Dry run unless --yes.
+    Replay {
+        consumer: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Source in routes.toml.
+        #[arg(long, default_value = "stripe")]
+        source: String,
+        /// Event types (`*`, `prefix.*` or exact).
+        #[arg(long = "type", default_value = "*")]
+        event_type: String,
+        /// Received at or after this time (RFC 3339, e.g. 2026-11-29T10:00:00Z).
+        #[arg(long)]
+        since: String,
+        /// Received before this time (RFC 3339); now when absent.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        yes: bool,
+    },
     /// The dead-letter queue (or, with --review, the review queue).
     Dlq {
         #[command(subcommand)]
@@ -167,6 +188,39 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Pause { consumer, admin } => set_paused(&admin, &consumer, true).await,
         Command::Resume { consumer, admin } => set_paused(&admin, &consumer, false).await,
         Command::Dlq { action } => queue_action(action).await,
+        Command::Replay {
+            consumer,
+            admin,
+            source,
+            event_type,
+            since,
+            until,
+            yes,
+        } => {
+            let millis = |text: &str| -> Result<u64> {
+                let at = humantime::parse_rfc3339_weak(text)
+                    .with_context(|| format!("`{text}` is not a time like 2026-11-29T10:00:00Z"))?;
+                Ok(at.duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64)
+            };
+            let body = serde_json::json!({
+                "source": source,
+                "event_type": event_type,
+                "since_ms": millis(&since)?,
+                "until_ms": until.as_deref().map(millis).transpose()?,
+                "dry_run": !yes,
+            });
+            let path = format!("/v1/consumers/{consumer}/replay");
+            let outcome = admin_call(&admin, reqwest::Method::POST, &path, Some(body)).await?;
+            let matched = outcome["matched"].as_u64().unwrap_or(0);
+            if yes {
+                println!("{consumer}: {matched} events queued again");
+            } else {
+                println!(
+                    "dry run: {matched} events would be queued for {consumer}; add --yes to do it"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sign {
             event,
             source,

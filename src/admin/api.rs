@@ -4,6 +4,7 @@
 //! - `GET  /metrics` (Prometheus; scrape with `authorization: Bearer`)
 //! - `GET  /v1/consumers`
 //! - `POST /v1/consumers/{name}/pause` and `/resume`
+//! - `POST /v1/consumers/{name}/replay` body: `{"source", "event_type", "since_ms", "until_ms", "dry_run"}`
 //! - `GET  /v1/queues/{dead_letter|review}?consumer=&event_type=&since_ms=&until_ms=&error=`
 //! - `POST /v1/queues/{dead_letter|review}/replay`  body: `{"filter": {...}, "dry_run": true}`
 //! - `POST /v1/queues/{dead_letter|review}/discard` body: the same
@@ -151,6 +152,16 @@ pub fn routes(
                     .map(|()| serde_json::json!({ "consumer": name, "paused": false })),
             )
         });
+    let history = warp::path!("v1" / "consumers" / String / "replay")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(64 * 1024))
+        .and(warp::body::json::<super::HistoryReplay>())
+        .and(with_control.clone())
+        .and_then(
+            |name: String, request: super::HistoryReplay, control: Arc<HubControl>| async move {
+                reply(control.replay_history(&name, &request).await)
+            },
+        );
     let list = warp::path("v1")
         .and(warp::path("queues"))
         .and(queue())
@@ -212,6 +223,8 @@ pub fn routes(
             .or(pause)
             .unify()
             .or(resume)
+            .unify()
+            .or(history)
             .unify()
             .or(list)
             .unify()

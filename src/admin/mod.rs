@@ -117,6 +117,32 @@ impl From<&DeadLetter> for ParkedEntry {
     }
 }
 
+/// Which part of the bus history to deliver again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryReplay {
+    pub source: String,
+    /// Event type pattern; all types when absent.
+    pub event_type: Option<String>,
+    /// Received at or after this unix-millisecond instant.
+    pub since_ms: u64,
+    /// Received before this instant; now when absent.
+    pub until_ms: Option<u64>,
+    /// Defaults to true: replaying is asked for explicitly.
+    #[serde(default = "default_true")]
+    pub dry_run: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryOutcome {
+    pub dry_run: bool,
+    pub matched: usize,
+}
+
 /// What a bulk action did, or would do on a dry run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BulkOutcome {
@@ -258,6 +284,42 @@ impl HubControl {
             }
         }
         Ok(out)
+    }
+
+    /// Queues events from the bus history for one consumer again (a consumer
+    /// added later, or a route that changed). Idempotency keys still apply.
+    pub async fn replay_history(
+        &self,
+        consumer: &str,
+        request: &HistoryReplay,
+    ) -> Result<HistoryOutcome, AdminError> {
+        self.consumer(consumer)?;
+        let pattern = EventPattern::parse(request.event_type.as_deref().unwrap_or("*"))
+            .map_err(AdminError::BadFilter)?;
+        let until = request.until_ms.unwrap_or(u64::MAX);
+        if request.since_ms >= until {
+            return Err(AdminError::BadFilter(
+                "`since_ms` must be before `until_ms`".into(),
+            ));
+        }
+        let matched = self
+            .bus
+            .replay_history(
+                consumer,
+                &request.source,
+                &pattern,
+                request.since_ms,
+                until,
+                request.dry_run,
+            )
+            .await?;
+        if !request.dry_run {
+            tracing::warn!(consumer, matched, "history replayed into consumer");
+        }
+        Ok(HistoryOutcome {
+            dry_run: request.dry_run,
+            matched,
+        })
     }
 
     /// Puts matching entries back into their consumers' queues.

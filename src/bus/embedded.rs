@@ -551,6 +551,59 @@ impl Bus for EmbeddedBus {
         Ok(moved)
     }
 
+    async fn replay_history(
+        &self,
+        consumer: &str,
+        source: &str,
+        pattern: &EventPattern,
+        since_ms: u64,
+        until_ms: u64,
+        dry_run: bool,
+    ) -> Result<usize, BusError> {
+        self.waker(consumer)?;
+        let matching = |envelope: &Envelope| {
+            envelope.source == source
+                && pattern.matches(&envelope.event_type)
+                && envelope.received_at_ms >= since_ms
+                && envelope.received_at_ms < until_ms
+        };
+        // Find the matches in a read transaction: the log can be large and
+        // the writer must not stall behind the scan.
+        let seqs: Vec<u64> = {
+            let txn = self.store.database().begin_read().map_err(storage)?;
+            let events = txn.open_table(EVENTS).map_err(storage)?;
+            let mut seqs = Vec::new();
+            for row in events.iter().map_err(storage)? {
+                let (seq, bytes) = row.map_err(storage)?;
+                if matching(&Envelope::decode(bytes.value())?) {
+                    seqs.push(seq.value());
+                }
+            }
+            seqs
+        };
+        if dry_run || seqs.is_empty() {
+            return Ok(seqs.len());
+        }
+        let consumer_key = consumer.to_owned();
+        let count = seqs.len();
+        self.store
+            .write(Persist::Durable, move |txn| {
+                let mut schedule = txn.open_table(SCHEDULE)?;
+                let mut refs = txn.open_table(REFS)?;
+                let now = now_ms();
+                for seq in seqs {
+                    schedule.insert((consumer_key.as_str(), now, seq), 0)?;
+                    let count = refs.get(seq)?.map(|v| v.value()).unwrap_or(0);
+                    refs.insert(seq, count + 1)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(unavailable)?;
+        self.waker(consumer)?.notify_one();
+        Ok(count)
+    }
+
     async fn discard_dead(
         &self,
         consumer: &str,

@@ -177,6 +177,21 @@ pub trait Bus: Send + Sync + 'static {
         ids: &[u64],
     ) -> Result<usize, BusError>;
 
+    /// Queues events from the log's history for `consumer` again: events of
+    /// `source` whose type matches `pattern`, received in `[since_ms,
+    /// until_ms)`. They go through the consumer's idempotency keys like any
+    /// delivery, so effects already applied are skipped. With `dry_run`,
+    /// only counts. Returns how many matched.
+    async fn replay_history(
+        &self,
+        consumer: &str,
+        source: &str,
+        pattern: &EventPattern,
+        since_ms: u64,
+        until_ms: u64,
+        dry_run: bool,
+    ) -> Result<usize, BusError>;
+
     /// Deletes parked entries for good. Returns how many were deleted.
     async fn discard_dead(
         &self,

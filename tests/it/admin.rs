@@ -271,6 +271,8 @@ async fn the_cli_shows_consumers_and_replays_reviews() {
         "{dry}"
     );
     assert_eq!(hub.status_of("erp").await.reviews, 1);
+    let history = cli(&["replay", "erp", "--type", "invoice.*", "--since", "2000-01-01T00:00:00Z"]);
+    assert!(history.contains("dry run: 1 events would be queued for erp"), "{history}");
     let wrong = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["consumers"])
         .env("SWITCHYARD_ADMIN_URL", hub.admin_url(""))
@@ -333,4 +335,112 @@ async fn metrics_follow_a_known_sequence_of_events() {
         assert!(text.lines().any(|l| l == line), "missing `{line}`");
     }
     hub.hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_replays_into_a_consumer_added_later_and_respects_idempotency() {
+    let crm = MockDownstream::start().await;
+    let erp = MockDownstream::start().await;
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let crm_only = format!(
+        r#"
+[connections.crm]
+base_url = "{}"
+
+[consumers.crm]
+plugin = "{{plugin:crm}}"
+connections = ["crm"]
+
+[[routes]]
+source = "stripe"
+events = ["customer.*"]
+consumers = ["crm"]
+"#,
+        crm.url()
+    );
+    let mut options = HubOptions::new(crm_only.clone());
+    options.admin = true;
+    options.dir = Some(dir.clone());
+    let first = TestHub::start(options).await;
+    let before = now() as u64 * 1000 - 1000;
+    for fixture in [
+        "invoice.paid.json",
+        "invoice.payment_succeeded.json",
+        "customer.created.json",
+    ] {
+        assert_eq!(first.send_fixture(fixture).await.0, 200);
+    }
+    first.drained(WITHIN).await;
+    first.hub.shutdown().await;
+    assert_eq!(crm.effects().len(), 1);
+
+    // The ERP consumer is added later; the invoices it missed are history.
+    let with_erp = format!(
+        r#"{crm_only}
+[connections.erp]
+base_url = "{}"
+
+[consumers.erp]
+plugin = "{{plugin:erp}}"
+connections = ["erp"]
+
+[[routes]]
+source = "stripe"
+events = ["invoice.*"]
+consumers = ["erp"]
+"#,
+        erp.url()
+    );
+    let mut options = HubOptions::new(with_erp);
+    options.admin = true;
+    options.dir = Some(dir.clone());
+    let second = TestHub::start(options).await;
+    let request = |dry_run: bool| json!({"source": "stripe", "event_type": "invoice.*", "since_ms": before, "dry_run": dry_run});
+    let (status, dry) = second
+        .admin(
+            Method::POST,
+            "/v1/consumers/erp/replay",
+            Some(request(true)),
+        )
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["matched"], 2);
+    assert_eq!(
+        second.status_of("erp").await.backlog,
+        0,
+        "a dry run queues nothing"
+    );
+    let (_, done) = second
+        .admin(
+            Method::POST,
+            "/v1/consumers/erp/replay",
+            Some(request(false)),
+        )
+        .await;
+    assert_eq!(
+        (done["matched"].as_u64(), done["dry_run"].as_bool()),
+        (Some(2), Some(false))
+    );
+    eventually(WITHIN, "erp received the missed invoices", || async {
+        erp.effects().len() == 2
+    })
+    .await;
+
+    // Replaying history the CRM already applied changes nothing downstream.
+    let (_, again) = second
+        .admin(
+            Method::POST,
+            "/v1/consumers/crm/replay",
+            Some(json!({"source": "stripe", "since_ms": before, "dry_run": false})),
+        )
+        .await;
+    assert_eq!(again["matched"], 3);
+    second.drained(WITHIN).await;
+    assert_eq!(
+        crm.effects().len(),
+        1,
+        "idempotency keys skip effects already applied"
+    );
+    assert_eq!(second.status_of("crm").await.stats.skipped_done, 1);
+    second.hub.shutdown().await;
 }
