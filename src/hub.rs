@@ -154,6 +154,11 @@ pub async fn check(config: &Config) -> Vec<String> {
     if let Err(errors) = resolve_sources(config) {
         problems.extend(errors.iter().map(ToString::to_string));
     }
+    if let Some(admin) = &config.admin
+        && let Err(message) = admin.token.resolve()
+    {
+        problems.push(format!("admin.token: {message}"));
+    }
     match plugin_host(config) {
         Ok(host) => {
             if let Err(errors) = load_plugins(&host, config) {
