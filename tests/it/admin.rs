@@ -271,8 +271,18 @@ async fn the_cli_shows_consumers_and_replays_reviews() {
         "{dry}"
     );
     assert_eq!(hub.status_of("erp").await.reviews, 1);
-    let history = cli(&["replay", "erp", "--type", "invoice.*", "--since", "2000-01-01T00:00:00Z"]);
-    assert!(history.contains("dry run: 1 events would be queued for erp"), "{history}");
+    let history = cli(&[
+        "replay",
+        "erp",
+        "--type",
+        "invoice.*",
+        "--since",
+        "2000-01-01T00:00:00Z",
+    ]);
+    assert!(
+        history.contains("dry run: 1 events would be queued for erp"),
+        "{history}"
+    );
     let wrong = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["consumers"])
         .env("SWITCHYARD_ADMIN_URL", hub.admin_url(""))
