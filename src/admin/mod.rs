@@ -189,12 +189,8 @@ impl HubControl {
                     .oldest_pending_age(name)
                     .await?
                     .map(|age| age.as_millis() as u64),
-                dead_letters: self
-                    .bus
-                    .dead_letters(name, DeadQueue::DeadLetter)
-                    .await?
-                    .len() as u64,
-                reviews: self.bus.dead_letters(name, DeadQueue::Review).await?.len() as u64,
+                dead_letters: self.bus.parked_count(name, DeadQueue::DeadLetter).await?,
+                reviews: self.bus.parked_count(name, DeadQueue::Review).await?,
                 breaker,
                 breaker_opened: control.breaker.as_ref().map_or(0, |b| b.times_opened()),
                 stats: control.stats.snapshot(),

@@ -454,6 +454,21 @@ impl Bus for EmbeddedBus {
         .map(drop)
     }
 
+    async fn parked_count(&self, consumer: &str, queue: DeadQueue) -> Result<u64, BusError> {
+        let txn = self.store.database().begin_read().map_err(storage)?;
+        let dead = txn.open_table(DEAD).map_err(storage)?;
+        let code = queue_code(queue);
+        let mut count = 0;
+        for row in dead
+            .range((consumer, code, 0)..=(consumer, code, u64::MAX))
+            .map_err(storage)?
+        {
+            row.map_err(storage)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
     async fn dead_letters(
         &self,
         consumer: &str,

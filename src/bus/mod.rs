@@ -152,6 +152,9 @@ pub trait Bus: Send + Sync + 'static {
         reason: &str,
     ) -> Result<(), BusError>;
 
+    /// How many entries one queue of a consumer holds (without reading them).
+    async fn parked_count(&self, consumer: &str, queue: DeadQueue) -> Result<u64, BusError>;
+
     /// Everything parked in one queue of a consumer, oldest first.
     async fn dead_letters(
         &self,
