@@ -300,6 +300,20 @@ impl EmbeddedBus {
     }
 }
 
+/// Queues `seq` for `consumer` again, due now, as a fresh delivery.
+fn enqueue_again(
+    txn: &redb::WriteTransaction,
+    consumer: &str,
+    seq: u64,
+    now: u64,
+) -> Result<(), redb::Error> {
+    txn.open_table(SCHEDULE)?.insert((consumer, now, seq), 0)?;
+    let mut refs = txn.open_table(REFS)?;
+    let count = refs.get(seq)?.map(|v| v.value()).unwrap_or(0);
+    refs.insert(seq, count + 1)?;
+    Ok(())
+}
+
 /// One fewer queue row points at `seq`.
 fn release_ref(txn: &redb::WriteTransaction, seq: u64) -> Result<(), redb::Error> {
     let mut refs = txn.open_table(REFS)?;
@@ -315,11 +329,17 @@ fn release_ref(txn: &redb::WriteTransaction, seq: u64) -> Result<(), redb::Error
 /// A `dead` row: `[meta length u32][meta JSON][encoded envelope]`.
 fn split_dead(value: &[u8]) -> Result<(DeadMeta, &[u8]), BusError> {
     let corrupt = || BusError::Corrupt(EnvelopeError::Truncated);
-    let meta_len =
-        u32::from_be_bytes(value.get(0..4).ok_or_else(corrupt)?.try_into().expect("4")) as usize;
-    let meta: DeadMeta = serde_json::from_slice(value.get(4..4 + meta_len).ok_or_else(corrupt)?)
+    let envelope = dead_envelope(value).ok_or_else(corrupt)?;
+    let meta = &value[4..value.len() - envelope.len()];
+    let meta: DeadMeta = serde_json::from_slice(meta)
         .map_err(|err| BusError::Corrupt(EnvelopeError::Header(err.to_string())))?;
-    Ok((meta, &value[4 + meta_len..]))
+    Ok((meta, envelope))
+}
+
+/// The encoded envelope inside a `dead` row, if the row is well formed.
+fn dead_envelope(value: &[u8]) -> Option<&[u8]> {
+    let meta_len = u32::from_be_bytes(value.get(0..4)?.try_into().ok()?) as usize;
+    value.get(4usize.checked_add(meta_len)?..)
 }
 
 enum Settle {
@@ -534,9 +554,7 @@ impl Bus for EmbeddedBus {
             .store
             .write(Persist::Durable, move |txn| {
                 let mut dead = txn.open_table(DEAD)?;
-                let mut schedule = txn.open_table(SCHEDULE)?;
                 let mut events = txn.open_table(EVENTS)?;
-                let mut refs = txn.open_table(REFS)?;
                 let now = now_ms();
                 let mut moved = 0;
                 for seq in ids {
@@ -546,14 +564,12 @@ impl Bus for EmbeddedBus {
                     let Some(value) = removed else { continue };
                     // The log may have compacted the event: restore it from
                     // the copy the dead letter kept.
-                    if events.get(seq)?.is_none() {
-                        let start =
-                            4 + u32::from_be_bytes(value[0..4].try_into().expect("4")) as usize;
-                        events.insert(seq, &value[start..])?;
+                    if events.get(seq)?.is_none()
+                        && let Some(envelope) = dead_envelope(&value)
+                    {
+                        events.insert(seq, envelope)?;
                     }
-                    schedule.insert((consumer_key.as_str(), now, seq), 0)?;
-                    let count = refs.get(seq)?.map(|v| v.value()).unwrap_or(0);
-                    refs.insert(seq, count + 1)?;
+                    enqueue_again(txn, &consumer_key, seq, now)?;
                     moved += 1;
                 }
                 Ok(moved)
@@ -603,13 +619,9 @@ impl Bus for EmbeddedBus {
         let count = seqs.len();
         self.store
             .write(Persist::Durable, move |txn| {
-                let mut schedule = txn.open_table(SCHEDULE)?;
-                let mut refs = txn.open_table(REFS)?;
                 let now = now_ms();
                 for seq in seqs {
-                    schedule.insert((consumer_key.as_str(), now, seq), 0)?;
-                    let count = refs.get(seq)?.map(|v| v.value()).unwrap_or(0);
-                    refs.insert(seq, count + 1)?;
+                    enqueue_again(txn, &consumer_key, seq, now)?;
                 }
                 Ok(())
             })
