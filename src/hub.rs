@@ -7,8 +7,9 @@
 
 use crate::admin::{ConsumerControl, ConsumerStatus, HubControl};
 use crate::bus::embedded::{EmbeddedBus, EmbeddedSettings};
+use crate::bus::nats::{NatsBus, NatsSettings, NatsSubscriber};
 use crate::bus::{Bus, BusError, Subscription};
-use crate::config::{BusConfig, Config, IdempotencyBackend};
+use crate::config::{BusEngine, Config, IdempotencyBackend};
 use crate::dispatch::idempotency::{EmbeddedStore, IdempotencyError, IdempotencyStore, RedisStore};
 use crate::dispatch::layers::BreakerHandle;
 use crate::dispatch::{ConsumerLoop, ConsumerStats, StackParts, consumer_stack, plugin_call};
@@ -129,22 +130,68 @@ async fn idempotency_store(
     })
 }
 
-fn open_bus(config: &Config) -> Result<Arc<EmbeddedBus>, BusError> {
-    let BusConfig::Embedded {
-        path,
-        visibility_timeout,
-        dedup_window,
-        retention,
-    } = &config.bus;
-    Ok(Arc::new(EmbeddedBus::open(
-        path,
-        Subscription::from_config(config),
-        EmbeddedSettings {
-            visibility_timeout: *visibility_timeout,
-            dedup_window: *dedup_window,
-            retention: *retention,
-        },
-    )?))
+/// The JetStream settings with their secrets resolved.
+fn nats_settings(
+    config: &Config,
+    nats: &crate::config::NatsConfig,
+) -> Result<NatsSettings, BusError> {
+    let secret = |secret: &Option<crate::config::SecretRef>, at: &str| {
+        secret
+            .as_ref()
+            .map(|secret| {
+                secret
+                    .resolve()
+                    .map_err(|message| BusError::Unavailable(format!("{at}: {message}")))
+            })
+            .transpose()
+    };
+    Ok(NatsSettings {
+        urls: nats.urls.clone(),
+        stream: nats.stream.clone(),
+        subject_prefix: nats.subject_prefix.clone(),
+        replicas: nats.replicas,
+        credentials: secret(&nats.credentials, "bus.credentials")?,
+        token: secret(&nats.token, "bus.token")?,
+        ack_timeout: nats.ack_timeout,
+        visibility_timeout: config.bus.visibility_timeout,
+        dedup_window: config.bus.dedup_window,
+        retention: config.bus.retention,
+    })
+}
+
+/// The bus the config asks for. The embedded engine is also handed back on
+/// its own: the janitor compacts it, and tests reach its fault seam.
+async fn open_bus(config: &Config) -> Result<(Arc<dyn Bus>, Option<Arc<EmbeddedBus>>), BusError> {
+    let bus = &config.bus;
+    let subscriptions = Subscription::from_config(config);
+    match &bus.engine {
+        BusEngine::Embedded { path } => {
+            let embedded = Arc::new(EmbeddedBus::open(
+                path,
+                subscriptions,
+                EmbeddedSettings {
+                    visibility_timeout: bus.visibility_timeout,
+                    dedup_window: bus.dedup_window,
+                    retention: bus.retention,
+                },
+            )?);
+            Ok((Arc::clone(&embedded) as Arc<dyn Bus>, Some(embedded)))
+        }
+        BusEngine::Nats(nats) => {
+            let settings = nats_settings(config, nats)?;
+            let subscribers = subscriptions
+                .into_iter()
+                .map(|subscription| NatsSubscriber {
+                    concurrency: config.consumers[&subscription.consumer].concurrency,
+                    subscription,
+                })
+                .collect();
+            Ok((
+                Arc::new(NatsBus::connect(settings, subscribers).await?) as Arc<dyn Bus>,
+                None,
+            ))
+        }
+    }
 }
 
 /// Everything `switchyard check` verifies beyond validation: secrets
@@ -167,6 +214,15 @@ pub async fn check(config: &Config) -> Vec<String> {
         }
         Err(err) => problems.push(err.to_string()),
     }
+    if let BusEngine::Nats(nats) = &config.bus.engine {
+        let reachable = match nats_settings(config, nats) {
+            Ok(settings) => crate::bus::nats::probe(&settings).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = reachable {
+            problems.push(format!("bus: {err}"));
+        }
+    }
     if let IdempotencyBackend::Redis { url, .. } = &config.idempotency.backend
         && let Err(err) = RedisStore::connect(url).await
     {
@@ -187,7 +243,8 @@ pub struct StartOptions {
 /// A running hub.
 pub struct RunningHub {
     pub addr: SocketAddr,
-    bus: Arc<EmbeddedBus>,
+    bus: Arc<dyn Bus>,
+    embedded: Option<Arc<EmbeddedBus>>,
     control: Arc<HubControl>,
     /// Where the admin API listens, when enabled.
     pub admin_addr: Option<SocketAddr>,
@@ -198,7 +255,7 @@ pub struct RunningHub {
 /// Starts every stage; returns once the listener accepts connections.
 pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, Vec<HubError>> {
     let sources = resolve_sources(&config)?;
-    let bus = open_bus(&config).map_err(|err| vec![err.into()])?;
+    let (bus, embedded) = open_bus(&config).await.map_err(|err| vec![err.into()])?;
     let (idempotency, key_prefix) = idempotency_store(&config)
         .await
         .map_err(|err| vec![err.into()])?;
@@ -241,7 +298,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         );
         let consumer_loop = ConsumerLoop {
             name: name.clone(),
-            bus: Arc::clone(&bus) as Arc<dyn Bus>,
+            bus: Arc::clone(&bus),
             service,
             retry: consumer.retry,
             concurrency: consumer.concurrency,
@@ -252,7 +309,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         tasks.spawn(consumer_loop.run(shutdown_rx.clone(), grace));
     }
     tasks.spawn(janitor(
-        Arc::clone(&bus),
+        embedded.clone(),
         Arc::clone(&idempotency),
         shutdown_rx.clone(),
     ));
@@ -290,7 +347,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         readiness,
         metrics: Arc::clone(&metrics),
         sources,
-        bus: Arc::clone(&bus) as Arc<dyn Bus>,
+        bus: Arc::clone(&bus),
         max_body: config.server.max_body,
         clock: options.clock.unwrap_or_else(system_clock),
     });
@@ -303,7 +360,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         .run();
     tasks.spawn(server);
     let control = Arc::new(HubControl {
-        bus: Arc::clone(&bus) as Arc<dyn Bus>,
+        bus: Arc::clone(&bus),
         consumers: controls,
         metrics,
     });
@@ -348,6 +405,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
     Ok(RunningHub {
         addr,
         bus,
+        embedded,
         control,
         admin_addr,
         shutdown,
@@ -358,7 +416,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
 /// Periodic housekeeping: forget ingest dedup ids older than the window and
 /// delete settled events older than the retention and expired idempotency keys.
 async fn janitor(
-    bus: Arc<EmbeddedBus>,
+    embedded: Option<Arc<EmbeddedBus>>,
     idempotency: Arc<dyn IdempotencyStore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -368,15 +426,18 @@ async fn janitor(
             _ = every.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        match bus.expire_dedup().await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(expired = n, "forgot old dedup ids"),
-            Err(err) => tracing::warn!(error = %err, "dedup expiry failed"),
-        }
-        match bus.compact(10_000).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(deleted = n, "deleted events past retention"),
-            Err(err) => tracing::warn!(error = %err, "log compaction failed"),
+        // JetStream keeps its own dedup window and max age.
+        if let Some(bus) = &embedded {
+            match bus.expire_dedup().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(expired = n, "forgot old dedup ids"),
+                Err(err) => tracing::warn!(error = %err, "dedup expiry failed"),
+            }
+            match bus.compact(10_000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(deleted = n, "deleted events past retention"),
+                Err(err) => tracing::warn!(error = %err, "log compaction failed"),
+            }
         }
         match idempotency.expire(10_000).await {
             Ok(0) => {}
@@ -388,12 +449,13 @@ async fn janitor(
 
 impl RunningHub {
     pub fn bus(&self) -> Arc<dyn Bus> {
-        Arc::clone(&self.bus) as Arc<dyn Bus>
+        Arc::clone(&self.bus)
     }
 
-    /// The embedded engine, for its fault-injection seam in tests.
-    pub fn embedded_bus(&self) -> &EmbeddedBus {
-        &self.bus
+    /// The embedded engine, if that is the one running (for its
+    /// fault-injection seam in tests).
+    pub fn embedded_bus(&self) -> Option<&EmbeddedBus> {
+        self.embedded.as_deref()
     }
 
     /// Status of every consumer, in name order.

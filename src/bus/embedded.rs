@@ -187,7 +187,9 @@ impl EmbeddedBus {
         sync: Persist,
         next: Settle,
     ) -> Result<bool, BusError> {
-        let DeliveryHandle::Embedded { due_ms, seq } = delivery.handle;
+        let DeliveryHandle::Embedded { due_ms, seq } = delivery.handle else {
+            panic!("a delivery of another engine was settled on the embedded engine");
+        };
         let consumer = delivery.consumer.to_string();
         let envelope = delivery.envelope.encode();
         let attempts = delivery.attempt;

@@ -11,11 +11,13 @@
 //! - An event leaves a consumer's queue only by `ack` or `dead_letter`. A
 //!   delivery whose holder dies comes back after the visibility timeout.
 //!
-//! [`Bus`] is the seam between engines: `embedded` (redb, one machine) now,
-//! NATS JetStream for several processes.
+//! [`Bus`] is the seam between engines: `embedded` (redb, one machine) and
+//! `nats` (JetStream, several processes). Both pass one behavioural suite
+//! (tests/it/bus.rs).
 
 pub mod embedded;
 pub mod envelope;
+pub mod nats;
 
 use crate::config::EventPattern;
 use async_trait::async_trait;
@@ -94,6 +96,7 @@ pub struct Delivery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryHandle {
     Embedded { due_ms: u64, seq: u64 },
+    Nats(nats::NatsLease),
 }
 
 /// An event parked in a dead-letter or review queue.

@@ -50,17 +50,45 @@ pub struct AdminConfig {
     pub token: SecretRef,
 }
 
+/// The bus: which engine, and the settings both engines share.
 #[derive(Debug, Clone)]
-pub enum BusConfig {
-    Embedded {
-        path: PathBuf,
-        /// How long a pulled delivery stays invisible before it is redelivered.
-        visibility_timeout: Duration,
-        /// How long an event id is remembered for ingest dedup.
-        dedup_window: Duration,
-        /// How long settled events stay in the log for replay.
-        retention: Duration,
-    },
+pub struct BusConfig {
+    pub engine: BusEngine,
+    /// How long a pulled delivery stays invisible before it is redelivered.
+    pub visibility_timeout: Duration,
+    /// How long an event id is remembered for ingest dedup.
+    pub dedup_window: Duration,
+    /// How long events stay in the log for replay.
+    pub retention: Duration,
+}
+
+/// The bus engines. Closed set: a new engine is code behind the `Bus` trait.
+#[derive(Debug, Clone)]
+pub enum BusEngine {
+    /// redb file under `path`: one process, no extra service.
+    Embedded { path: PathBuf },
+    /// NATS JetStream: several processes share the work.
+    Nats(NatsConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// Seed servers, e.g. `nats://127.0.0.1:4222`; the client learns the rest
+    /// of a cluster from them.
+    pub urls: Vec<String>,
+    /// Stream name; created or updated at start.
+    pub stream: String,
+    /// First subject tokens of every message, e.g. `switchyard` in
+    /// `switchyard.events.stripe.invoice.paid`. Two hubs on one NATS need two.
+    pub subject_prefix: String,
+    /// Stream replicas: 1 on a single server, 3 (or 5) in a cluster.
+    pub replicas: usize,
+    /// Contents of a NATS `.creds` file (JWT + nkey seed).
+    pub credentials: Option<SecretRef>,
+    /// A server authorization token.
+    pub token: Option<SecretRef>,
+    /// How long ingest waits for JetStream's publish ack before answering 503.
+    pub ack_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -50,6 +50,13 @@ pub struct RawBus {
     pub visibility_timeout: Option<String>,
     pub dedup_window: Option<String>,
     pub retention: Option<String>,
+    pub url: Option<String>,
+    pub stream: Option<String>,
+    pub subject_prefix: Option<String>,
+    pub replicas: Option<i64>,
+    pub credentials: Option<String>,
+    pub token: Option<String>,
+    pub ack_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

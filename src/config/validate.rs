@@ -207,11 +207,33 @@ impl Checker<'_> {
     }
 
     fn bus(&mut self, raw: &RawBus) -> BusConfig {
-        self.one_of("bus.kind".into(), raw.kind.as_ref(), &["embedded"]);
-        BusConfig::Embedded {
-            path: self
-                .base_dir
-                .join(raw.path.as_deref().unwrap_or("data/bus")),
+        let kind = self.one_of("bus.kind".into(), raw.kind.as_ref(), &["embedded", "nats"]);
+        let engine = if kind == "nats" {
+            if raw.path.is_some() {
+                self.issue("bus.path", "applies only to `kind = \"embedded\"`");
+            }
+            BusEngine::Nats(self.nats(raw))
+        } else {
+            let nats_only = [
+                ("url", raw.url.is_some()),
+                ("stream", raw.stream.is_some()),
+                ("subject_prefix", raw.subject_prefix.is_some()),
+                ("replicas", raw.replicas.is_some()),
+                ("credentials", raw.credentials.is_some()),
+                ("token", raw.token.is_some()),
+                ("ack_timeout", raw.ack_timeout.is_some()),
+            ];
+            for (key, _) in nats_only.iter().filter(|(_, set)| *set) {
+                self.issue(format!("bus.{key}"), "applies only to `kind = \"nats\"`");
+            }
+            BusEngine::Embedded {
+                path: self
+                    .base_dir
+                    .join(raw.path.as_deref().unwrap_or("data/bus")),
+            }
+        };
+        let bus = BusConfig {
+            engine,
             visibility_timeout: self.duration(
                 "bus.visibility_timeout".into(),
                 raw.visibility_timeout.as_ref(),
@@ -226,6 +248,111 @@ impl Checker<'_> {
                 "bus.retention".into(),
                 raw.retention.as_ref(),
                 Duration::from_secs(7 * 86_400),
+            ),
+        };
+        // JetStream refuses a duplicate window longer than the stream's max age.
+        if matches!(bus.engine, BusEngine::Nats(_)) && bus.dedup_window > bus.retention {
+            self.issue(
+                "bus.dedup_window",
+                format!(
+                    "must not be longer than `bus.retention` ({}) with `kind = \"nats\"`",
+                    humantime::format_duration(bus.retention)
+                ),
+            );
+        }
+        bus
+    }
+
+    fn nats(&mut self, raw: &RawBus) -> NatsConfig {
+        let text = raw.url.as_deref().unwrap_or("nats://127.0.0.1:4222");
+        let urls: Vec<String> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if urls.is_empty() {
+            self.issue(
+                "bus.url",
+                "at least one server is required, e.g. `nats://127.0.0.1:4222`",
+            );
+        }
+        for url in &urls {
+            let Some((scheme, rest)) = url.split_once("://") else {
+                self.issue(
+                    "bus.url",
+                    format!("`{url}` is not a server address like `nats://127.0.0.1:4222`"),
+                );
+                continue;
+            };
+            if !matches!(scheme, "nats" | "tls") {
+                self.issue(
+                    "bus.url",
+                    format!("`{url}`: use the `nats://` or `tls://` scheme"),
+                );
+            }
+            // Passwords in URLs end up in logs and shell history.
+            if rest.contains('@') {
+                self.issue(
+                    "bus.url",
+                    "must not carry credentials: use `bus.credentials` or `bus.token` (an `env:`/`file:` reference)",
+                );
+            }
+        }
+        let stream = raw.stream.clone().unwrap_or_else(|| "SWITCHYARD".into());
+        let valid_stream = !stream.is_empty()
+            && stream.len() <= 64
+            && stream
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid_stream {
+            self.issue(
+                "bus.stream",
+                format!("`{stream}` is not a valid stream name: use 1 to 64 of `A-Z`, `a-z`, `0-9`, `_`, `-`"),
+            );
+        }
+        let subject_prefix = raw
+            .subject_prefix
+            .clone()
+            .unwrap_or_else(|| "switchyard".into());
+        let valid_prefix = subject_prefix.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+        if !valid_prefix {
+            self.issue(
+                "bus.subject_prefix",
+                format!("`{subject_prefix}` is not a subject prefix: use dot-separated tokens of `A-Z`, `a-z`, `0-9`, `_`, `-`"),
+            );
+        }
+        let replicas = self.count("bus.replicas".into(), raw.replicas, (1, 5), 1) as usize;
+        let credentials = raw
+            .credentials
+            .as_ref()
+            .and_then(|text| self.secret("bus.credentials".into(), text));
+        let token = raw
+            .token
+            .as_ref()
+            .and_then(|text| self.secret("bus.token".into(), text));
+        if credentials.is_some() && token.is_some() {
+            self.issue(
+                "bus.token",
+                "set either `bus.credentials` or `bus.token`, not both",
+            );
+        }
+        NatsConfig {
+            urls,
+            stream,
+            subject_prefix,
+            replicas,
+            credentials,
+            token,
+            ack_timeout: self.duration(
+                "bus.ack_timeout".into(),
+                raw.ack_timeout.as_ref(),
+                Duration::from_secs(5),
             ),
         }
     }
@@ -593,9 +720,7 @@ impl Checker<'_> {
         idempotency: &IdempotencyConfig,
         bus: &BusConfig,
     ) {
-        let BusConfig::Embedded {
-            visibility_timeout, ..
-        } = bus;
+        let visibility_timeout = &bus.visibility_timeout;
         let mut paths: BTreeMap<String, &str> = BTreeMap::new();
         for (name, source) in &raw.sources {
             let path = source

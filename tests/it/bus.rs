@@ -1,20 +1,28 @@
-//! The embedded bus engine's contract: durable appends, dedup, routing to
-//! subscribed consumers only, leases that come back, delayed retries, dead
-//! letters, and all of it across a reopen.
+//! The bus contract, one suite run against both engines (embedded redb and
+//! NATS JetStream on a nats-server the test starts): durable appends, dedup,
+//! routing to subscribed consumers only, leases that come back when their
+//! holder is gone, delayed retries, releases, dead letters with replay and
+//! discard, history replay into one consumer, and all of it across a reopen.
+//! Engine-specific behaviour (the embedded engine's commit faults and
+//! compaction) follows the shared suite.
 
+use crate::natsd::NatsServer;
 use bytes::Bytes;
-use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use switchyard::bus::embedded::{EmbeddedBus, EmbeddedSettings};
-use switchyard::bus::{Appended, Bus, DeadQueue, Envelope, Subscription};
+use switchyard::bus::nats::{NatsBus, NatsSettings, NatsSubscriber};
+use switchyard::bus::{Appended, Bus, DeadQueue, Delivery, Envelope, Subscription};
 use switchyard::config::EventPattern;
 
-fn open(dir: &Path, visibility: Duration) -> EmbeddedBus {
-    open_with_retention(dir, visibility, Duration::from_secs(3600))
+#[derive(Clone, Copy, Debug)]
+enum Engine {
+    Embedded,
+    Nats,
 }
 
-fn open_with_retention(dir: &Path, visibility: Duration, retention: Duration) -> EmbeddedBus {
-    let subscriptions = vec![
+fn subscriptions() -> Vec<Subscription> {
+    vec![
         Subscription {
             consumer: "crm".into(),
             filters: vec![("stripe".into(), EventPattern::parse("customer.*").unwrap())],
@@ -26,7 +34,65 @@ fn open_with_retention(dir: &Path, visibility: Duration, retention: Duration) ->
                 EventPattern::parse("invoice.paid").unwrap(),
             )],
         },
-    ];
+    ]
+}
+
+/// Where one test's bus lives, so it can be opened again (a restart).
+struct Place {
+    engine: Engine,
+    dir: tempfile::TempDir,
+    nats: Option<NatsServer>,
+    stream: String,
+}
+
+impl Place {
+    async fn new(engine: Engine) -> Place {
+        let nats = match engine {
+            Engine::Embedded => None,
+            Engine::Nats => Some(NatsServer::start().await),
+        };
+        Place {
+            engine,
+            dir: tempfile::tempdir().unwrap(),
+            nats,
+            stream: crate::harness::unique("BUS"),
+        }
+    }
+
+    async fn open(&self, visibility: Duration) -> Arc<dyn Bus> {
+        let retention = Duration::from_secs(3600);
+        match self.engine {
+            Engine::Embedded => Arc::new(open_embedded(self.dir.path(), visibility, retention)),
+            Engine::Nats => Arc::new(
+                NatsBus::connect(
+                    NatsSettings {
+                        urls: vec![self.nats.as_ref().unwrap().url()],
+                        stream: self.stream.clone(),
+                        subject_prefix: self.stream.to_lowercase(),
+                        replicas: 1,
+                        credentials: None,
+                        token: None,
+                        ack_timeout: Duration::from_secs(5),
+                        visibility_timeout: visibility,
+                        dedup_window: Duration::from_secs(3600),
+                        retention,
+                    },
+                    subscriptions()
+                        .into_iter()
+                        .map(|subscription| NatsSubscriber {
+                            subscription,
+                            concurrency: 4,
+                        })
+                        .collect(),
+                )
+                .await
+                .unwrap(),
+            ),
+        }
+    }
+}
+
+fn open_embedded(dir: &std::path::Path, visibility: Duration, retention: Duration) -> EmbeddedBus {
     let settings = EmbeddedSettings {
         visibility_timeout: visibility,
         dedup_window: Duration::from_secs(3600),
@@ -34,7 +100,7 @@ fn open_with_retention(dir: &Path, visibility: Duration, retention: Duration) ->
     };
     // A previous instance's writer thread may still be closing the file.
     for _ in 0..100 {
-        if let Ok(bus) = EmbeddedBus::open(dir, subscriptions.clone(), settings.clone()) {
+        if let Ok(bus) = EmbeddedBus::open(dir, subscriptions(), settings.clone()) {
             return bus;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -56,97 +122,128 @@ fn event(id: &str, event_type: &str) -> Envelope {
     }
 }
 
-const NO_WAIT: Duration = Duration::from_millis(0);
+/// Long enough for anything due to arrive; pulls return as soon as it does.
+const ARRIVES: Duration = Duration::from_secs(5);
+/// How long "nothing is due" is watched for.
+const QUIET: Duration = Duration::from_millis(300);
 
-#[tokio::test]
-async fn appends_route_to_subscribers_and_dedup() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = open(dir.path(), Duration::from_secs(60));
-    assert_eq!(
-        bus.append(&event("evt_1", "customer.created"))
-            .await
-            .unwrap(),
-        Appended::Stored
+async fn pull_one(bus: &Arc<dyn Bus>, consumer: &str) -> Delivery {
+    let mut pulled = bus.pull(consumer, 1, ARRIVES).await.unwrap();
+    assert_eq!(pulled.len(), 1, "{consumer} had nothing due");
+    pulled.remove(0)
+}
+
+async fn assert_nothing_due(bus: &Arc<dyn Bus>, consumer: &str) {
+    let pulled = bus.pull(consumer, 1, QUIET).await.unwrap();
+    assert!(
+        pulled.is_empty(),
+        "{consumer} unexpectedly got {}",
+        pulled[0].envelope.event_id
     );
-    assert_eq!(
-        bus.append(&event("evt_1", "customer.created"))
-            .await
-            .unwrap(),
-        Appended::Duplicate
-    );
-    assert_eq!(
-        bus.append(&event("evt_2", "invoice.paid")).await.unwrap(),
-        Appended::Stored
-    );
-    assert_eq!(
-        bus.append(&event("evt_3", "payment_intent.created"))
-            .await
-            .unwrap(),
-        Appended::Stored
-    );
+}
+
+/// Runs one contract test against each engine.
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name(super::Engine::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nats() {
+                super::$name(super::Engine::Nats).await
+            }
+        }
+    )*};
+}
+
+both_engines!(
+    appends_route_to_subscribers_and_dedup,
+    a_lease_whose_holder_is_gone_comes_back,
+    a_retry_is_invisible_until_its_delay_has_passed,
+    a_released_delivery_is_due_at_once_and_costs_no_attempt,
+    everything_durable_survives_a_reopen,
+    concurrent_appends_are_all_durable_and_deduplicated,
+    dead_letters_can_be_replayed_and_discarded,
+    history_replay_reaches_only_the_named_consumer,
+    backlog_and_oldest_age_follow_the_queue,
+);
+
+async fn appends_route_to_subscribers_and_dedup(engine: Engine) {
+    let place = Place::new(engine).await;
+    let bus = place.open(Duration::from_secs(60)).await;
+    let customer = event("evt_1", "customer.created");
+    assert_eq!(bus.append(&customer).await.unwrap(), Appended::Stored);
+    assert_eq!(bus.append(&customer).await.unwrap(), Appended::Duplicate);
+    let invoice = event("evt_2", "invoice.paid");
+    assert_eq!(bus.append(&invoice).await.unwrap(), Appended::Stored);
+    let unrouted = event("evt_3", "payment_intent.created");
+    assert_eq!(bus.append(&unrouted).await.unwrap(), Appended::Stored);
     assert_eq!(bus.backlog("crm").await.unwrap(), 1);
     assert_eq!(bus.backlog("erp").await.unwrap(), 1);
-    let crm = bus.pull("crm", 10, NO_WAIT).await.unwrap();
-    assert_eq!(crm.len(), 1);
-    assert_eq!(crm[0].envelope.event_id, "evt_1");
-    assert_eq!(crm[0].attempt, 1);
-    assert!(bus.pull("unknown", 1, NO_WAIT).await.is_err());
+    let crm = pull_one(&bus, "crm").await;
+    assert_eq!(*crm.envelope, customer, "the envelope comes back whole");
+    assert_eq!(crm.attempt, 1);
+    assert_nothing_due(&bus, "crm").await;
+    assert_eq!(*pull_one(&bus, "erp").await.envelope, invoice);
+    assert!(bus.pull("unknown", 1, QUIET).await.is_err());
 }
 
-#[tokio::test]
-async fn a_lease_that_is_not_settled_comes_back_and_a_stale_ack_is_ignored() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = open(dir.path(), Duration::from_millis(200));
+async fn a_lease_whose_holder_is_gone_comes_back(engine: Engine) {
+    let place = Place::new(engine).await;
+    let bus = place.open(Duration::from_secs(1)).await;
     bus.append(&event("evt_1", "customer.created"))
         .await
         .unwrap();
-    let first = bus.pull("crm", 1, NO_WAIT).await.unwrap().remove(0);
-    assert!(
-        bus.pull("crm", 1, NO_WAIT).await.unwrap().is_empty(),
-        "leased: invisible"
-    );
-    // Waits for the lease to run out, then gets the event again.
-    let second = bus
-        .pull("crm", 1, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .remove(0);
+    let first = pull_one(&bus, "crm").await;
+    assert_nothing_due(&bus, "crm").await;
+    // The holder dies without settling (a crash): the lease runs out.
+    drop(first);
+    let second = pull_one(&bus, "crm").await;
     assert_eq!(second.envelope.event_id, "evt_1");
     assert_eq!(second.attempt, 2);
-    // The first holder wakes up late: its ack must not remove the new lease.
-    bus.ack(&first).await.unwrap();
-    assert_eq!(bus.backlog("crm").await.unwrap(), 1);
     bus.ack(&second).await.unwrap();
-    assert_eq!(bus.backlog("crm").await.unwrap(), 0);
+    assert_nothing_due(&bus, "crm").await;
 }
 
-#[tokio::test]
-async fn a_retry_is_invisible_until_its_delay_has_passed() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = open(dir.path(), Duration::from_secs(60));
+async fn a_retry_is_invisible_until_its_delay_has_passed(engine: Engine) {
+    let place = Place::new(engine).await;
+    let bus = place.open(Duration::from_secs(60)).await;
     bus.append(&event("evt_1", "customer.created"))
         .await
         .unwrap();
-    let delivery = bus.pull("crm", 1, NO_WAIT).await.unwrap().remove(0);
-    let started = std::time::Instant::now();
-    bus.retry(&delivery, Duration::from_millis(300))
+    let delivery = pull_one(&bus, "crm").await;
+    let started = Instant::now();
+    bus.retry(&delivery, Duration::from_millis(800))
         .await
         .unwrap();
-    assert!(bus.pull("crm", 1, NO_WAIT).await.unwrap().is_empty());
-    let again = bus
-        .pull("crm", 1, Duration::from_secs(5))
+    let early = bus
+        .pull("crm", 1, Duration::from_millis(200))
         .await
-        .unwrap()
-        .remove(0);
-    assert!(started.elapsed() >= Duration::from_millis(300));
+        .unwrap();
+    assert!(early.is_empty(), "redelivered before its delay");
+    let again = pull_one(&bus, "crm").await;
+    assert!(started.elapsed() >= Duration::from_millis(800));
     assert_eq!(again.attempt, 2);
 }
 
-#[tokio::test]
-async fn everything_durable_survives_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_released_delivery_is_due_at_once_and_costs_no_attempt(engine: Engine) {
+    let place = Place::new(engine).await;
+    let bus = place.open(Duration::from_secs(60)).await;
+    bus.append(&event("evt_1", "customer.created"))
+        .await
+        .unwrap();
+    let first = pull_one(&bus, "crm").await;
+    bus.release(&first).await.unwrap();
+    let again = pull_one(&bus, "crm").await;
+    assert_eq!(again.attempt, 1);
+}
+
+async fn everything_durable_survives_a_reopen(engine: Engine) {
+    let place = Place::new(engine).await;
     {
-        let bus = open(dir.path(), Duration::from_secs(60));
+        let bus = place.open(Duration::from_secs(60)).await;
         bus.append(&event("evt_1", "customer.created"))
             .await
             .unwrap();
@@ -154,12 +251,12 @@ async fn everything_durable_survives_a_reopen() {
             .await
             .unwrap();
         bus.append(&event("evt_3", "invoice.paid")).await.unwrap();
-        let erp = bus.pull("erp", 1, NO_WAIT).await.unwrap().remove(0);
+        let erp = pull_one(&bus, "erp").await;
         bus.dead_letter(&erp, DeadQueue::Review, "no order")
             .await
             .unwrap();
     }
-    let bus = open(dir.path(), Duration::from_secs(60));
+    let bus = place.open(Duration::from_secs(60)).await;
     assert_eq!(
         bus.append(&event("evt_1", "customer.created"))
             .await
@@ -167,9 +264,11 @@ async fn everything_durable_survives_a_reopen() {
         Appended::Duplicate
     );
     assert_eq!(bus.backlog("crm").await.unwrap(), 2);
+    assert_eq!(bus.backlog("erp").await.unwrap(), 0);
     let parked = bus.dead_letters("erp", DeadQueue::Review).await.unwrap();
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].reason, "no order");
+    assert_eq!(parked[0].attempts, 1);
     assert_eq!(parked[0].envelope, event("evt_3", "invoice.paid"));
     assert!(
         bus.dead_letters("erp", DeadQueue::DeadLetter)
@@ -179,12 +278,11 @@ async fn everything_durable_survives_a_reopen() {
     );
 }
 
-#[tokio::test]
-async fn concurrent_appends_are_all_durable_and_deduplicated() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = std::sync::Arc::new(open(dir.path(), Duration::from_secs(60)));
+async fn concurrent_appends_are_all_durable_and_deduplicated(engine: Engine) {
+    let place = Place::new(engine).await;
+    let bus = place.open(Duration::from_secs(60)).await;
     let appends = (0..200).map(|i| {
-        let bus = std::sync::Arc::clone(&bus);
+        let bus = Arc::clone(&bus);
         tokio::spawn(async move {
             bus.append(&event(&format!("evt_{}", i % 100), "customer.created"))
                 .await
@@ -198,6 +296,180 @@ async fn concurrent_appends_are_all_durable_and_deduplicated() {
         .count();
     assert_eq!(stored, 100);
     assert_eq!(bus.backlog("crm").await.unwrap(), 100);
+}
+
+async fn dead_letters_can_be_replayed_and_discarded(engine: Engine) {
+    let place = Place::new(engine).await;
+    let bus = place.open(Duration::from_secs(60)).await;
+    bus.append(&event("evt_1", "customer.created"))
+        .await
+        .unwrap();
+    bus.append(&event("evt_2", "customer.updated"))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let delivery = pull_one(&bus, "crm").await;
+        bus.dead_letter(&delivery, DeadQueue::DeadLetter, "gave up: 500")
+            .await
+            .unwrap();
+    }
+    assert_eq!(bus.backlog("crm").await.unwrap(), 0);
+    assert_eq!(
+        bus.parked_count("crm", DeadQueue::DeadLetter)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(bus.parked_count("crm", DeadQueue::Review).await.unwrap(), 0);
+    let parked = bus
+        .dead_letters("crm", DeadQueue::DeadLetter)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = parked
+        .iter()
+        .map(|d| d.envelope.event_id.as_str())
+        .collect();
+    assert_eq!(ids, ["evt_1", "evt_2"], "oldest first");
+    // Ids from another queue or unknown ids move nothing.
+    assert_eq!(
+        bus.requeue_dead("crm", DeadQueue::Review, &[parked[0].id])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        bus.requeue_dead("crm", DeadQueue::DeadLetter, &[parked[0].id, 987_654])
+            .await
+            .unwrap(),
+        1
+    );
+    let replayed = pull_one(&bus, "crm").await;
+    assert_eq!(replayed.envelope.event_id, "evt_1");
+    assert_eq!(replayed.attempt, 1, "a replay starts its attempts again");
+    bus.ack(&replayed).await.unwrap();
+    assert_nothing_due(&bus, "erp").await;
+    assert_eq!(
+        bus.discard_dead("crm", DeadQueue::DeadLetter, &[parked[1].id])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        bus.parked_count("crm", DeadQueue::DeadLetter)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_nothing_due(&bus, "crm").await;
+}
+
+async fn history_replay_reaches_only_the_named_consumer(engine: Engine) {
+    let place = Place::new(engine).await;
+    let bus = place.open(Duration::from_secs(60)).await;
+    let mut late = event("evt_3", "customer.deleted");
+    late.received_at_ms = 5_000;
+    for envelope in [
+        event("evt_1", "customer.created"),
+        event("evt_2", "invoice.paid"),
+        late,
+    ] {
+        bus.append(&envelope).await.unwrap();
+    }
+    for _ in 0..2 {
+        let delivery = pull_one(&bus, "crm").await;
+        bus.ack(&delivery).await.unwrap();
+    }
+    let erp = pull_one(&bus, "erp").await;
+    bus.ack(&erp).await.unwrap();
+    let customers = EventPattern::parse("customer.*").unwrap();
+    let window = |dry_run| {
+        let bus = Arc::clone(&bus);
+        let customers = customers.clone();
+        async move {
+            bus.replay_history("crm", "stripe", &customers, 0, 2_000, dry_run)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(window(true).await, 1, "only evt_1 is inside the window");
+    assert_nothing_due(&bus, "crm").await;
+    assert_eq!(window(false).await, 1);
+    let replayed = pull_one(&bus, "crm").await;
+    assert_eq!(replayed.envelope.event_id, "evt_1");
+    bus.ack(&replayed).await.unwrap();
+    assert_nothing_due(&bus, "crm").await;
+    assert_nothing_due(&bus, "erp").await;
+}
+
+async fn backlog_and_oldest_age_follow_the_queue(engine: Engine) {
+    let place = Place::new(engine).await;
+    let bus = place.open(Duration::from_secs(60)).await;
+    assert_eq!(bus.oldest_pending_age("crm").await.unwrap(), None);
+    let mut old = event("evt_1", "customer.created");
+    old.received_at_ms = now_ms() - 60_000;
+    bus.append(&old).await.unwrap();
+    let mut young = event("evt_2", "customer.created");
+    young.received_at_ms = now_ms();
+    bus.append(&young).await.unwrap();
+    let age = bus.oldest_pending_age("crm").await.unwrap().unwrap();
+    assert!(age >= Duration::from_secs(60), "age {age:?}");
+    let first = pull_one(&bus, "crm").await;
+    bus.ack(&first).await.unwrap();
+    let age = bus.oldest_pending_age("crm").await.unwrap().unwrap();
+    assert!(age < Duration::from_secs(30), "age {age:?}");
+    let second = pull_one(&bus, "crm").await;
+    bus.ack(&second).await.unwrap();
+    crate::harness::eventually(Duration::from_secs(5), "crm backlog empty", || {
+        let bus = Arc::clone(&bus);
+        async move { bus.backlog("crm").await.unwrap() == 0 }
+    })
+    .await;
+    assert_eq!(bus.oldest_pending_age("crm").await.unwrap(), None);
+    assert!(bus.backlog("unknown").await.is_err());
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+// The embedded engine only.
+
+fn open(dir: &std::path::Path, visibility: Duration) -> EmbeddedBus {
+    open_embedded(dir, visibility, Duration::from_secs(3600))
+}
+
+fn open_with_retention(
+    dir: &std::path::Path,
+    visibility: Duration,
+    retention: Duration,
+) -> EmbeddedBus {
+    open_embedded(dir, visibility, retention)
+}
+
+const NO_WAIT: Duration = Duration::from_millis(0);
+
+#[tokio::test]
+async fn a_stale_ack_after_the_lease_moved_on_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path(), Duration::from_millis(200));
+    bus.append(&event("evt_1", "customer.created"))
+        .await
+        .unwrap();
+    let first = bus.pull("crm", 1, NO_WAIT).await.unwrap().remove(0);
+    let second = bus
+        .pull("crm", 1, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(second.attempt, 2);
+    // The first holder wakes up late: its ack must not remove the new lease.
+    bus.ack(&first).await.unwrap();
+    assert_eq!(bus.backlog("crm").await.unwrap(), 1);
+    bus.ack(&second).await.unwrap();
+    assert_eq!(bus.backlog("crm").await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -247,17 +519,4 @@ async fn compaction_deletes_only_settled_events_past_the_retention() {
             .unwrap(),
         Appended::Duplicate
     );
-}
-
-#[tokio::test]
-async fn a_released_delivery_is_due_at_once_and_costs_no_attempt() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = open(dir.path(), Duration::from_secs(60));
-    bus.append(&event("evt_1", "customer.created"))
-        .await
-        .unwrap();
-    let first = bus.pull("crm", 1, NO_WAIT).await.unwrap().remove(0);
-    bus.release(&first).await.unwrap();
-    let again = bus.pull("crm", 1, NO_WAIT).await.unwrap().remove(0);
-    assert_eq!(again.attempt, 1);
 }

@@ -3,45 +3,10 @@
 
 use crate::harness::*;
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
-use std::process::Stdio;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard::ingest::signature::signature_header;
-use tokio::process::{Child, Command};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn spawn_hub(config: &std::path::Path, port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let client = reqwest::Client::new();
-    eventually(Duration::from_secs(30), "the hub answers /healthz", || {
-        let client = client.clone();
-        async move {
-            client
-                .get(format!("http://127.0.0.1:{port}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        }
-    })
-    .await;
-    child
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_event() {
@@ -155,19 +120,5 @@ consumers = ["crm"]
             child.start_kill().unwrap();
         }
     }
-    // A downstream that honours Idempotency-Key applies each effect once: any
-    // repeated call (a kill between the effect and the ack) reused the key.
-    let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for request in crm.received() {
-        keys.entry(request.path.clone())
-            .or_default()
-            .insert(request.header("idempotency-key").unwrap().to_owned());
-    }
-    for (path, keys) in &keys {
-        assert_eq!(
-            keys.len(),
-            1,
-            "{path} was called under several keys: {keys:?}"
-        );
-    }
+    assert_one_key_per_effect(&crm, |r| r.path.clone());
 }

@@ -222,6 +222,8 @@ pub struct HubOptions {
     /// Use Redis (127.0.0.1:6379) with this key prefix instead of the
     /// embedded idempotency store.
     pub redis_prefix: Option<String>,
+    /// The `[bus]` engine keys; the embedded bus under `data/bus` if `None`.
+    pub bus: Option<String>,
     /// Extra `[bus]` keys.
     pub bus_extra: String,
     /// Reuse this data directory (to restart on the same bus).
@@ -238,6 +240,7 @@ impl HubOptions {
         HubOptions {
             routes: routes.into(),
             redis_prefix: None,
+            bus: None,
             bus_extra: String::new(),
             dir: None,
             max_body: "64KiB",
@@ -354,8 +357,7 @@ shutdown_grace = "5s"
 
 {admin}
 [bus]
-kind = "embedded"
-path = "data/bus"
+{bus}
 {bus_extra}
 
 [idempotency]
@@ -368,6 +370,10 @@ secrets = [{secret_refs}]
 {routes}
 "#,
         max_body = options.max_body,
+        bus = options
+            .bus
+            .as_deref()
+            .unwrap_or("kind = \"embedded\"\npath = \"data/bus\""),
         bus_extra = options.bus_extra,
     );
     let path = dir.join("routes.toml");
@@ -506,4 +512,66 @@ pub fn synthetic_event(id: &str, event_type: &str, object: Value) -> Vec<u8> {
 /// A unique suffix for ids, prefixes and names in one test run.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{:016x}", rand::random::<u64>())
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `switchyard serve` as a child process (killed when dropped); returns once
+/// it answers `/healthz` on `port`.
+pub async fn spawn_hub(config: &Path, port: u16) -> tokio::process::Child {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "the hub answers /healthz", || {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://127.0.0.1:{port}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await;
+    child
+}
+
+/// A downstream that honours `Idempotency-Key` applies each effect once: any
+/// repeated call for one effect (a crash between the effect and the ack)
+/// must have reused the key. `effect` names what a request does.
+pub fn assert_one_key_per_effect(
+    downstream: &MockDownstream,
+    effect: impl Fn(&Received) -> String,
+) {
+    let mut keys: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for request in downstream.received() {
+        keys.entry(effect(&request)).or_default().insert(
+            request
+                .header("idempotency-key")
+                .expect("every call carries an Idempotency-Key")
+                .to_owned(),
+        );
+    }
+    for (effect, keys) in &keys {
+        assert_eq!(
+            keys.len(),
+            1,
+            "{effect} was called under several keys: {keys:?}"
+        );
+    }
 }

@@ -177,7 +177,10 @@ async fn when_the_bus_cannot_persist_the_answer_is_503_with_retry_after_and_stri
 {
     let (hub, mock) = hub().await;
     let body = fixture("customer.created.json");
-    hub.hub.embedded_bus().inject_commit_failures(true);
+    hub.hub
+        .embedded_bus()
+        .expect("embedded bus")
+        .inject_commit_failures(true);
     let header = signature_header(SECRET, now(), &body);
     let response = hub
         .client
@@ -194,7 +197,10 @@ async fn when_the_bus_cannot_persist_the_answer_is_503_with_retry_after_and_stri
     assert_eq!(answer["error"], "unavailable");
 
     // The disk comes back; Stripe's retry of the same event is accepted as new.
-    hub.hub.embedded_bus().inject_commit_failures(false);
+    hub.hub
+        .embedded_bus()
+        .expect("embedded bus")
+        .inject_commit_failures(false);
     let (status, answer) = hub.send(&body).await;
     assert_eq!((status, answer["status"].as_str()), (200, Some("accepted")));
     eventually(

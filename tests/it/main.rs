@@ -4,6 +4,7 @@
 //! `plugins/`; only the third-party APIs (CRM, ERP, marketing) are mocks.
 
 mod harness;
+mod natsd;
 
 mod admin;
 mod bus;
@@ -14,6 +15,7 @@ mod end_to_end;
 mod idempotency;
 mod ingest_edge;
 mod log_hygiene;
+mod nats;
 mod plugin_dist;
 mod resilience;
 mod sandbox;

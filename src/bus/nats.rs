@@ -1,0 +1,933 @@
+//! The NATS JetStream engine: several switchyard processes share one stream
+//! and one durable pull consumer per switchyard consumer.
+//!
+//! Layout, under the configured subject prefix `P` (default `switchyard`):
+//! - stream `<name>` holds `P.events.<source>.<event type tokens>` (what
+//!   ingest publishes; Stripe's dots become subject tokens) and
+//!   `P.replay.<consumer>` (events queued again for one consumer only: dead
+//!   letter replays and history replays);
+//! - stream `<name>_DEAD` holds `P.dead.<consumer>.<dead_letter|review>`.
+//!
+//! Every message carries CloudEvents attributes as headers (`ce-id`,
+//! `ce-source`, `ce-type`, `ce-time`, `ce-specversion`) and the raw provider
+//! JSON as its body, so any NATS client can read the event mesh; the
+//! `switchyard-*` headers carry the rest of the [`Envelope`].
+//!
+//! Delivery semantics map onto JetStream like this: a lease is an unacked
+//! delivery (`ack_wait` = the visibility timeout, extended with `+WPI` while a
+//! plugin call runs), a retry is `NAK` with a delay, dead-lettering is a
+//! publish to the dead stream followed by `TERM`. Ingest dedup is JetStream's
+//! `Nats-Msg-Id` window.
+
+use super::*;
+use async_nats::HeaderMap;
+use async_nats::jetstream::message::{PublishMessage, StreamMessage};
+use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How many unacked deliveries one worker slot may account for across all
+/// processes. Deliveries waiting out a retry delay stay unacked in
+/// JetStream, so a limit of exactly `concurrency` would let a few failing
+/// events block the whole consumer.
+const ACK_PENDING_PER_WORKER: i64 = 256;
+/// Longest dead-letter reason kept in a header.
+const MAX_REASON: usize = 1024;
+
+const H_SPEC: &str = "ce-specversion";
+const H_ID: &str = "ce-id";
+const H_SOURCE: &str = "ce-source";
+const H_TYPE: &str = "ce-type";
+const H_TIME: &str = "ce-time";
+const H_CONTENT_TYPE: &str = "ce-datacontenttype";
+const H_SWITCHYARD_SOURCE: &str = "switchyard-source";
+const H_CREATED: &str = "switchyard-created";
+const H_LIVEMODE: &str = "switchyard-livemode";
+const H_ACCOUNT: &str = "switchyard-account";
+const H_RECEIVED: &str = "switchyard-received-at";
+const H_TRACEPARENT: &str = "traceparent";
+const H_REASON: &str = "switchyard-reason";
+const H_ATTEMPTS: &str = "switchyard-attempts";
+const H_DEAD_AT: &str = "switchyard-dead-at";
+
+/// Settings of the JetStream engine (from `[bus]`).
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    pub urls: Vec<String>,
+    pub stream: String,
+    pub subject_prefix: String,
+    pub replicas: usize,
+    /// Contents of a `.creds` file.
+    pub credentials: Option<crate::config::Secret>,
+    pub token: Option<crate::config::Secret>,
+    pub ack_timeout: Duration,
+    pub visibility_timeout: Duration,
+    pub dedup_window: Duration,
+    pub retention: Duration,
+}
+
+/// One switchyard consumer as JetStream sees it.
+pub struct NatsSubscriber {
+    pub subscription: Subscription,
+    /// Worker slots per process; sets the consumer's `max_ack_pending`.
+    pub concurrency: usize,
+}
+
+struct Consumer {
+    handle: jetstream::consumer::Consumer<pull::Config>,
+    subscription: Subscription,
+    filters: Vec<String>,
+}
+
+pub struct NatsBus {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    events: stream::Stream,
+    dead: stream::Stream,
+    prefix: String,
+    consumers: HashMap<String, Consumer>,
+    /// Releases this process made, per (consumer, stream sequence): JetStream
+    /// counts a `NAK` as a delivery, but a release must not cost an attempt.
+    released: Mutex<HashMap<(Arc<str>, u64), u32>>,
+    progress_every: Duration,
+}
+
+/// A leased JetStream message. Cloning shares it; the `+WPI` ticker stops when
+/// the delivery is settled or the last clone is dropped.
+#[derive(Clone)]
+pub struct NatsLease {
+    message: Arc<jetstream::Message>,
+    pub stream_sequence: u64,
+    progress: Arc<ProgressTicker>,
+}
+
+impl std::fmt::Debug for NatsLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsLease")
+            .field("stream_sequence", &self.stream_sequence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for NatsLease {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.message, &other.message)
+    }
+}
+
+impl Eq for NatsLease {}
+
+struct ProgressTicker(tokio::task::JoinHandle<()>);
+
+impl Drop for ProgressTicker {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn unavailable(err: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("nats: {err}"))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn queue_token(queue: DeadQueue) -> &'static str {
+    match queue {
+        DeadQueue::DeadLetter => "dead_letter",
+        DeadQueue::Review => "review",
+    }
+}
+
+/// Turns an event type into subject tokens: dots separate tokens; characters
+/// NATS gives meaning to (wildcards, whitespace) and empty tokens become `_`.
+pub fn type_tokens(event_type: &str) -> String {
+    event_type
+        .split('.')
+        .map(|token| {
+            let clean: String = token
+                .chars()
+                .map(|c| {
+                    if c == '*' || c == '>' || c.is_whitespace() || c.is_control() {
+                        '_'
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            if clean.is_empty() { "_".into() } else { clean }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Subject filters for a subscription, without overlaps (JetStream refuses
+/// overlapping filters on one consumer).
+fn filter_subjects(prefix: &str, subscription: &Subscription) -> Vec<String> {
+    let mut subjects: Vec<String> = subscription
+        .filters
+        .iter()
+        .map(|(source, pattern)| {
+            let base = format!("{prefix}.events.{source}");
+            match pattern {
+                EventPattern::Any => format!("{base}.>"),
+                EventPattern::Prefix(head) => {
+                    format!("{base}.{}.>", type_tokens(head.trim_end_matches('.')))
+                }
+                EventPattern::Exact(exact) => format!("{base}.{}", type_tokens(exact)),
+            }
+        })
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    let covered = |subject: &String, by: &String| {
+        subject != by
+            && by
+                .strip_suffix('>')
+                .is_some_and(|stem| subject.starts_with(stem))
+    };
+    let kept: Vec<String> = subjects
+        .iter()
+        .filter(|subject| !subjects.iter().any(|other| covered(subject, other)))
+        .cloned()
+        .collect();
+    let mut kept = kept;
+    kept.push(format!("{prefix}.replay.{}", subscription.consumer));
+    kept
+}
+
+/// Several filter subjects on one consumer arrived in nats-server 2.10.
+fn supports_filter_subjects(version: &str) -> bool {
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= (2, 10)
+}
+
+fn header_value(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn rfc3339_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// The headers that carry an envelope (everything but the payload).
+fn envelope_headers(envelope: &Envelope) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(H_SPEC, "1.0");
+    headers.insert(H_ID, header_value(&envelope.event_id).as_str());
+    headers.insert(
+        H_SOURCE,
+        format!("/switchyard/{}", envelope.source).as_str(),
+    );
+    headers.insert(H_TYPE, header_value(&envelope.event_type).as_str());
+    let time_ms = if envelope.created > 0 {
+        envelope.created as u64 * 1000
+    } else {
+        envelope.received_at_ms
+    };
+    headers.insert(H_TIME, rfc3339_ms(time_ms).as_str());
+    headers.insert(H_CONTENT_TYPE, "application/json");
+    headers.insert(H_SWITCHYARD_SOURCE, envelope.source.as_str());
+    headers.insert(H_CREATED, envelope.created.to_string().as_str());
+    headers.insert(H_LIVEMODE, if envelope.livemode { "true" } else { "false" });
+    if let Some(account) = &envelope.account {
+        headers.insert(H_ACCOUNT, header_value(account).as_str());
+    }
+    headers.insert(H_RECEIVED, envelope.received_at_ms.to_string().as_str());
+    if let Some(traceparent) = &envelope.traceparent {
+        headers.insert(H_TRACEPARENT, header_value(traceparent).as_str());
+    }
+    headers
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).map(|value| value.as_str())
+}
+
+fn corrupt(message: String) -> BusError {
+    BusError::Corrupt(EnvelopeError::Header(message))
+}
+
+/// Rebuilds the envelope from a message's headers and body.
+fn envelope_from(
+    headers: Option<&HeaderMap>,
+    payload: &bytes::Bytes,
+) -> Result<Envelope, BusError> {
+    let headers = headers.ok_or_else(|| corrupt("message has no headers".into()))?;
+    let required = |name: &str| {
+        header(headers, name)
+            .map(str::to_owned)
+            .ok_or_else(|| corrupt(format!("message lacks the `{name}` header")))
+    };
+    let number = |name: &str| -> Result<i64, BusError> {
+        required(name)?
+            .parse()
+            .map_err(|_| corrupt(format!("header `{name}` is not a number")))
+    };
+    Ok(Envelope {
+        source: required(H_SWITCHYARD_SOURCE)?,
+        event_id: required(H_ID)?,
+        event_type: required(H_TYPE)?,
+        created: number(H_CREATED)?,
+        livemode: header(headers, H_LIVEMODE) == Some("true"),
+        account: header(headers, H_ACCOUNT).map(str::to_owned),
+        received_at_ms: number(H_RECEIVED)? as u64,
+        traceparent: header(headers, H_TRACEPARENT).map(str::to_owned),
+        payload: payload.clone(),
+    })
+}
+
+/// Connects to a server new enough for this engine.
+async fn connect_client(settings: &NatsSettings) -> Result<async_nats::Client, BusError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("switchyard")
+        .connection_timeout(settings.ack_timeout)
+        .request_timeout(Some(settings.ack_timeout))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("nats connected"),
+                other => tracing::warn!(event = %other, "nats connection event"),
+            }
+        });
+    if let Some(credentials) = &settings.credentials {
+        options = options
+            .credentials(credentials.expose())
+            .map_err(|err| unavailable(format!("bad credentials: {err}")))?;
+    }
+    if let Some(token) = &settings.token {
+        options = options.token(token.expose().to_owned());
+    }
+    let client = options
+        .connect(settings.urls.as_slice())
+        .await
+        .map_err(unavailable)?;
+    let version = client.server_info().version;
+    if !supports_filter_subjects(&version) {
+        return Err(unavailable(format!(
+            "nats-server {version} is too old: switchyard needs 2.10 or newer (consumers with several subject filters)"
+        )));
+    }
+    Ok(client)
+}
+
+/// What `switchyard check` asks of NATS: reachable, new enough, JetStream
+/// enabled for the account. Creates nothing.
+pub async fn probe(settings: &NatsSettings) -> Result<(), BusError> {
+    let client = connect_client(settings).await?;
+    jetstream::new(client)
+        .query_account()
+        .await
+        .map(drop)
+        .map_err(|err| unavailable(format!("jetstream: {err}")))
+}
+
+impl NatsBus {
+    /// Connects, creates or updates both streams and one durable consumer
+    /// per subscriber. Fails (rather than waiting) if NATS is unreachable.
+    pub async fn connect(
+        settings: NatsSettings,
+        subscribers: Vec<NatsSubscriber>,
+    ) -> Result<NatsBus, BusError> {
+        let client = connect_client(&settings).await?;
+        let jetstream = jetstream::ContextBuilder::new()
+            .timeout(settings.ack_timeout)
+            .build(client.clone());
+        let prefix = settings.subject_prefix.clone();
+        let events = jetstream
+            .create_or_update_stream(stream::Config {
+                name: settings.stream.clone(),
+                description: Some("switchyard: verified webhook events".into()),
+                subjects: vec![format!("{prefix}.events.>"), format!("{prefix}.replay.>")],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                num_replicas: settings.replicas,
+                max_age: settings.retention,
+                duplicate_window: settings.dedup_window,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| unavailable(format!("stream `{}`: {err}", settings.stream)))?;
+        let dead_name = format!("{}_DEAD", settings.stream);
+        jetstream
+            .create_or_update_stream(stream::Config {
+                name: dead_name.clone(),
+                description: Some("switchyard: dead-letter and review queues".into()),
+                subjects: vec![format!("{prefix}.dead.>")],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                num_replicas: settings.replicas,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| unavailable(format!("stream `{dead_name}`: {err}")))?;
+        let events = jetstream
+            .get_stream(&events.config.name)
+            .await
+            .map_err(unavailable)?;
+        let dead = jetstream
+            .get_stream(&dead_name)
+            .await
+            .map_err(unavailable)?;
+        let mut consumers = HashMap::new();
+        for subscriber in subscribers {
+            let name = subscriber.subscription.consumer.clone();
+            let filters = filter_subjects(&prefix, &subscriber.subscription);
+            let handle = events
+                .create_consumer(pull::Config {
+                    durable_name: Some(name.clone()),
+                    description: Some(format!("switchyard consumer `{name}`")),
+                    // A consumer added later starts with new events; older
+                    // ones reach it only by an explicit history replay.
+                    deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: settings.visibility_timeout,
+                    // Dispatch decides when to give up, not the server.
+                    max_deliver: -1,
+                    filter_subjects: filters.clone(),
+                    max_ack_pending: subscriber.concurrency as i64 * ACK_PENDING_PER_WORKER,
+                    num_replicas: settings.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|err| unavailable(format!("consumer `{name}`: {err}")))?;
+            consumers.insert(
+                name,
+                Consumer {
+                    handle,
+                    subscription: subscriber.subscription,
+                    filters,
+                },
+            );
+        }
+        Ok(NatsBus {
+            client,
+            jetstream,
+            events,
+            dead,
+            prefix,
+            consumers,
+            released: Mutex::new(HashMap::new()),
+            progress_every: (settings.visibility_timeout / 3).max(Duration::from_millis(200)),
+        })
+    }
+
+    fn consumer(&self, name: &str) -> Result<&Consumer, BusError> {
+        self.consumers
+            .get(name)
+            .ok_or_else(|| BusError::UnknownConsumer(name.to_owned()))
+    }
+
+    fn connected(&self) -> Result<(), BusError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(unavailable(format!("not connected ({state:?})"))),
+        }
+    }
+
+    fn dead_subject(&self, consumer: &str, queue: DeadQueue) -> String {
+        format!("{}.dead.{consumer}.{}", self.prefix, queue_token(queue))
+    }
+
+    /// Publishes and waits for the stream's ack.
+    async fn publish(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: bytes::Bytes,
+        message_id: &str,
+    ) -> Result<jetstream::publish::PublishAck, BusError> {
+        self.connected()?;
+        self.jetstream
+            .send_publish(
+                subject,
+                PublishMessage::build()
+                    .headers(headers)
+                    .payload(payload)
+                    .message_id(message_id),
+            )
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Queues an event again for one consumer only.
+    async fn publish_replay(
+        &self,
+        consumer: &str,
+        envelope: &Envelope,
+        message_id: &str,
+    ) -> Result<(), BusError> {
+        self.publish(
+            format!("{}.replay.{consumer}", self.prefix),
+            envelope_headers(envelope),
+            envelope.payload.clone(),
+            message_id,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Messages of `subject` in `stream`, from sequence `from` on, one request
+    /// each (admin paths only; never on the delivery path).
+    async fn next_message(
+        stream: &stream::Stream,
+        subject: &str,
+        from: u64,
+    ) -> Result<Option<StreamMessage>, BusError> {
+        match stream.get_first_raw_message_by_subject(subject, from).await {
+            Ok(message) => Ok(Some(message)),
+            Err(err) if err.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
+    fn lease(delivery: &Delivery) -> &NatsLease {
+        match &delivery.handle {
+            DeliveryHandle::Nats(lease) => lease,
+            DeliveryHandle::Embedded { .. } => {
+                panic!("a delivery of the embedded engine was settled on the NATS engine")
+            }
+        }
+    }
+
+    async fn settle(&self, delivery: &Delivery, kind: AckKind) -> Result<(), BusError> {
+        let lease = Self::lease(delivery);
+        lease.progress.0.abort();
+        if !matches!(kind, AckKind::Nak(None)) {
+            self.released
+                .lock()
+                .expect("released lock")
+                .remove(&(Arc::clone(&delivery.consumer), lease.stream_sequence));
+        }
+        // Confirmed by the server, so `Ok` means settled (one round trip;
+        // plugin calls dwarf it).
+        lease
+            .message
+            .double_ack_with(kind)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn append(&self, envelope: &Envelope) -> Result<Appended, BusError> {
+        let subject = format!(
+            "{}.events.{}.{}",
+            self.prefix,
+            envelope.source,
+            type_tokens(&envelope.event_type)
+        );
+        let ack = self
+            .publish(
+                subject,
+                envelope_headers(envelope),
+                envelope.payload.clone(),
+                &envelope.dedup_key(),
+            )
+            .await?;
+        Ok(if ack.duplicate {
+            Appended::Duplicate
+        } else {
+            Appended::Stored
+        })
+    }
+
+    async fn pull(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let entry = self.consumer(consumer)?;
+        self.connected()?;
+        let consumer_name: Arc<str> = Arc::from(consumer);
+        let batch = if wait.is_zero() {
+            entry
+                .handle
+                .fetch()
+                .max_messages(max.max(1))
+                .messages()
+                .await
+        } else {
+            entry
+                .handle
+                .batch()
+                .max_messages(max.max(1))
+                .expires(wait)
+                .messages()
+                .await
+        };
+        let mut batch = batch.map_err(unavailable)?;
+        let mut deliveries = Vec::new();
+        while let Some(message) = futures::StreamExt::next(&mut batch).await {
+            let message = message.map_err(unavailable)?;
+            let (stream_sequence, delivered) = {
+                let info = message.info().map_err(unavailable)?;
+                (info.stream_sequence, info.delivered.max(1) as u32)
+            };
+            let envelope = match envelope_from(message.headers.as_ref(), &message.payload) {
+                Ok(envelope) => envelope,
+                Err(err) => {
+                    // Not ours to read (a foreign publisher on our subjects):
+                    // stop it from coming back, loudly.
+                    tracing::error!(consumer, stream_sequence, error = %err, "unreadable message terminated");
+                    message.ack_with(AckKind::Term).await.map_err(unavailable)?;
+                    continue;
+                }
+            };
+            // A route changed while the message waited: not for us any more.
+            let replayed = message
+                .subject
+                .starts_with(&format!("{}.replay.", self.prefix));
+            if !replayed && !entry.subscription.matches(&envelope) {
+                message.ack().await.map_err(unavailable)?;
+                continue;
+            }
+            let released = self
+                .released
+                .lock()
+                .expect("released lock")
+                .get(&(Arc::clone(&consumer_name), stream_sequence))
+                .copied()
+                .unwrap_or(0);
+            let message = Arc::new(message);
+            let progress = {
+                let message = Arc::clone(&message);
+                let every = self.progress_every;
+                ProgressTicker(tokio::spawn(async move {
+                    let mut ticks = tokio::time::interval(every);
+                    ticks.tick().await;
+                    loop {
+                        ticks.tick().await;
+                        if message.ack_with(AckKind::Progress).await.is_err() {
+                            return;
+                        }
+                    }
+                }))
+            };
+            deliveries.push(Delivery {
+                consumer: Arc::clone(&consumer_name),
+                envelope: Arc::new(envelope),
+                attempt: delivered.saturating_sub(released).max(1),
+                handle: DeliveryHandle::Nats(NatsLease {
+                    message,
+                    stream_sequence,
+                    progress: Arc::new(progress),
+                }),
+            });
+        }
+        Ok(deliveries)
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), BusError> {
+        self.settle(delivery, AckKind::Ack).await
+    }
+
+    async fn release(&self, delivery: &Delivery) -> Result<(), BusError> {
+        let sequence = Self::lease(delivery).stream_sequence;
+        *self
+            .released
+            .lock()
+            .expect("released lock")
+            .entry((Arc::clone(&delivery.consumer), sequence))
+            .or_default() += 1;
+        self.settle(delivery, AckKind::Nak(None)).await
+    }
+
+    async fn retry(&self, delivery: &Delivery, delay: Duration) -> Result<(), BusError> {
+        self.settle(delivery, AckKind::Nak(Some(delay))).await
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        queue: DeadQueue,
+        reason: &str,
+    ) -> Result<(), BusError> {
+        let lease = Self::lease(delivery);
+        let mut headers = envelope_headers(&delivery.envelope);
+        let mut reason = header_value(reason);
+        if reason.len() > MAX_REASON {
+            let mut cut = MAX_REASON;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        headers.insert(H_REASON, reason.as_str());
+        headers.insert(H_ATTEMPTS, delivery.attempt.to_string().as_str());
+        headers.insert(H_DEAD_AT, now_ms().to_string().as_str());
+        let delivered = lease.message.info().map_err(unavailable)?.delivered;
+        // Unique per delivery: a crash between publish and TERM re-publishes
+        // the same id, which the dead stream drops as a duplicate.
+        let message_id = format!(
+            "{}:{}:{}",
+            delivery.consumer, lease.stream_sequence, delivered
+        );
+        self.publish(
+            self.dead_subject(&delivery.consumer, queue),
+            headers,
+            delivery.envelope.payload.clone(),
+            &message_id,
+        )
+        .await?;
+        self.settle(delivery, AckKind::Term).await
+    }
+
+    async fn parked_count(&self, consumer: &str, queue: DeadQueue) -> Result<u64, BusError> {
+        self.consumer(consumer)?;
+        let subject = self.dead_subject(consumer, queue);
+        let mut info = self
+            .dead
+            .info_with_subjects(&subject)
+            .await
+            .map_err(unavailable)?;
+        let mut count = 0;
+        while let Some(entry) = futures::StreamExt::next(&mut info).await {
+            let (name, n) = entry.map_err(unavailable)?;
+            if name == subject {
+                count += n as u64;
+            }
+        }
+        Ok(count)
+    }
+
+    async fn dead_letters(
+        &self,
+        consumer: &str,
+        queue: DeadQueue,
+    ) -> Result<Vec<DeadLetter>, BusError> {
+        self.consumer(consumer)?;
+        let subject = self.dead_subject(consumer, queue);
+        let mut out = Vec::new();
+        let mut from = 1;
+        while let Some(message) = Self::next_message(&self.dead, &subject, from).await? {
+            from = message.sequence + 1;
+            let headers = Some(&message.headers);
+            let number = |name: &str| {
+                headers
+                    .and_then(|h| header(h, name))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            out.push(DeadLetter {
+                id: message.sequence,
+                consumer: consumer.to_owned(),
+                queue,
+                envelope: envelope_from(headers, &message.payload)?,
+                attempts: number(H_ATTEMPTS) as u32,
+                reason: headers
+                    .and_then(|h| header(h, H_REASON))
+                    .unwrap_or_default()
+                    .to_owned(),
+                at_ms: number(H_DEAD_AT),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        self.connected()?;
+        self.jetstream
+            .get_stream_no_info(&self.events.cached_info().config.name)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    async fn backlog(&self, consumer: &str) -> Result<u64, BusError> {
+        self.consumer(consumer)?;
+        let info = self
+            .events
+            .consumer_info(consumer)
+            .await
+            .map_err(unavailable)?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
+    }
+
+    async fn oldest_pending_age(&self, consumer: &str) -> Result<Option<Duration>, BusError> {
+        let entry = self.consumer(consumer)?;
+        let info = self
+            .events
+            .consumer_info(consumer)
+            .await
+            .map_err(unavailable)?;
+        if info.num_pending + info.num_ack_pending as u64 == 0 {
+            return Ok(None);
+        }
+        // Everything below the ack floor is settled: the oldest waiting
+        // event is the first one of ours above it.
+        let from = info.ack_floor.stream_sequence + 1;
+        let mut oldest: Option<StreamMessage> = None;
+        for filter in &entry.filters {
+            if let Some(message) = Self::next_message(&self.events, filter, from).await?
+                && oldest
+                    .as_ref()
+                    .is_none_or(|o| message.sequence < o.sequence)
+            {
+                oldest = Some(message);
+            }
+        }
+        let Some(message) = oldest else {
+            return Ok(None);
+        };
+        let envelope = envelope_from(Some(&message.headers), &message.payload)?;
+        Ok(Some(Duration::from_millis(
+            now_ms().saturating_sub(envelope.received_at_ms),
+        )))
+    }
+
+    async fn requeue_dead(
+        &self,
+        consumer: &str,
+        queue: DeadQueue,
+        ids: &[u64],
+    ) -> Result<usize, BusError> {
+        self.consumer(consumer)?;
+        let subject = self.dead_subject(consumer, queue);
+        let mut moved = 0;
+        for &id in ids {
+            let Some(message) = Self::next_message(&self.dead, &subject, id).await? else {
+                continue;
+            };
+            if message.sequence != id {
+                continue;
+            }
+            let envelope = envelope_from(Some(&message.headers), &message.payload)?;
+            // Publish first, then delete: a crash in between replays twice,
+            // which idempotency keys absorb; the other order could lose it.
+            self.publish_replay(consumer, &envelope, &format!("requeue:{consumer}:{id}"))
+                .await?;
+            self.dead.delete_message(id).await.map_err(unavailable)?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    async fn replay_history(
+        &self,
+        consumer: &str,
+        source: &str,
+        pattern: &EventPattern,
+        since_ms: u64,
+        until_ms: u64,
+        dry_run: bool,
+    ) -> Result<usize, BusError> {
+        self.consumer(consumer)?;
+        let probe = Subscription {
+            consumer: consumer.to_owned(),
+            filters: vec![(source.to_owned(), pattern.clone())],
+        };
+        let subject = filter_subjects(&self.prefix, &probe).remove(0);
+        // One run's ids differ from the next run's, so an operator can replay
+        // the same window twice on purpose.
+        let run = now_ms();
+        let mut count = 0;
+        let mut from = 1;
+        while let Some(message) = Self::next_message(&self.events, &subject, from).await? {
+            from = message.sequence + 1;
+            let envelope = envelope_from(Some(&message.headers), &message.payload)?;
+            let in_window =
+                envelope.received_at_ms >= since_ms && envelope.received_at_ms < until_ms;
+            if !in_window || !probe.matches(&envelope) {
+                continue;
+            }
+            count += 1;
+            if !dry_run {
+                let id = format!("history:{consumer}:{}:{run}", message.sequence);
+                self.publish_replay(consumer, &envelope, &id).await?;
+            }
+        }
+        Ok(count)
+    }
+
+    async fn discard_dead(
+        &self,
+        consumer: &str,
+        queue: DeadQueue,
+        ids: &[u64],
+    ) -> Result<usize, BusError> {
+        self.consumer(consumer)?;
+        let subject = self.dead_subject(consumer, queue);
+        let mut deleted = 0;
+        for &id in ids {
+            let Some(message) = Self::next_message(&self.dead, &subject, id).await? else {
+                continue;
+            };
+            if message.sequence == id && self.dead.delete_message(id).await.map_err(unavailable)? {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_before_2_10_are_refused() {
+        assert!(!supports_filter_subjects("2.9.10"));
+        assert!(supports_filter_subjects("2.10.0"));
+        assert!(supports_filter_subjects("2.15.1"));
+        assert!(supports_filter_subjects("3.0.0-beta.1"));
+        assert!(!supports_filter_subjects("garbage"));
+    }
+
+    #[test]
+    fn event_types_become_safe_subject_tokens() {
+        assert_eq!(type_tokens("invoice.paid"), "invoice.paid");
+        assert_eq!(
+            type_tokens("customer.subscription.updated"),
+            "customer.subscription.updated"
+        );
+        assert_eq!(type_tokens("a..b"), "a._.b");
+        assert_eq!(type_tokens("x.*.>"), "x._._");
+        assert_eq!(type_tokens("has space"), "has_space");
+    }
+
+    #[test]
+    fn filters_do_not_overlap_and_include_the_replay_subject() {
+        let subscription = Subscription {
+            consumer: "crm".into(),
+            filters: vec![
+                (
+                    "stripe".into(),
+                    EventPattern::parse("invoice.paid").unwrap(),
+                ),
+                ("stripe".into(), EventPattern::parse("invoice.*").unwrap()),
+                (
+                    "stripe".into(),
+                    EventPattern::parse("customer.created").unwrap(),
+                ),
+                ("stripe".into(), EventPattern::parse("invoice.*").unwrap()),
+                ("other".into(), EventPattern::Any),
+            ],
+        };
+        assert_eq!(
+            filter_subjects("sy", &subscription),
+            vec![
+                "sy.events.other.>",
+                "sy.events.stripe.customer.created",
+                "sy.events.stripe.invoice.>",
+                "sy.replay.crm",
+            ]
+        );
+    }
+}
