@@ -435,6 +435,26 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+// The NATS engine only.
+
+/// JetStream redelivers after `ack_wait`; a holder that is still working
+/// keeps its delivery with progress acks (`+WPI`), so a long plugin call is
+/// not handed to a second worker. (The embedded engine instead requires the
+/// call's wall limit to be shorter than the visibility timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_being_worked_on_is_kept_alive_past_its_ack_wait() {
+    let place = Place::new(Engine::Nats).await;
+    let bus = place.open(Duration::from_secs(1)).await;
+    bus.append(&event("evt_1", "customer.created"))
+        .await
+        .unwrap();
+    let held = pull_one(&bus, "crm").await;
+    let stolen = bus.pull("crm", 1, Duration::from_secs(3)).await.unwrap();
+    assert!(stolen.is_empty(), "redelivered while its holder was alive");
+    bus.ack(&held).await.unwrap();
+    assert_eq!(bus.backlog("crm").await.unwrap(), 0);
+}
+
 // The embedded engine only.
 
 fn open(dir: &std::path::Path, visibility: Duration) -> EmbeddedBus {
