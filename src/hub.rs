@@ -5,10 +5,10 @@
 //! taking requests, let in-flight deliveries finish within the grace period,
 //! leave the rest in the bus). Also the IO checks of `switchyard check`.
 
-use crate::admin::{ConsumerControl, ConsumerStatus, HubControl};
+use crate::admin::{ConsumerControl, ConsumerStatus, HubControl, ReloadReport, ReloadRequest};
 use crate::bus::embedded::{EmbeddedBus, EmbeddedSettings};
-use crate::bus::nats::{NatsBus, NatsSettings, NatsSubscriber};
-use crate::bus::{Bus, BusError, Subscription};
+use crate::bus::nats::{NatsBus, NatsSettings};
+use crate::bus::{Bus, BusError, Subscriber, Subscription};
 use crate::config::{BusEngine, Config, IdempotencyBackend};
 use crate::dispatch::idempotency::{EmbeddedStore, IdempotencyError, IdempotencyStore, RedisStore};
 use crate::dispatch::layers::BreakerHandle;
@@ -19,6 +19,7 @@ use crate::plugin::{ConsumerPlugin, PluginError, PluginHost, build_connections};
 use crate::telemetry::metrics::Metrics;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -179,15 +180,9 @@ async fn open_bus(config: &Config) -> Result<(Arc<dyn Bus>, Option<Arc<EmbeddedB
         }
         BusEngine::Nats(nats) => {
             let settings = nats_settings(config, nats)?;
-            let subscribers = subscriptions
-                .into_iter()
-                .map(|subscription| NatsSubscriber {
-                    concurrency: config.consumers[&subscription.consumer].concurrency,
-                    subscription,
-                })
-                .collect();
+            let subscribers = Subscriber::from_config(config);
             Ok((
-                Arc::new(NatsBus::connect(settings, subscribers).await?) as Arc<dyn Bus>,
+                Arc::new(NatsBus::connect(settings, &subscribers).await?) as Arc<dyn Bus>,
                 None,
             ))
         }
@@ -238,6 +233,9 @@ pub struct StartOptions {
     pub listener: Option<TcpListener>,
     pub admin_listener: Option<TcpListener>,
     pub clock: Option<Clock>,
+    /// Where the config was read from: enables reloads (SIGHUP, the admin
+    /// call, and a watch on the file when `server.watch_config` is on).
+    pub config_path: Option<PathBuf>,
 }
 
 /// A running hub.
@@ -252,62 +250,273 @@ pub struct RunningHub {
     tasks: JoinSet<()>,
 }
 
+/// A config made ready to run: secrets resolved, plugins compiled. Building
+/// one touches nothing that runs, so a bad config changes nothing.
+struct Prepared {
+    config: Config,
+    sources: HashMap<String, SourceEndpoint>,
+    plugins: BTreeMap<String, Arc<ConsumerPlugin>>,
+}
+
+fn prepare(config: Config) -> Result<Prepared, Vec<HubError>> {
+    let sources = resolve_sources(&config);
+    let plugins = plugin_host(&config)
+        .map_err(|err| vec![HubError::from(err)])
+        .and_then(|host| load_plugins(&host, &config));
+    match (sources, plugins) {
+        (Ok(sources), Ok(plugins)) => Ok(Prepared {
+            config,
+            sources,
+            plugins,
+        }),
+        (sources, plugins) => Err(sources
+            .err()
+            .into_iter()
+            .chain(plugins.err())
+            .flatten()
+            .collect()),
+    }
+}
+
+/// What every generation of consumers shares; fixed for the process's life.
+struct Shared {
+    bus: Arc<dyn Bus>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    key_prefix: String,
+    metrics: Arc<Metrics>,
+    control: Arc<HubControl>,
+    ingest: Arc<Ingest>,
+}
+
+/// One consumer's pull loop and the switch that stops it.
+struct RunningConsumer {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Shared {
+    /// Starts a loop per consumer of `prepared`. A consumer that existed
+    /// before keeps its counters and its paused state.
+    fn start_consumers(&self, prepared: &Prepared) -> BTreeMap<String, RunningConsumer> {
+        let config = &prepared.config;
+        let previous = self.control.consumers();
+        let mut controls = BTreeMap::new();
+        let mut running = BTreeMap::new();
+        for (name, consumer) in &config.consumers {
+            let (stats, paused) = match previous.get(name) {
+                Some(old) => (Arc::clone(&old.stats), old.paused.clone()),
+                None => (Arc::new(ConsumerStats::default()), watch::channel(false).0),
+            };
+            let breaker = consumer
+                .circuit_breaker
+                .map(|settings| BreakerHandle::new(name, settings));
+            let policies = StackParts {
+                idempotency: Arc::clone(&self.idempotency),
+                key_prefix: self.key_prefix.clone(),
+                lease: config.idempotency.lease,
+                ttl: config.idempotency.ttl,
+                breaker: breaker.clone(),
+                rate_limit: consumer
+                    .rate_limit
+                    .map(|limit| Arc::new(RateLimiter::new(limit))),
+            };
+            let service = consumer_stack(
+                policies,
+                plugin_call(
+                    Arc::clone(&prepared.plugins[name]),
+                    Arc::clone(&self.metrics),
+                ),
+            );
+            let consumer_loop = ConsumerLoop {
+                name: name.clone(),
+                bus: Arc::clone(&self.bus),
+                service,
+                retry: consumer.retry,
+                concurrency: consumer.concurrency,
+                stats: Arc::clone(&stats),
+                paused: paused.subscribe(),
+                metrics: Arc::clone(&self.metrics),
+            };
+            let (stop, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(consumer_loop.run(stop_rx, config.server.shutdown_grace));
+            running.insert(name.clone(), RunningConsumer { stop, task });
+            controls.insert(
+                name.clone(),
+                Arc::new(ConsumerControl {
+                    stats,
+                    breaker,
+                    paused,
+                    concurrency: consumer.concurrency,
+                }),
+            );
+        }
+        self.control.set_consumers(controls);
+        running
+    }
+}
+
+/// Stops loops; each lets its in-flight deliveries finish (within the grace
+/// period) on the plugin version it started them with.
+async fn stop_consumers(running: BTreeMap<String, RunningConsumer>) {
+    for consumer in running.values() {
+        let _ = consumer.stop.send(true);
+    }
+    for (name, consumer) in running {
+        if let Err(err) = consumer.task.await {
+            tracing::error!(consumer = %name, error = %err, "consumer loop ended abnormally");
+        }
+    }
+}
+
+/// Settings a running hub cannot change: listeners, the bus, the
+/// idempotency store. Returns the tables that differ.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    let differ =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    if old.server.listen != new.server.listen {
+        changed.push("server.listen".to_owned());
+    }
+    if old.server.max_body != new.server.max_body {
+        changed.push("server.max_body".to_owned());
+    }
+    for (table, a, b) in [
+        (
+            "admin",
+            &old.admin as &dyn std::fmt::Debug,
+            &new.admin as &dyn std::fmt::Debug,
+        ),
+        ("bus", &old.bus, &new.bus),
+        ("idempotency", &old.idempotency, &new.idempotency),
+    ] {
+        if differ(a, b) {
+            changed.push(table.to_owned());
+        }
+    }
+    changed
+}
+
+/// Owns the running consumer generation and performs reloads one at a time.
+struct Supervisor {
+    shared: Shared,
+    config: Config,
+    path: Option<PathBuf>,
+    running: BTreeMap<String, RunningConsumer>,
+    /// Hash of the file as last seen by the watch (applied or refused).
+    seen: Option<u64>,
+}
+
+fn file_hash(path: &std::path::Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).ok()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+impl Supervisor {
+    async fn run(
+        mut self,
+        mut requests: tokio::sync::mpsc::Receiver<ReloadRequest>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut watch_tick = tokio::time::interval(Duration::from_secs(1));
+        watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                request = requests.recv() => {
+                    let Some(reply) = request else { continue };
+                    let outcome = self.reload().await;
+                    let _ = reply.send(outcome);
+                }
+                _ = watch_tick.tick(), if self.config.server.watch_config && self.path.is_some() => {
+                    let now = self.path.as_deref().and_then(file_hash);
+                    if now.is_some() && now != self.seen {
+                        tracing::info!("routes.toml changed; reloading");
+                        let _ = self.reload().await;
+                    }
+                }
+                _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
+            }
+        }
+        stop_consumers(std::mem::take(&mut self.running)).await;
+    }
+
+    /// Reads the file again and switches to it, or changes nothing.
+    async fn reload(&mut self) -> Result<ReloadReport, Vec<String>> {
+        let Some(path) = self.path.clone() else {
+            return Err(vec![
+                "this hub was not started from a file; nothing to reload".into(),
+            ]);
+        };
+        self.seen = file_hash(&path);
+        let outcome = self.switch_to(&path).await;
+        match &outcome {
+            Ok(report) => tracing::warn!(
+                added = ?report.added,
+                removed = ?report.removed,
+                "config reloaded"
+            ),
+            Err(problems) => tracing::error!(
+                problems = %problems.join("; "),
+                "config reload refused; the running config stays"
+            ),
+        }
+        outcome
+    }
+
+    async fn switch_to(&mut self, path: &std::path::Path) -> Result<ReloadReport, Vec<String>> {
+        let config = Config::load(path).map_err(|err| {
+            err.to_string()
+                .lines()
+                .map(|line| line.trim_start_matches("  - ").to_owned())
+                .filter(|line| !line.is_empty())
+                .collect::<Vec<_>>()
+        })?;
+        let fixed = restart_only_changes(&self.config, &config);
+        if !fixed.is_empty() {
+            return Err(fixed
+                .into_iter()
+                .map(|table| format!("{table}: changed, but takes a restart to apply"))
+                .collect());
+        }
+        let to_strings = |errors: Vec<HubError>| -> Vec<String> {
+            errors.iter().map(ToString::to_string).collect()
+        };
+        let mut prepared = prepare(config).map_err(to_strings)?;
+        self.shared
+            .bus
+            .resubscribe(&Subscriber::from_config(&prepared.config))
+            .await
+            .map_err(|err| vec![format!("bus: {err}")])?;
+        self.shared
+            .ingest
+            .set_sources(std::mem::take(&mut prepared.sources));
+        let old: Vec<String> = self.running.keys().cloned().collect();
+        stop_consumers(std::mem::take(&mut self.running)).await;
+        self.running = self.shared.start_consumers(&prepared);
+        let new: Vec<String> = self.running.keys().cloned().collect();
+        self.config = prepared.config;
+        Ok(ReloadReport {
+            added: new.iter().filter(|n| !old.contains(n)).cloned().collect(),
+            removed: old.iter().filter(|n| !new.contains(n)).cloned().collect(),
+            consumers: new,
+        })
+    }
+}
+
 /// Starts every stage; returns once the listener accepts connections.
 pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, Vec<HubError>> {
-    let sources = resolve_sources(&config)?;
-    let (bus, embedded) = open_bus(&config).await.map_err(|err| vec![err.into()])?;
-    let (idempotency, key_prefix) = idempotency_store(&config)
+    let mut prepared = prepare(config)?;
+    let config = &prepared.config;
+    let (bus, embedded) = open_bus(config).await.map_err(|err| vec![err.into()])?;
+    let (idempotency, key_prefix) = idempotency_store(config)
         .await
         .map_err(|err| vec![err.into()])?;
-    let host = plugin_host(&config).map_err(|err| vec![err.into()])?;
-    let plugins = load_plugins(&host, &config)?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let mut controls = BTreeMap::new();
     let metrics = Arc::new(Metrics::new());
-    let grace = config.server.shutdown_grace;
-    for (name, consumer) in &config.consumers {
-        let consumer_stats = Arc::new(ConsumerStats::default());
-        let breaker = consumer
-            .circuit_breaker
-            .map(|settings| BreakerHandle::new(name, settings));
-        let (paused, paused_rx) = watch::channel(false);
-        controls.insert(
-            name.clone(),
-            ConsumerControl {
-                stats: Arc::clone(&consumer_stats),
-                breaker: breaker.clone(),
-                paused,
-                concurrency: consumer.concurrency,
-            },
-        );
-        let policies = StackParts {
-            idempotency: Arc::clone(&idempotency),
-            key_prefix: key_prefix.clone(),
-            lease: config.idempotency.lease,
-            ttl: config.idempotency.ttl,
-            breaker,
-            rate_limit: consumer
-                .rate_limit
-                .map(|limit| Arc::new(RateLimiter::new(limit))),
-        };
-        let service = consumer_stack(
-            policies,
-            plugin_call(Arc::clone(&plugins[name]), Arc::clone(&metrics)),
-        );
-        let consumer_loop = ConsumerLoop {
-            name: name.clone(),
-            bus: Arc::clone(&bus),
-            service,
-            retry: consumer.retry,
-            concurrency: consumer.concurrency,
-            stats: consumer_stats,
-            paused: paused_rx,
-            metrics: Arc::clone(&metrics),
-        };
-        tasks.spawn(consumer_loop.run(shutdown_rx.clone(), grace));
-    }
     tasks.spawn(janitor(
         embedded.clone(),
         Arc::clone(&idempotency),
@@ -343,14 +552,38 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
             })
         })
     };
-    let ingest = Arc::new(Ingest {
+    let ingest = Arc::new(Ingest::new(
         readiness,
-        metrics: Arc::clone(&metrics),
-        sources,
+        Arc::clone(&metrics),
+        std::mem::take(&mut prepared.sources),
+        Arc::clone(&bus),
+        config.server.max_body,
+        options.clock.unwrap_or_else(system_clock),
+    ));
+    let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
+    let control = Arc::new(HubControl::new(
+        Arc::clone(&bus),
+        Arc::clone(&metrics),
+        reloads,
+    ));
+    let shared = Shared {
         bus: Arc::clone(&bus),
-        max_body: config.server.max_body,
-        clock: options.clock.unwrap_or_else(system_clock),
-    });
+        idempotency,
+        key_prefix,
+        metrics,
+        control: Arc::clone(&control),
+        ingest: Arc::clone(&ingest),
+    };
+    let running = shared.start_consumers(&prepared);
+    let supervisor = Supervisor {
+        shared,
+        config: prepared.config.clone(),
+        seen: options.config_path.as_deref().and_then(file_hash),
+        path: options.config_path,
+        running,
+    };
+    tasks.spawn(supervisor.run(reload_requests, shutdown_rx.clone()));
+
     let mut stop_serving = shutdown_rx.clone();
     let server = warp::serve(crate::ingest::routes(ingest))
         .incoming(listener)
@@ -359,11 +592,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         })
         .run();
     tasks.spawn(server);
-    let control = Arc::new(HubControl {
-        bus: Arc::clone(&bus),
-        consumers: controls,
-        metrics,
-    });
+    let config = &prepared.config;
     let admin_addr = match &config.admin {
         None => None,
         Some(admin) => {

@@ -52,6 +52,12 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Re-read routes.toml and the plugins in the running hub (like SIGHUP);
+    /// on any problem the running config stays and every problem is printed.
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Let a paused consumer take events again.
     Resume {
         consumer: String,
@@ -188,6 +194,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Pause { consumer, admin } => set_paused(&admin, &consumer, true).await,
         Command::Resume { consumer, admin } => set_paused(&admin, &consumer, false).await,
         Command::Dlq { action } => queue_action(action).await,
+        Command::Reload { admin } => {
+            let report = admin_call(&admin, reqwest::Method::POST, "/v1/reload", None).await?;
+            let list = |key: &str| {
+                let names: Vec<&str> = report[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| n.as_str())
+                    .collect();
+                if names.is_empty() {
+                    "-".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            };
+            println!(
+                "reloaded: consumers {}; added {}; removed {}",
+                list("consumers"),
+                list("added"),
+                list("removed")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Replay {
             consumer,
             admin,
@@ -234,7 +263,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn serve(path: &std::path::Path) -> Result<ExitCode> {
     let config = Config::load(path)?;
-    let hub = match switchyard::hub::start(config, Default::default()).await {
+    let options = switchyard::hub::StartOptions {
+        config_path: Some(path.to_owned()),
+        ..Default::default()
+    };
+    let hub = match switchyard::hub::start(config, options).await {
         Ok(hub) => hub,
         Err(errors) => {
             for err in &errors {
@@ -243,6 +276,16 @@ async fn serve(path: &std::path::Path) -> Result<ExitCode> {
             bail!("switchyard did not start ({} problem(s))", errors.len());
         }
     };
+    // SIGHUP reloads routes.toml and the plugins; the outcome is logged.
+    let control = hub.control();
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("install SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            let _ = control.reload().await;
+        }
+    });
     hub.run_until(shutdown_signal()).await;
     Ok(ExitCode::SUCCESS)
 }
@@ -395,8 +438,15 @@ async fn admin_call(
     let status = response.status();
     let value: serde_json::Value = response.json().await.unwrap_or_default();
     if !status.is_success() {
+        let problems: String = value["problems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str())
+            .map(|p| format!("\n  - {p}"))
+            .collect();
         bail!(
-            "admin API answered {}: {}",
+            "admin API answered {}: {}{problems}",
             status.as_u16(),
             value["message"].as_str().unwrap_or("no message")
         );

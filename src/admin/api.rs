@@ -8,6 +8,8 @@
 //! - `GET  /v1/queues/{dead_letter|review}?consumer=&event_type=&since_ms=&until_ms=&error=`
 //! - `POST /v1/queues/{dead_letter|review}/replay`  body: `{"filter": {...}, "dry_run": true}`
 //! - `POST /v1/queues/{dead_letter|review}/discard` body: the same
+//! - `POST /v1/reload`: re-read routes.toml and plugins; 200 with what
+//!   changed, or 422 with every problem (the running config stays)
 
 use super::{AdminError, HubControl, ParkedEntry, QueueFilter};
 use crate::bus::DeadQueue;
@@ -205,7 +207,7 @@ pub fn routes(
         .and(warp::post())
         .and(warp::body::content_length_limit(64 * 1024))
         .and(warp::body::json::<BulkRequest>())
-        .and(with_control)
+        .and(with_control.clone())
         .and_then(
             |queue: DeadQueue, request: BulkRequest, control: Arc<HubControl>| async move {
                 reply(
@@ -215,9 +217,28 @@ pub fn routes(
                 )
             },
         );
+    let reload = warp::path!("v1" / "reload")
+        .and(warp::post())
+        .and(with_control)
+        .then(|control: Arc<HubControl>| async move {
+            match control.reload().await {
+                Ok(report) => warp::reply::json(&report).into_response(),
+                Err(problems) => warp::reply::with_status(
+                    warp::reply::json(&serde_json::json!({
+                        "error": "reload_refused",
+                        "message": "the running config stays",
+                        "problems": problems,
+                    })),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                )
+                .into_response(),
+            }
+        });
 
     let api = authorized(token).and(
-        metrics
+        reload
+            .or(metrics)
+            .unify()
             .or(consumers)
             .unify()
             .or(pause)

@@ -154,24 +154,73 @@ pub struct BulkOutcome {
     pub sample: Vec<ParkedEntry>,
 }
 
+/// What a reload changed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// Every consumer now running, restarted on the new config.
+    pub consumers: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// A reload asked of the hub's supervisor; the answer comes back on the
+/// channel: the report, or every problem that kept the old config running.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<ReloadReport, Vec<String>>>;
+
 /// Control over a running hub, shared by the admin API and tests.
 pub struct HubControl {
-    pub bus: Arc<dyn Bus>,
-    pub consumers: BTreeMap<String, ConsumerControl>,
-    pub metrics: Arc<Metrics>,
+    bus: Arc<dyn Bus>,
+    /// Replaced whole by a reload.
+    consumers: std::sync::RwLock<BTreeMap<String, Arc<ConsumerControl>>>,
+    metrics: Arc<Metrics>,
+    reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
 }
 
 impl HubControl {
-    fn consumer(&self, name: &str) -> Result<&ConsumerControl, AdminError> {
+    pub fn new(
+        bus: Arc<dyn Bus>,
+        metrics: Arc<Metrics>,
+        reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
+    ) -> HubControl {
+        HubControl {
+            bus,
+            consumers: Default::default(),
+            metrics,
+            reloads,
+        }
+    }
+
+    /// The consumers as they are now.
+    pub fn consumers(&self) -> BTreeMap<String, Arc<ConsumerControl>> {
+        self.consumers.read().expect("consumers lock").clone()
+    }
+
+    pub fn set_consumers(&self, consumers: BTreeMap<String, Arc<ConsumerControl>>) {
+        *self.consumers.write().expect("consumers lock") = consumers;
+    }
+
+    /// Reloads routes.toml and plugins; on any problem the running config
+    /// stays and every problem is returned.
+    pub async fn reload(&self) -> Result<ReloadReport, Vec<String>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || vec!["the hub is shutting down".to_owned()];
+        self.reloads.send(reply).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    fn consumer(&self, name: &str) -> Result<Arc<ConsumerControl>, AdminError> {
         self.consumers
+            .read()
+            .expect("consumers lock")
             .get(name)
+            .cloned()
             .ok_or_else(|| AdminError::UnknownConsumer(name.to_owned()))
     }
 
     /// Status of every consumer, in name order.
     pub async fn status(&self) -> Result<Vec<ConsumerStatus>, BusError> {
         let mut out = Vec::new();
-        for (name, control) in &self.consumers {
+        for (name, control) in &self.consumers() {
             let breaker = control.breaker.as_ref().map(|b| b.state());
             let state = match (*control.paused.borrow(), breaker) {
                 (true, _) => ConsumerState::Paused,
@@ -249,18 +298,16 @@ impl HubControl {
             .map(EventPattern::parse)
             .transpose()
             .map_err(AdminError::BadFilter)?;
-        let names: Vec<&String> = match &filter.consumer {
-            Some(name) => vec![
-                self.consumers
-                    .get_key_value(name)
-                    .ok_or_else(|| AdminError::UnknownConsumer(name.clone()))?
-                    .0,
-            ],
-            None => self.consumers.keys().collect(),
+        let names: Vec<String> = match &filter.consumer {
+            Some(name) => {
+                self.consumer(name)?;
+                vec![name.clone()]
+            }
+            None => self.consumers().into_keys().collect(),
         };
         let mut out = Vec::new();
         for name in names {
-            for entry in self.bus.dead_letters(name, queue).await? {
+            for entry in self.bus.dead_letters(&name, queue).await? {
                 let keep = pattern
                     .as_ref()
                     .is_none_or(|p| p.matches(&entry.envelope.event_type))

@@ -24,6 +24,7 @@ use crate::durable::{DurableError, GroupCommit, Persist};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
@@ -47,9 +48,11 @@ pub struct EmbeddedSettings {
 
 pub struct EmbeddedBus {
     store: GroupCommit,
-    subscriptions: Arc<Vec<Subscription>>,
-    /// Wakes a consumer's pull loop when something becomes due for it.
-    wakers: HashMap<String, Arc<Notify>>,
+    /// Replaced whole on a reload; appends read a snapshot.
+    subscriptions: RwLock<Arc<Vec<Subscription>>>,
+    /// Wakes a consumer's pull loop when something becomes due for it. A
+    /// consumer removed by a reload keeps its entry (and its queue).
+    wakers: RwLock<HashMap<String, Arc<Notify>>>,
     settings: EmbeddedSettings,
 }
 
@@ -103,16 +106,14 @@ impl EmbeddedBus {
             txn.open_table(META).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
-        let wakers = subscriptions
-            .iter()
-            .map(|s| (s.consumer.clone(), Arc::new(Notify::new())))
-            .collect();
-        Ok(EmbeddedBus {
+        let bus = EmbeddedBus {
             store,
-            subscriptions: Arc::new(subscriptions),
-            wakers,
+            subscriptions: RwLock::default(),
+            wakers: RwLock::default(),
             settings,
-        })
+        };
+        bus.subscribe(subscriptions);
+        Ok(bus)
     }
 
     /// See [`GroupCommit::inject_commit_failures`].
@@ -120,9 +121,20 @@ impl EmbeddedBus {
         self.store.inject_commit_failures(on);
     }
 
-    fn waker(&self, consumer: &str) -> Result<&Arc<Notify>, BusError> {
+    fn subscribe(&self, subscriptions: Vec<Subscription>) {
+        let mut wakers = self.wakers.write().expect("wakers lock");
+        for subscription in &subscriptions {
+            wakers.entry(subscription.consumer.clone()).or_default();
+        }
+        *self.subscriptions.write().expect("subscriptions lock") = Arc::new(subscriptions);
+    }
+
+    fn waker(&self, consumer: &str) -> Result<Arc<Notify>, BusError> {
         self.wakers
+            .read()
+            .expect("wakers lock")
             .get(consumer)
+            .cloned()
             .ok_or_else(|| BusError::UnknownConsumer(consumer.to_owned()))
     }
 
@@ -354,8 +366,8 @@ enum Settle {
 #[async_trait]
 impl Bus for EmbeddedBus {
     async fn append(&self, envelope: &Envelope) -> Result<Appended, BusError> {
-        let consumers: Vec<String> = self
-            .subscriptions
+        let subscriptions = Arc::clone(&self.subscriptions.read().expect("subscriptions lock"));
+        let consumers: Vec<String> = subscriptions
             .iter()
             .filter(|s| s.matches(envelope))
             .map(|s| s.consumer.clone())
@@ -392,7 +404,7 @@ impl Bus for EmbeddedBus {
             .map_err(unavailable)?;
         if appended == Appended::Stored {
             for consumer in woken {
-                if let Some(waker) = self.wakers.get(&consumer) {
+                if let Ok(waker) = self.waker(&consumer) {
                     waker.notify_one();
                 }
             }
@@ -406,7 +418,7 @@ impl Bus for EmbeddedBus {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, BusError> {
-        let waker = Arc::clone(self.waker(consumer)?);
+        let waker = self.waker(consumer)?;
         let deadline = tokio::time::Instant::now() + wait;
         let consumer_name: Arc<str> = Arc::from(consumer);
         loop {
@@ -658,6 +670,16 @@ impl Bus for EmbeddedBus {
             })
             .await
             .map_err(unavailable)
+    }
+
+    async fn resubscribe(&self, subscribers: &[Subscriber]) -> Result<(), BusError> {
+        self.subscribe(
+            subscribers
+                .iter()
+                .map(|subscriber| subscriber.subscription.clone())
+                .collect(),
+        );
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), BusError> {

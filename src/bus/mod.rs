@@ -63,6 +63,27 @@ impl Subscription {
     }
 }
 
+/// A consumer as the bus needs to know it.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    pub subscription: Subscription,
+    /// Worker slots per process (JetStream sizes `max_ack_pending` by it).
+    pub concurrency: usize,
+}
+
+impl Subscriber {
+    /// Every consumer of `config` with what it receives.
+    pub fn from_config(config: &crate::config::Config) -> Vec<Subscriber> {
+        Subscription::from_config(config)
+            .into_iter()
+            .map(|subscription| Subscriber {
+                concurrency: config.consumers[&subscription.consumer].concurrency,
+                subscription,
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
     /// First time this `<source>:<event id>` was seen: now durable.
@@ -164,6 +185,11 @@ pub trait Bus: Send + Sync + 'static {
         consumer: &str,
         queue: DeadQueue,
     ) -> Result<Vec<DeadLetter>, BusError>;
+
+    /// Replaces which consumers exist and what they receive (a reload).
+    /// Appends from now on follow the new routes; events already queued stay
+    /// queued, also for a consumer that was removed.
+    async fn resubscribe(&self, subscribers: &[Subscriber]) -> Result<(), BusError>;
 
     /// Checks the engine can serve (for `/readyz`).
     async fn ping(&self) -> Result<(), BusError>;

@@ -24,7 +24,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::message::{PublishMessage, StreamMessage};
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How many unacked deliveries one worker slot may account for across all
@@ -67,13 +67,6 @@ pub struct NatsSettings {
     pub retention: Duration,
 }
 
-/// One switchyard consumer as JetStream sees it.
-pub struct NatsSubscriber {
-    pub subscription: Subscription,
-    /// Worker slots per process; sets the consumer's `max_ack_pending`.
-    pub concurrency: usize,
-}
-
 struct Consumer {
     handle: jetstream::consumer::Consumer<pull::Config>,
     subscription: Subscription,
@@ -86,7 +79,11 @@ pub struct NatsBus {
     events: stream::Stream,
     dead: stream::Stream,
     prefix: String,
-    consumers: HashMap<String, Consumer>,
+    /// Replaced on a reload; a consumer removed from the config keeps its
+    /// durable (and its pending events) on the server.
+    consumers: RwLock<HashMap<String, Arc<Consumer>>>,
+    ack_wait: Duration,
+    replicas: usize,
     /// Releases this process made, per (consumer, stream sequence): JetStream
     /// counts a `NAK` as a delivery, but a release must not cost an attempt.
     released: Mutex<HashMap<(Arc<str>, u64), u32>>,
@@ -337,7 +334,7 @@ impl NatsBus {
     /// per subscriber. Fails (rather than waiting) if NATS is unreachable.
     pub async fn connect(
         settings: NatsSettings,
-        subscribers: Vec<NatsSubscriber>,
+        subscribers: &[Subscriber],
     ) -> Result<NatsBus, BusError> {
         let client = connect_client(&settings).await?;
         let jetstream = jetstream::ContextBuilder::new()
@@ -381,52 +378,28 @@ impl NatsBus {
             .get_stream(&dead_name)
             .await
             .map_err(unavailable)?;
-        let mut consumers = HashMap::new();
-        for subscriber in subscribers {
-            let name = subscriber.subscription.consumer.clone();
-            let filters = filter_subjects(&prefix, &subscriber.subscription);
-            let handle = events
-                .create_consumer(pull::Config {
-                    durable_name: Some(name.clone()),
-                    description: Some(format!("switchyard consumer `{name}`")),
-                    // A consumer added later starts with new events; older
-                    // ones reach it only by an explicit history replay.
-                    deliver_policy: jetstream::consumer::DeliverPolicy::New,
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: settings.visibility_timeout,
-                    // Dispatch decides when to give up, not the server.
-                    max_deliver: -1,
-                    filter_subjects: filters.clone(),
-                    max_ack_pending: subscriber.concurrency as i64 * ACK_PENDING_PER_WORKER,
-                    num_replicas: settings.replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|err| unavailable(format!("consumer `{name}`: {err}")))?;
-            consumers.insert(
-                name,
-                Consumer {
-                    handle,
-                    subscription: subscriber.subscription,
-                    filters,
-                },
-            );
-        }
-        Ok(NatsBus {
+        let bus = NatsBus {
             client,
             jetstream,
             events,
             dead,
             prefix,
-            consumers,
+            consumers: RwLock::default(),
+            ack_wait: settings.visibility_timeout,
+            replicas: settings.replicas,
             released: Mutex::new(HashMap::new()),
             progress_every: (settings.visibility_timeout / 3).max(Duration::from_millis(200)),
-        })
+        };
+        bus.resubscribe(subscribers).await?;
+        Ok(bus)
     }
 
-    fn consumer(&self, name: &str) -> Result<&Consumer, BusError> {
+    fn consumer(&self, name: &str) -> Result<Arc<Consumer>, BusError> {
         self.consumers
+            .read()
+            .expect("consumers lock")
             .get(name)
+            .cloned()
             .ok_or_else(|| BusError::UnknownConsumer(name.to_owned()))
     }
 
@@ -739,6 +712,44 @@ impl Bus for NatsBus {
             });
         }
         Ok(out)
+    }
+
+    async fn resubscribe(&self, subscribers: &[Subscriber]) -> Result<(), BusError> {
+        let mut consumers = HashMap::new();
+        for subscriber in subscribers {
+            let name = subscriber.subscription.consumer.clone();
+            let filters = filter_subjects(&self.prefix, &subscriber.subscription);
+            // Create or update: a changed route changes the filters in place.
+            let handle = self
+                .events
+                .create_consumer(pull::Config {
+                    durable_name: Some(name.clone()),
+                    description: Some(format!("switchyard consumer `{name}`")),
+                    // A consumer added later starts with new events; older
+                    // ones reach it only by an explicit history replay.
+                    deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: self.ack_wait,
+                    // Dispatch decides when to give up, not the server.
+                    max_deliver: -1,
+                    filter_subjects: filters.clone(),
+                    max_ack_pending: subscriber.concurrency as i64 * ACK_PENDING_PER_WORKER,
+                    num_replicas: self.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|err| unavailable(format!("consumer `{name}`: {err}")))?;
+            consumers.insert(
+                name,
+                Arc::new(Consumer {
+                    handle,
+                    subscription: subscriber.subscription.clone(),
+                    filters,
+                }),
+            );
+        }
+        *self.consumers.write().expect("consumers lock") = consumers;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), BusError> {

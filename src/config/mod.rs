@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body: u64,
     pub shutdown_grace: Duration,
+    /// Reload when routes.toml changes on disk (SIGHUP and the admin call
+    /// reload either way).
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Clone)]

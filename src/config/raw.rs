@@ -33,6 +33,7 @@ pub struct RawServer {
     pub listen: Option<String>,
     pub max_body: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub watch_config: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -168,6 +168,7 @@ impl Checker<'_> {
                 raw.shutdown_grace.as_ref(),
                 Duration::from_secs(30),
             ),
+            watch_config: raw.watch_config.unwrap_or(true),
         }
     }
 

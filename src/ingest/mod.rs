@@ -134,13 +134,42 @@ pub type ReadinessCheck =
 
 /// Everything the ingest handler needs.
 pub struct Ingest {
-    pub readiness: ReadinessCheck,
-    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
-    /// By URL path.
-    pub sources: HashMap<String, SourceEndpoint>,
-    pub bus: Arc<dyn Bus>,
-    pub max_body: u64,
-    pub clock: Clock,
+    readiness: ReadinessCheck,
+    metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// By URL path; replaced whole by a reload (requests in progress keep the
+    /// snapshot they started with).
+    sources: std::sync::RwLock<Arc<HashMap<String, SourceEndpoint>>>,
+    bus: Arc<dyn Bus>,
+    max_body: u64,
+    clock: Clock,
+}
+
+impl Ingest {
+    pub fn new(
+        readiness: ReadinessCheck,
+        metrics: Arc<crate::telemetry::metrics::Metrics>,
+        sources: HashMap<String, SourceEndpoint>,
+        bus: Arc<dyn Bus>,
+        max_body: u64,
+        clock: Clock,
+    ) -> Ingest {
+        Ingest {
+            readiness,
+            metrics,
+            sources: std::sync::RwLock::new(Arc::new(sources)),
+            bus,
+            max_body,
+            clock,
+        }
+    }
+
+    pub fn set_sources(&self, sources: HashMap<String, SourceEndpoint>) {
+        *self.sources.write().expect("sources lock") = Arc::new(sources);
+    }
+
+    fn sources(&self) -> Arc<HashMap<String, SourceEndpoint>> {
+        Arc::clone(&self.sources.read().expect("sources lock"))
+    }
 }
 
 #[derive(Deserialize)]
@@ -292,7 +321,8 @@ impl Ingest {
         S: Stream<Item = Result<B, warp::Error>> + Unpin,
         B: bytes::Buf,
     {
-        let source = self.sources.get(path).ok_or(IngestError::UnknownSource)?;
+        let sources = self.sources();
+        let source = sources.get(path).ok_or(IngestError::UnknownSource)?;
         if method != Method::POST {
             return Err(IngestError::MethodNotAllowed);
         }
@@ -379,8 +409,8 @@ pub fn routes(
             async move {
                 let started = std::time::Instant::now();
                 let body = Box::pin(body);
-                let source = ingest
-                    .sources
+                let sources = ingest.sources();
+                let source = sources
                     .get(path.as_str())
                     .map_or("unknown", |s| s.name.as_str());
                 let (outcome, response) =

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard::bus::embedded::{EmbeddedBus, EmbeddedSettings};
-use switchyard::bus::nats::{NatsBus, NatsSettings, NatsSubscriber};
-use switchyard::bus::{Appended, Bus, DeadQueue, Delivery, Envelope, Subscription};
+use switchyard::bus::nats::{NatsBus, NatsSettings};
+use switchyard::bus::{Appended, Bus, DeadQueue, Delivery, Envelope, Subscriber, Subscription};
 use switchyard::config::EventPattern;
 
 #[derive(Clone, Copy, Debug)]
@@ -77,13 +77,13 @@ impl Place {
                         dedup_window: Duration::from_secs(3600),
                         retention,
                     },
-                    subscriptions()
+                    &subscriptions()
                         .into_iter()
-                        .map(|subscription| NatsSubscriber {
+                        .map(|subscription| Subscriber {
                             subscription,
                             concurrency: 4,
                         })
-                        .collect(),
+                        .collect::<Vec<_>>(),
                 )
                 .await
                 .unwrap(),

@@ -226,6 +226,8 @@ pub struct HubOptions {
     pub bus: Option<String>,
     /// Extra `[bus]` keys.
     pub bus_extra: String,
+    /// Extra `[server]` keys.
+    pub server_extra: String,
     /// Reuse this data directory (to restart on the same bus).
     pub dir: Option<Arc<tempfile::TempDir>>,
     pub max_body: &'static str,
@@ -242,6 +244,7 @@ impl HubOptions {
             redis_prefix: None,
             bus: None,
             bus_extra: String::new(),
+            server_extra: String::new(),
             dir: None,
             max_body: "64KiB",
             secrets: vec![SECRET.to_owned()],
@@ -354,6 +357,7 @@ pub fn write_config(dir: &Path, options: &HubOptions) -> PathBuf {
 listen = "127.0.0.1:0"
 max_body = "{max_body}"
 shutdown_grace = "5s"
+{server_extra}
 
 {admin}
 [bus]
@@ -375,6 +379,7 @@ secrets = [{secret_refs}]
             .as_deref()
             .unwrap_or("kind = \"embedded\"\npath = \"data/bus\""),
         bus_extra = options.bus_extra,
+        server_extra = options.server_extra,
     );
     let path = dir.join("routes.toml");
     std::fs::write(&path, text).unwrap();
@@ -394,6 +399,7 @@ impl TestHub {
             config,
             StartOptions {
                 listener: Some(listener),
+                config_path: Some(config_path.clone()),
                 ..Default::default()
             },
         )
@@ -574,4 +580,59 @@ pub fn assert_one_key_per_effect(
             "{effect} was called under several keys: {keys:?}"
         );
     }
+}
+
+/// Event `n` of a run: even ones are new customers (an effect on the CRM),
+/// odd ones paid invoices (an effect on the ERP). Returns the body and the
+/// name of its effect.
+pub fn numbered_event(run: &str, n: usize) -> (Vec<u8>, String) {
+    if n.is_multiple_of(2) {
+        let customer = format!("cus_{run}_{n}");
+        let body = synthetic_event(
+            &format!("evt_{customer}"),
+            "customer.created",
+            serde_json::json!({"id": customer, "object": "customer", "email": null, "name": null}),
+        );
+        (body, format!("contact {customer}"))
+    } else {
+        let invoice = format!("in_{run}_{n}");
+        let body = synthetic_event(
+            &format!("evt_{invoice}"),
+            "invoice.paid",
+            serde_json::json!({
+                "id": invoice, "object": "invoice", "customer": "cus_1",
+                "amount_paid": 1000, "currency": "usd",
+                "metadata": {"order_id": format!("ord_{n}")},
+            }),
+        );
+        (body, format!("payment {invoice}"))
+    }
+}
+
+pub fn crm_effect(request: &Received) -> String {
+    format!("contact {}", request.path.trim_start_matches("/contacts/"))
+}
+
+pub fn erp_effect(request: &Received) -> String {
+    format!(
+        "payment {}",
+        request.json()["invoice"].as_str().unwrap_or("?")
+    )
+}
+
+/// POSTs a signed event; the status, or `None` if the hub did not answer.
+pub async fn post_signed(
+    client: &reqwest::Client,
+    base: &str,
+    body: &[u8],
+) -> Option<reqwest::Response> {
+    client
+        .post(format!("{base}/webhooks/stripe"))
+        .header("content-type", "application/json")
+        .header("stripe-signature", signature_header(SECRET, now(), body))
+        .body(body.to_vec())
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .ok()
 }

@@ -17,6 +17,7 @@ mod ingest_edge;
 mod log_hygiene;
 mod nats;
 mod plugin_dist;
+mod reload;
 mod resilience;
 mod sandbox;
 mod stripe_sdk;

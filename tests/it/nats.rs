@@ -7,12 +7,10 @@
 use crate::harness::*;
 use crate::natsd::{NatsServer, TestStream};
 use futures::StreamExt;
-use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use switchyard::ingest::signature::signature_header;
 
 /// crm gets `customer.*`, erp gets `invoice.paid`; short retries.
 fn routes(crm: &MockDownstream, erp: &MockDownstream) -> String {
@@ -53,44 +51,6 @@ consumers = ["erp"]
     )
 }
 
-/// Event `n` of a run: even ones are new customers (an effect on the CRM),
-/// odd ones paid invoices (an effect on the ERP). Returns the body and the
-/// name of its effect.
-fn numbered_event(run: &str, n: usize) -> (Vec<u8>, String) {
-    if n.is_multiple_of(2) {
-        let customer = format!("cus_{run}_{n}");
-        let body = synthetic_event(
-            &format!("evt_{customer}"),
-            "customer.created",
-            json!({"id": customer, "object": "customer", "email": null, "name": null}),
-        );
-        (body, format!("contact {customer}"))
-    } else {
-        let invoice = format!("in_{run}_{n}");
-        let body = synthetic_event(
-            &format!("evt_{invoice}"),
-            "invoice.paid",
-            json!({
-                "id": invoice, "object": "invoice", "customer": "cus_1",
-                "amount_paid": 1000, "currency": "usd",
-                "metadata": {"order_id": format!("ord_{n}")},
-            }),
-        );
-        (body, format!("payment {invoice}"))
-    }
-}
-
-fn crm_effect(request: &Received) -> String {
-    format!("contact {}", request.path.trim_start_matches("/contacts/"))
-}
-
-fn erp_effect(request: &Received) -> String {
-    format!(
-        "payment {}",
-        request.json()["invoice"].as_str().unwrap_or("?")
-    )
-}
-
 /// Every effect the two mocks applied (answered 2xx).
 fn applied(crm: &MockDownstream, erp: &MockDownstream) -> BTreeSet<String> {
     let mut effects: BTreeSet<String> = crm.effects().iter().map(crm_effect).collect();
@@ -111,23 +71,6 @@ async fn wait_until_applied(
     .await;
     assert_one_key_per_effect(crm, crm_effect);
     assert_one_key_per_effect(erp, erp_effect);
-}
-
-/// POSTs a signed event; the status, or `None` if the hub did not answer.
-async fn post_signed(
-    client: &reqwest::Client,
-    base: &str,
-    body: &[u8],
-) -> Option<reqwest::Response> {
-    client
-        .post(format!("{base}/webhooks/stripe"))
-        .header("content-type", "application/json")
-        .header("stripe-signature", signature_header(SECRET, now(), body))
-        .body(body.to_vec())
-        .timeout(Duration::from_secs(20))
-        .send()
-        .await
-        .ok()
 }
 
 fn nats_hub_options(
