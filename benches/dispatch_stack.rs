@@ -11,7 +11,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use switchyard::bus::{Delivery, DeliveryHandle, Envelope};
+use switchyard::bus::{Delivery, DeliveryHandle, Envelope, Lane};
 use switchyard::config::RateLimit;
 use switchyard::dispatch::breaker::BreakerConfig;
 use switchyard::dispatch::idempotency::EmbeddedStore;
@@ -26,6 +26,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 fn delivery() -> Delivery {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     Delivery {
+        lane: Lane::Live,
         consumer: Arc::from("bench"),
         envelope: Arc::new(Envelope {
             source: "stripe".into(),

@@ -8,7 +8,7 @@
 use crate::admin::{ConsumerControl, ConsumerStatus, HubControl, ReloadReport, ReloadRequest};
 use crate::bus::embedded::{EmbeddedBus, EmbeddedSettings};
 use crate::bus::nats::{NatsBus, NatsSettings};
-use crate::bus::{Bus, BusError, Subscriber, Subscription};
+use crate::bus::{Bus, BusError, Lane, Subscriber, Subscription};
 use crate::config::{BusEngine, Config, IdempotencyBackend};
 use crate::dispatch::idempotency::{EmbeddedStore, IdempotencyError, IdempotencyStore, RedisStore};
 use crate::dispatch::layers::BreakerHandle;
@@ -288,10 +288,11 @@ struct Shared {
     ingest: Arc<Ingest>,
 }
 
-/// One consumer's pull loop and the switch that stops it.
+/// One consumer's pull loops (live and replay lane) and the switch that
+/// stops them.
 struct RunningConsumer {
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Shared {
@@ -327,19 +328,29 @@ impl Shared {
                     Arc::clone(&self.metrics),
                 ),
             );
-            let consumer_loop = ConsumerLoop {
-                name: name.clone(),
-                bus: Arc::clone(&self.bus),
-                service,
-                retry: consumer.retry,
-                concurrency: consumer.concurrency,
-                stats: Arc::clone(&stats),
-                paused: paused.subscribe(),
-                metrics: Arc::clone(&self.metrics),
-            };
             let (stop, stop_rx) = watch::channel(false);
-            let task = tokio::spawn(consumer_loop.run(stop_rx, config.server.shutdown_grace));
-            running.insert(name.clone(), RunningConsumer { stop, task });
+            let lanes = [
+                (Lane::Live, consumer.concurrency),
+                (Lane::Replay, consumer.replay_concurrency),
+            ];
+            let tasks = lanes
+                .into_iter()
+                .map(|(lane, concurrency)| {
+                    let consumer_loop = ConsumerLoop {
+                        name: name.clone(),
+                        lane,
+                        bus: Arc::clone(&self.bus),
+                        service: service.clone(),
+                        retry: consumer.retry,
+                        concurrency,
+                        stats: Arc::clone(&stats),
+                        paused: paused.subscribe(),
+                        metrics: Arc::clone(&self.metrics),
+                    };
+                    tokio::spawn(consumer_loop.run(stop_rx.clone(), config.server.shutdown_grace))
+                })
+                .collect();
+            running.insert(name.clone(), RunningConsumer { stop, tasks });
             controls.insert(
                 name.clone(),
                 Arc::new(ConsumerControl {
@@ -362,8 +373,10 @@ async fn stop_consumers(running: BTreeMap<String, RunningConsumer>) {
         let _ = consumer.stop.send(true);
     }
     for (name, consumer) in running {
-        if let Err(err) = consumer.task.await {
-            tracing::error!(consumer = %name, error = %err, "consumer loop ended abnormally");
+        for task in consumer.tasks {
+            if let Err(err) = task.await {
+                tracing::error!(consumer = %name, error = %err, "consumer loop ended abnormally");
+            }
         }
     }
 }

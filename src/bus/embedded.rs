@@ -5,8 +5,9 @@
 //! - `events`: seq → encoded envelope (the log).
 //! - `dedup`: `<source>:<event id>` → received-at ms; `dedup_expiry` indexes it
 //!   by time so the janitor can forget ids older than the dedup window.
-//! - `schedule`: (consumer, due ms, seq) → deliveries so far. One row per
-//!   outstanding (consumer, event). Due rows are pulled; pulling moves the row
+//! - `schedule`: (queue, due ms, seq) → deliveries so far, where the queue is
+//!   `<consumer>` (the live lane) or `<consumer>:replay`. One row per
+//!   outstanding (queue, event). Due rows are pulled; pulling moves the row
 //!   to `now + visibility timeout`, which is the lease: a holder that dies
 //!   simply lets it come due again.
 //! - `dead`: (consumer, queue, seq) → why, attempts, and a copy of the envelope.
@@ -71,6 +72,15 @@ fn storage(err: impl Into<redb::Error>) -> BusError {
     BusError::Unavailable(err.into().to_string())
 }
 
+/// The `schedule` key of one lane of a consumer (consumer names cannot
+/// contain `:`).
+fn lane_queue(consumer: &str, lane: Lane) -> String {
+    match lane {
+        Lane::Live => consumer.to_owned(),
+        Lane::Replay => format!("{consumer}:replay"),
+    }
+}
+
 fn queue_code(queue: DeadQueue) -> u8 {
     match queue {
         DeadQueue::DeadLetter => 0,
@@ -124,16 +134,21 @@ impl EmbeddedBus {
     fn subscribe(&self, subscriptions: Vec<Subscription>) {
         let mut wakers = self.wakers.write().expect("wakers lock");
         for subscription in &subscriptions {
-            wakers.entry(subscription.consumer.clone()).or_default();
+            for lane in Lane::ALL {
+                wakers
+                    .entry(lane_queue(&subscription.consumer, lane))
+                    .or_default();
+            }
         }
         *self.subscriptions.write().expect("subscriptions lock") = Arc::new(subscriptions);
     }
 
-    fn waker(&self, consumer: &str) -> Result<Arc<Notify>, BusError> {
+    /// The waker of one lane's queue; unknown consumers are an error.
+    fn waker(&self, consumer: &str, lane: Lane) -> Result<Arc<Notify>, BusError> {
         self.wakers
             .read()
             .expect("wakers lock")
-            .get(consumer)
+            .get(&lane_queue(consumer, lane))
             .cloned()
             .ok_or_else(|| BusError::UnknownConsumer(consumer.to_owned()))
     }
@@ -202,6 +217,7 @@ impl EmbeddedBus {
         let DeliveryHandle::Embedded { due_ms, seq } = delivery.handle else {
             panic!("a delivery of another engine was settled on the embedded engine");
         };
+        let queue_key = lane_queue(&delivery.consumer, delivery.lane);
         let consumer = delivery.consumer.to_string();
         let envelope = delivery.envelope.encode();
         let attempts = delivery.attempt;
@@ -210,7 +226,7 @@ impl EmbeddedBus {
             .write(sync, move |txn| {
                 let mut schedule = txn.open_table(SCHEDULE)?;
                 let removed = schedule
-                    .remove((consumer.as_str(), due_ms, seq))?
+                    .remove((queue_key.as_str(), due_ms, seq))?
                     .map(|v| v.value());
                 let Some(deliveries) = removed else {
                     // The lease expired and the row moved on: someone else
@@ -223,11 +239,11 @@ impl EmbeddedBus {
                 match next {
                     Settle::Ack => {}
                     Settle::RetryAt(at_ms) => {
-                        schedule.insert((consumer.as_str(), at_ms, seq), deliveries)?;
+                        schedule.insert((queue_key.as_str(), at_ms, seq), deliveries)?;
                     }
                     Settle::Release => {
                         let undo = deliveries.saturating_sub(1);
-                        schedule.insert((consumer.as_str(), now_ms(), seq), undo)?;
+                        schedule.insert((queue_key.as_str(), now_ms(), seq), undo)?;
                     }
                     Settle::Park(queue, reason) => {
                         let meta = serde_json::to_vec(&DeadMeta {
@@ -314,14 +330,16 @@ impl EmbeddedBus {
     }
 }
 
-/// Queues `seq` for `consumer` again, due now, as a fresh delivery.
+/// Queues `seq` in `consumer`'s replay lane, due now, as a fresh delivery.
 fn enqueue_again(
     txn: &redb::WriteTransaction,
     consumer: &str,
     seq: u64,
     now: u64,
 ) -> Result<(), redb::Error> {
-    txn.open_table(SCHEDULE)?.insert((consumer, now, seq), 0)?;
+    let queue = lane_queue(consumer, Lane::Replay);
+    txn.open_table(SCHEDULE)?
+        .insert((queue.as_str(), now, seq), 0)?;
     let mut refs = txn.open_table(REFS)?;
     let count = refs.get(seq)?.map(|v| v.value()).unwrap_or(0);
     refs.insert(seq, count + 1)?;
@@ -404,7 +422,7 @@ impl Bus for EmbeddedBus {
             .map_err(unavailable)?;
         if appended == Appended::Stored {
             for consumer in woken {
-                if let Ok(waker) = self.waker(&consumer) {
+                if let Ok(waker) = self.waker(&consumer, Lane::Live) {
                     waker.notify_one();
                 }
             }
@@ -415,20 +433,23 @@ impl Bus for EmbeddedBus {
     async fn pull(
         &self,
         consumer: &str,
+        lane: Lane,
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, BusError> {
-        let waker = self.waker(consumer)?;
+        let waker = self.waker(consumer, lane)?;
+        let queue = lane_queue(consumer, lane);
         let deadline = tokio::time::Instant::now() + wait;
         let consumer_name: Arc<str> = Arc::from(consumer);
         loop {
-            let leased = self.lease_due(consumer, max.max(1)).await?;
+            let leased = self.lease_due(&queue, max.max(1)).await?;
             if !leased.is_empty() {
                 return leased
                     .into_iter()
                     .map(|(due_ms, seq, attempt, bytes)| {
                         Ok(Delivery {
                             consumer: Arc::clone(&consumer_name),
+                            lane,
                             envelope: Arc::new(Envelope::decode(&bytes)?),
                             attempt,
                             handle: DeliveryHandle::Embedded { due_ms, seq },
@@ -441,7 +462,7 @@ impl Bus for EmbeddedBus {
                 return Ok(Vec::new());
             }
             let mut sleep_until = deadline;
-            if let Some(due) = self.next_due(consumer)? {
+            if let Some(due) = self.next_due(&queue)? {
                 let in_ms = due.saturating_sub(now_ms());
                 sleep_until = sleep_until.min(now + Duration::from_millis(in_ms));
             }
@@ -461,7 +482,7 @@ impl Bus for EmbeddedBus {
     async fn release(&self, delivery: &Delivery) -> Result<(), BusError> {
         self.settle(delivery, Persist::Lazy, Settle::Release)
             .await?;
-        self.waker(&delivery.consumer)?.notify_one();
+        self.waker(&delivery.consumer, delivery.lane)?.notify_one();
         Ok(())
     }
 
@@ -469,7 +490,7 @@ impl Bus for EmbeddedBus {
         let at = now_ms() + delay.as_millis() as u64;
         self.settle(delivery, Persist::Lazy, Settle::RetryAt(at))
             .await?;
-        self.waker(&delivery.consumer)?.notify_one();
+        self.waker(&delivery.consumer, delivery.lane)?.notify_one();
         Ok(())
     }
 
@@ -532,7 +553,8 @@ impl Bus for EmbeddedBus {
     }
 
     async fn oldest_pending_age(&self, consumer: &str) -> Result<Option<Duration>, BusError> {
-        self.waker(consumer)?;
+        // The live lane only: replayed events are old on purpose.
+        self.waker(consumer, Lane::Live)?;
         let txn = self.store.database().begin_read().map_err(storage)?;
         let schedule = txn.open_table(SCHEDULE).map_err(storage)?;
         let events = txn.open_table(EVENTS).map_err(storage)?;
@@ -561,7 +583,7 @@ impl Bus for EmbeddedBus {
         queue: DeadQueue,
         ids: &[u64],
     ) -> Result<usize, BusError> {
-        self.waker(consumer)?;
+        self.waker(consumer, Lane::Live)?;
         let consumer_key = consumer.to_owned();
         let ids = ids.to_vec();
         let moved = self
@@ -591,7 +613,7 @@ impl Bus for EmbeddedBus {
             .await
             .map_err(unavailable)?;
         if moved > 0 {
-            self.waker(consumer)?.notify_one();
+            self.waker(consumer, Lane::Replay)?.notify_one();
         }
         Ok(moved)
     }
@@ -605,7 +627,7 @@ impl Bus for EmbeddedBus {
         until_ms: u64,
         dry_run: bool,
     ) -> Result<usize, BusError> {
-        self.waker(consumer)?;
+        self.waker(consumer, Lane::Live)?;
         let matching = |envelope: &Envelope| {
             envelope.source == source
                 && pattern.matches(&envelope.event_type)
@@ -641,7 +663,7 @@ impl Bus for EmbeddedBus {
             })
             .await
             .map_err(unavailable)?;
-        self.waker(consumer)?.notify_one();
+        self.waker(consumer, Lane::Replay)?.notify_one();
         Ok(count)
     }
 
@@ -651,7 +673,7 @@ impl Bus for EmbeddedBus {
         queue: DeadQueue,
         ids: &[u64],
     ) -> Result<usize, BusError> {
-        self.waker(consumer)?;
+        self.waker(consumer, Lane::Live)?;
         let consumer_key = consumer.to_owned();
         let ids = ids.to_vec();
         self.store
@@ -689,16 +711,20 @@ impl Bus for EmbeddedBus {
     }
 
     async fn backlog(&self, consumer: &str) -> Result<u64, BusError> {
-        self.waker(consumer)?;
+        self.waker(consumer, Lane::Live)?;
         let txn = self.store.database().begin_read().map_err(storage)?;
         let schedule = txn.open_table(SCHEDULE).map_err(storage)?;
         let mut count = 0;
-        for row in schedule
-            .range((consumer, 0, 0)..=(consumer, u64::MAX, u64::MAX))
-            .map_err(storage)?
-        {
-            row.map_err(storage)?;
-            count += 1;
+        for lane in Lane::ALL {
+            let queue = lane_queue(consumer, lane);
+            let queue = queue.as_str();
+            for row in schedule
+                .range((queue, 0, 0)..=(queue, u64::MAX, u64::MAX))
+                .map_err(storage)?
+            {
+                row.map_err(storage)?;
+                count += 1;
+            }
         }
         Ok(count)
     }

@@ -102,11 +102,28 @@ pub enum DeadQueue {
     Review,
 }
 
+/// Each consumer has two queues. Events arriving from ingest wait in the live
+/// lane; events queued again by an operator (dead-letter and history
+/// replays) wait in the replay lane, which dispatch drains with its own
+/// small concurrency so a big replay cannot starve live traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    Live,
+    Replay,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Live, Lane::Replay];
+}
+
 /// An event leased to a consumer. Settle it with exactly one of `ack`,
 /// `retry` or `dead_letter`; if the process dies first, it comes back.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub consumer: Arc<str>,
+    /// The queue it came from; a retry goes back to the same one.
+    pub lane: Lane,
     pub envelope: Arc<Envelope>,
     /// 1 on the first delivery, 2 on the second, ...
     pub attempt: u32,
@@ -149,11 +166,13 @@ pub trait Bus: Send + Sync + 'static {
     /// after the event is durable (or known from before).
     async fn append(&self, envelope: &Envelope) -> Result<Appended, BusError>;
 
-    /// Leases up to `max` due deliveries of `consumer`, waiting up to `wait`
-    /// for the first one. May return fewer, or none after `wait`.
+    /// Leases up to `max` due deliveries from one lane of `consumer`,
+    /// waiting up to `wait` for the first one. May return fewer, or none
+    /// after `wait`.
     async fn pull(
         &self,
         consumer: &str,
+        lane: Lane,
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, BusError>;
@@ -194,13 +213,13 @@ pub trait Bus: Send + Sync + 'static {
     /// Checks the engine can serve (for `/readyz`).
     async fn ping(&self) -> Result<(), BusError>;
 
-    /// Events still waiting for `consumer` (due, delayed or leased).
+    /// Events still waiting for `consumer` (due, delayed or leased), both lanes.
     async fn backlog(&self, consumer: &str) -> Result<u64, BusError>;
 
     /// How long the oldest event waiting for `consumer` has waited.
     async fn oldest_pending_age(&self, consumer: &str) -> Result<Option<Duration>, BusError>;
 
-    /// Moves parked entries back into the consumer's queue as new deliveries
+    /// Moves parked entries into the consumer's replay lane as new deliveries
     /// (attempts start again). Unknown ids are skipped. Returns how many moved.
     async fn requeue_dead(
         &self,
@@ -209,7 +228,7 @@ pub trait Bus: Send + Sync + 'static {
         ids: &[u64],
     ) -> Result<usize, BusError>;
 
-    /// Queues events from the log's history for `consumer` again: events of
+    /// Queues events from the log's history in `consumer`'s replay lane: events of
     /// `source` whose type matches `pattern`, received in `[since_ms,
     /// until_ms)`. They go through the consumer's idempotency keys like any
     /// delivery, so effects already applied are skipped. With `dry_run`,

@@ -67,10 +67,31 @@ pub struct NatsSettings {
     pub retention: Duration,
 }
 
+/// One switchyard consumer: a durable per lane.
 struct Consumer {
-    handle: jetstream::consumer::Consumer<pull::Config>,
+    live: jetstream::consumer::Consumer<pull::Config>,
+    replay: jetstream::consumer::Consumer<pull::Config>,
     subscription: Subscription,
+    /// The live durable's filter subjects.
     filters: Vec<String>,
+}
+
+impl Consumer {
+    fn lane(&self, lane: Lane) -> &jetstream::consumer::Consumer<pull::Config> {
+        match lane {
+            Lane::Live => &self.live,
+            Lane::Replay => &self.replay,
+        }
+    }
+}
+
+/// The durable name of a lane. Config names are lowercase, so the replay
+/// lane's uppercase suffix cannot collide with another consumer.
+fn durable_name(consumer: &str, lane: Lane) -> String {
+    match lane {
+        Lane::Live => consumer.to_owned(),
+        Lane::Replay => format!("{consumer}_REPLAY"),
+    }
 }
 
 pub struct NatsBus {
@@ -163,7 +184,7 @@ pub fn type_tokens(event_type: &str) -> String {
         .join(".")
 }
 
-/// Subject filters for a subscription, without overlaps (JetStream refuses
+/// The live lane's subject filters for a subscription, without overlaps (JetStream refuses
 /// overlapping filters on one consumer).
 fn filter_subjects(prefix: &str, subscription: &Subscription) -> Vec<String> {
     let mut subjects: Vec<String> = subscription
@@ -188,14 +209,11 @@ fn filter_subjects(prefix: &str, subscription: &Subscription) -> Vec<String> {
                 .strip_suffix('>')
                 .is_some_and(|stem| subject.starts_with(stem))
     };
-    let kept: Vec<String> = subjects
+    subjects
         .iter()
         .filter(|subject| !subjects.iter().any(|other| covered(subject, other)))
         .cloned()
-        .collect();
-    let mut kept = kept;
-    kept.push(format!("{prefix}.replay.{}", subscription.consumer));
-    kept
+        .collect()
 }
 
 /// Several filter subjects on one consumer arrived in nats-server 2.10.
@@ -394,6 +412,36 @@ impl NatsBus {
         Ok(bus)
     }
 
+    /// Creates or updates one lane's durable: a changed route changes the
+    /// filters in place.
+    async fn durable(
+        &self,
+        consumer: &str,
+        lane: Lane,
+        filter_subjects: Vec<String>,
+        concurrency: usize,
+    ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
+        let name = durable_name(consumer, lane);
+        self.events
+            .create_consumer(pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some(format!("switchyard consumer `{consumer}`, {lane:?} lane")),
+                // A consumer added later starts with new events; older ones
+                // reach it only by an explicit history replay.
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: self.ack_wait,
+                // Dispatch decides when to give up, not the server.
+                max_deliver: -1,
+                filter_subjects,
+                max_ack_pending: concurrency as i64 * ACK_PENDING_PER_WORKER,
+                num_replicas: self.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| unavailable(format!("consumer `{name}`: {err}")))
+    }
+
     fn consumer(&self, name: &str) -> Result<Arc<Consumer>, BusError> {
         self.consumers
             .read()
@@ -523,6 +571,7 @@ impl Bus for NatsBus {
     async fn pull(
         &self,
         consumer: &str,
+        lane: Lane,
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, BusError> {
@@ -531,14 +580,14 @@ impl Bus for NatsBus {
         let consumer_name: Arc<str> = Arc::from(consumer);
         let batch = if wait.is_zero() {
             entry
-                .handle
+                .lane(lane)
                 .fetch()
                 .max_messages(max.max(1))
                 .messages()
                 .await
         } else {
             entry
-                .handle
+                .lane(lane)
                 .batch()
                 .max_messages(max.max(1))
                 .expires(wait)
@@ -595,6 +644,7 @@ impl Bus for NatsBus {
             };
             deliveries.push(Delivery {
                 consumer: Arc::clone(&consumer_name),
+                lane,
                 envelope: Arc::new(envelope),
                 attempt: delivered.saturating_sub(released).max(1),
                 handle: DeliveryHandle::Nats(NatsLease {
@@ -719,30 +769,22 @@ impl Bus for NatsBus {
         for subscriber in subscribers {
             let name = subscriber.subscription.consumer.clone();
             let filters = filter_subjects(&self.prefix, &subscriber.subscription);
-            // Create or update: a changed route changes the filters in place.
-            let handle = self
-                .events
-                .create_consumer(pull::Config {
-                    durable_name: Some(name.clone()),
-                    description: Some(format!("switchyard consumer `{name}`")),
-                    // A consumer added later starts with new events; older
-                    // ones reach it only by an explicit history replay.
-                    deliver_policy: jetstream::consumer::DeliverPolicy::New,
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: self.ack_wait,
-                    // Dispatch decides when to give up, not the server.
-                    max_deliver: -1,
-                    filter_subjects: filters.clone(),
-                    max_ack_pending: subscriber.concurrency as i64 * ACK_PENDING_PER_WORKER,
-                    num_replicas: self.replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|err| unavailable(format!("consumer `{name}`: {err}")))?;
+            let live = self
+                .durable(&name, Lane::Live, filters.clone(), subscriber.concurrency)
+                .await?;
+            let replay = self
+                .durable(
+                    &name,
+                    Lane::Replay,
+                    vec![format!("{}.replay.{name}", self.prefix)],
+                    subscriber.concurrency,
+                )
+                .await?;
             consumers.insert(
                 name,
                 Arc::new(Consumer {
-                    handle,
+                    live,
+                    replay,
                     subscription: subscriber.subscription.clone(),
                     filters,
                 }),
@@ -763,15 +805,20 @@ impl Bus for NatsBus {
 
     async fn backlog(&self, consumer: &str) -> Result<u64, BusError> {
         self.consumer(consumer)?;
-        let info = self
-            .events
-            .consumer_info(consumer)
-            .await
-            .map_err(unavailable)?;
-        Ok(info.num_pending + info.num_ack_pending as u64)
+        let mut waiting = 0;
+        for lane in Lane::ALL {
+            let info = self
+                .events
+                .consumer_info(durable_name(consumer, lane))
+                .await
+                .map_err(unavailable)?;
+            waiting += info.num_pending + info.num_ack_pending as u64;
+        }
+        Ok(waiting)
     }
 
     async fn oldest_pending_age(&self, consumer: &str) -> Result<Option<Duration>, BusError> {
+        // The live lane only: replayed events are old on purpose.
         let entry = self.consumer(consumer)?;
         let info = self
             .events
@@ -914,7 +961,7 @@ mod tests {
     }
 
     #[test]
-    fn filters_do_not_overlap_and_include_the_replay_subject() {
+    fn filters_do_not_overlap() {
         let subscription = Subscription {
             consumer: "crm".into(),
             filters: vec![
@@ -937,7 +984,6 @@ mod tests {
                 "sy.events.other.>",
                 "sy.events.stripe.customer.created",
                 "sy.events.stripe.invoice.>",
-                "sy.replay.crm",
             ]
         );
     }

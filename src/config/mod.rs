@@ -154,6 +154,9 @@ pub struct ConsumerConfig {
     pub plugin: PathBuf,
     pub connections: Vec<String>,
     pub concurrency: usize,
+    /// Workers for the replay lane (dead-letter and history replays), apart
+    /// from `concurrency` so a replay cannot starve live traffic.
+    pub replay_concurrency: usize,
     pub retry: RetryConfig,
     pub limits: PluginLimits,
     pub rate_limit: Option<RateLimit>,

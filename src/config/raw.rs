@@ -107,6 +107,7 @@ pub struct RawConsumer {
     #[serde(default)]
     pub connections: Vec<String>,
     pub concurrency: Option<i64>,
+    pub replay_concurrency: Option<i64>,
     pub retry: Option<RawRetry>,
     pub limits: Option<RawLimits>,
     pub rate_limit: Option<RawRateLimit>,

@@ -593,6 +593,12 @@ impl Checker<'_> {
             plugin,
             connections: raw.connections.clone(),
             concurrency: self.count(at("concurrency"), raw.concurrency, (1, 1024), 4) as usize,
+            replay_concurrency: self.count(
+                at("replay_concurrency"),
+                raw.replay_concurrency,
+                (1, 1024),
+                1,
+            ) as usize,
             retry,
             limits,
             rate_limit,

@@ -16,7 +16,7 @@ pub mod idempotency;
 pub mod layers;
 pub mod retry;
 
-use crate::bus::{Bus, BusError, DeadQueue, Delivery};
+use crate::bus::{Bus, BusError, DeadQueue, Delivery, Lane};
 use crate::config::RetryConfig;
 use crate::limiter::RateLimiter;
 use crate::plugin::ConsumerPlugin;
@@ -165,6 +165,8 @@ impl ConsumerStats {
 /// One consumer's pull loop and its settings.
 pub struct ConsumerLoop {
     pub name: String,
+    /// Which of the consumer's queues this loop drains.
+    pub lane: Lane,
     pub bus: Arc<dyn Bus>,
     pub service: ConsumerService,
     pub retry: RetryConfig,
@@ -177,6 +179,8 @@ pub struct ConsumerLoop {
 
 /// How long one pull waits for work before the loop checks for shutdown.
 const PULL_WAIT: Duration = Duration::from_millis(500);
+/// How often an empty replay lane looks for work again.
+const REPLAY_IDLE_POLL: Duration = Duration::from_millis(500);
 /// Pause after the bus itself failed, so a broken disk is not hammered.
 const BUS_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
@@ -211,12 +215,27 @@ impl ConsumerLoop {
                 tokio::time::sleep(BUS_ERROR_PAUSE).await;
                 continue;
             }
+            // The live lane waits for work inside the pull. The replay lane
+            // is usually empty: it only looks, so an idle replay lane never
+            // sits on a half-open breaker's probe slot.
+            let wait = match this.lane {
+                Lane::Live => PULL_WAIT,
+                Lane::Replay => Duration::ZERO,
+            };
             let pulled = tokio::select! {
-                pulled = this.bus.pull(&this.name, 1, PULL_WAIT) => pulled,
+                pulled = this.bus.pull(&this.name, this.lane, 1, wait) => pulled,
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
             let delivery = match pulled {
                 Ok(mut deliveries) if !deliveries.is_empty() => deliveries.swap_remove(0),
+                Ok(_) if this.lane == Lane::Replay => {
+                    drop(service);
+                    tokio::select! {
+                        _ = tokio::time::sleep(REPLAY_IDLE_POLL) => {}
+                        _ = shutdown.wait_for(|stop| *stop) => break,
+                    }
+                    continue;
+                }
                 Ok(_) => continue,
                 Err(err) => {
                     tracing::error!(consumer = %this.name, error = %err, "pull failed");

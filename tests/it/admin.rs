@@ -454,3 +454,76 @@ consumers = ["erp"]
     assert_eq!(second.status_of("crm").await.stats.skipped_done, 1);
     second.hub.shutdown().await;
 }
+
+/// Replays run in their own lane with their own worker (`replay_concurrency`,
+/// 1 by default): live events overtake a long replay instead of queueing
+/// behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_replay_does_not_starve_live_traffic() {
+    let crm = MockDownstream::start().await;
+    let mut options = HubOptions::new(format!(
+        r#"
+[connections.crm]
+base_url = "{}"
+
+[consumers.crm]
+plugin = "{{plugin:crm}}"
+connections = ["crm"]
+concurrency = 4
+retry = {{ first = "10ms", max = "50ms", attempts = 1 }}
+
+[[routes]]
+source = "stripe"
+events = ["customer.*"]
+consumers = ["crm"]
+"#,
+        crm.url()
+    ));
+    options.admin = true;
+    let hub = TestHub::start(options).await;
+    const REPLAYED: usize = 30;
+    crm.set_default(Answer::status(422));
+    for i in 0..REPLAYED {
+        assert_eq!(hub.send(&contact(i, "customer.created")).await.0, 200);
+    }
+    hub.drained(WITHIN).await;
+    assert_eq!(hub.status_of("crm").await.dead_letters, REPLAYED as u64);
+
+    // The downstream recovers but is slow: the replay lane's one worker
+    // needs about 3 s for the thirty.
+    crm.set_default(Answer::status(200).delayed(Duration::from_millis(100)));
+    let (status, done) = hub
+        .admin(
+            Method::POST,
+            "/v1/queues/dead_letter/replay",
+            Some(json!({"filter": {"consumer": "crm"}, "dry_run": false})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(done["done"], REPLAYED);
+    for i in 100..108 {
+        assert_eq!(hub.send(&contact(i, "customer.updated")).await.0, 200);
+    }
+    let applied = |from: usize, to: usize| {
+        crm.effects()
+            .iter()
+            .filter(|r| {
+                let id: usize = r.path.trim_start_matches("/contacts/cus_").parse().unwrap();
+                (from..to).contains(&id)
+            })
+            .count()
+    };
+    eventually(WITHIN, "the live events are applied", || async {
+        applied(100, 108) == 8
+    })
+    .await;
+    let replayed_so_far = applied(0, REPLAYED);
+    assert!(
+        replayed_so_far < REPLAYED / 2,
+        "live events waited for the replay: {replayed_so_far} of {REPLAYED} replayed first"
+    );
+    eventually(WITHIN, "the replay finishes", || async {
+        applied(0, REPLAYED) == REPLAYED
+    })
+    .await;
+}

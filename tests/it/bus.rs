@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard::bus::embedded::{EmbeddedBus, EmbeddedSettings};
 use switchyard::bus::nats::{NatsBus, NatsSettings};
-use switchyard::bus::{Appended, Bus, DeadQueue, Delivery, Envelope, Subscriber, Subscription};
+use switchyard::bus::{
+    Appended, Bus, DeadQueue, Delivery, Envelope, Lane, Subscriber, Subscription,
+};
 use switchyard::config::EventPattern;
 
 #[derive(Clone, Copy, Debug)]
@@ -127,19 +129,32 @@ const ARRIVES: Duration = Duration::from_secs(5);
 /// How long "nothing is due" is watched for.
 const QUIET: Duration = Duration::from_millis(300);
 
-async fn pull_one(bus: &Arc<dyn Bus>, consumer: &str) -> Delivery {
-    let mut pulled = bus.pull(consumer, 1, ARRIVES).await.unwrap();
-    assert_eq!(pulled.len(), 1, "{consumer} had nothing due");
+async fn pull_from(bus: &Arc<dyn Bus>, consumer: &str, lane: Lane) -> Delivery {
+    let mut pulled = bus.pull(consumer, lane, 1, ARRIVES).await.unwrap();
+    assert_eq!(
+        pulled.len(),
+        1,
+        "{consumer} had nothing due in its {lane:?} lane"
+    );
+    assert_eq!(pulled[0].lane, lane);
     pulled.remove(0)
 }
 
+/// The next delivery of the live lane.
+async fn pull_one(bus: &Arc<dyn Bus>, consumer: &str) -> Delivery {
+    pull_from(bus, consumer, Lane::Live).await
+}
+
+/// Neither lane of `consumer` has anything due.
 async fn assert_nothing_due(bus: &Arc<dyn Bus>, consumer: &str) {
-    let pulled = bus.pull(consumer, 1, QUIET).await.unwrap();
-    assert!(
-        pulled.is_empty(),
-        "{consumer} unexpectedly got {}",
-        pulled[0].envelope.event_id
-    );
+    for lane in Lane::ALL {
+        let pulled = bus.pull(consumer, lane, 1, QUIET).await.unwrap();
+        assert!(
+            pulled.is_empty(),
+            "{consumer} unexpectedly got {} in its {lane:?} lane",
+            pulled[0].envelope.event_id
+        );
+    }
 }
 
 /// Runs one contract test against each engine.
@@ -187,7 +202,7 @@ async fn appends_route_to_subscribers_and_dedup(engine: Engine) {
     assert_eq!(crm.attempt, 1);
     assert_nothing_due(&bus, "crm").await;
     assert_eq!(*pull_one(&bus, "erp").await.envelope, invoice);
-    assert!(bus.pull("unknown", 1, QUIET).await.is_err());
+    assert!(bus.pull("unknown", Lane::Live, 1, QUIET).await.is_err());
 }
 
 async fn a_lease_whose_holder_is_gone_comes_back(engine: Engine) {
@@ -219,7 +234,7 @@ async fn a_retry_is_invisible_until_its_delay_has_passed(engine: Engine) {
         .await
         .unwrap();
     let early = bus
-        .pull("crm", 1, Duration::from_millis(200))
+        .pull("crm", Lane::Live, 1, Duration::from_millis(200))
         .await
         .unwrap();
     assert!(early.is_empty(), "redelivered before its delay");
@@ -343,7 +358,7 @@ async fn dead_letters_can_be_replayed_and_discarded(engine: Engine) {
             .unwrap(),
         1
     );
-    let replayed = pull_one(&bus, "crm").await;
+    let replayed = pull_from(&bus, "crm", Lane::Replay).await;
     assert_eq!(replayed.envelope.event_id, "evt_1");
     assert_eq!(replayed.attempt, 1, "a replay starts its attempts again");
     bus.ack(&replayed).await.unwrap();
@@ -394,7 +409,8 @@ async fn history_replay_reaches_only_the_named_consumer(engine: Engine) {
     assert_eq!(window(true).await, 1, "only evt_1 is inside the window");
     assert_nothing_due(&bus, "crm").await;
     assert_eq!(window(false).await, 1);
-    let replayed = pull_one(&bus, "crm").await;
+    assert_eq!(bus.backlog("crm").await.unwrap(), 1);
+    let replayed = pull_from(&bus, "crm", Lane::Replay).await;
     assert_eq!(replayed.envelope.event_id, "evt_1");
     bus.ack(&replayed).await.unwrap();
     assert_nothing_due(&bus, "crm").await;
@@ -449,7 +465,10 @@ async fn a_delivery_being_worked_on_is_kept_alive_past_its_ack_wait() {
         .await
         .unwrap();
     let held = pull_one(&bus, "crm").await;
-    let stolen = bus.pull("crm", 1, Duration::from_secs(3)).await.unwrap();
+    let stolen = bus
+        .pull("crm", Lane::Live, 1, Duration::from_secs(3))
+        .await
+        .unwrap();
     assert!(stolen.is_empty(), "redelivered while its holder was alive");
     bus.ack(&held).await.unwrap();
     assert_eq!(bus.backlog("crm").await.unwrap(), 0);
@@ -478,9 +497,13 @@ async fn a_stale_ack_after_the_lease_moved_on_is_ignored() {
     bus.append(&event("evt_1", "customer.created"))
         .await
         .unwrap();
-    let first = bus.pull("crm", 1, NO_WAIT).await.unwrap().remove(0);
+    let first = bus
+        .pull("crm", Lane::Live, 1, NO_WAIT)
+        .await
+        .unwrap()
+        .remove(0);
     let second = bus
-        .pull("crm", 1, Duration::from_secs(5))
+        .pull("crm", Lane::Live, 1, Duration::from_secs(5))
         .await
         .unwrap()
         .remove(0);
@@ -525,12 +548,20 @@ async fn compaction_deletes_only_settled_events_past_the_retention() {
     bus.append(&event("evt_3", "payment_intent.created"))
         .await
         .unwrap();
-    let first = bus.pull("crm", 1, NO_WAIT).await.unwrap().remove(0);
+    let first = bus
+        .pull("crm", Lane::Live, 1, NO_WAIT)
+        .await
+        .unwrap()
+        .remove(0);
     bus.ack(&first).await.unwrap();
     // evt_1 is settled and evt_3 had no consumer: both go; evt_2 waits.
     assert_eq!(bus.compact(100).await.unwrap(), 2);
     assert_eq!(bus.compact(100).await.unwrap(), 0);
-    let second = bus.pull("crm", 1, NO_WAIT).await.unwrap().remove(0);
+    let second = bus
+        .pull("crm", Lane::Live, 1, NO_WAIT)
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(second.envelope.event_id, "evt_2");
     // Dedup outlives the log: a late retry of evt_1 is still a duplicate.
     assert_eq!(
