@@ -37,6 +37,7 @@ fn delivery() -> Delivery {
             account: None,
             received_at_ms: 0,
             traceparent: None,
+            generation: None,
             payload: Bytes::from_static(b"{}"),
         }),
         attempt: 1,

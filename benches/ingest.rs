@@ -92,6 +92,7 @@ fn appends(c: &mut Criterion) {
                                 account: None,
                                 received_at_ms: 0,
                                 traceparent: None,
+                                generation: None,
                                 payload: payload.clone(),
                             }
                         })

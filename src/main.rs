@@ -82,6 +82,13 @@ enum Command {
         /// Received before this time (RFC 3339); now when absent.
         #[arg(long)]
         until: Option<String>,
+        /// Deliver again even where the consumer already applied the event
+        /// (new idempotency keys): for a downstream that lost data.
+        #[arg(long)]
+        force: bool,
+        /// Events queued per batch by the background job.
+        #[arg(long)]
+        batch_size: Option<usize>,
         #[arg(long)]
         yes: bool,
     },
@@ -89,6 +96,16 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         action: QueueAction,
+    },
+    /// The review queue: `switchyard dlq … --review`.
+    Review {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+    /// Background replay jobs.
+    Jobs {
+        #[command(subcommand)]
+        action: JobAction,
     },
     /// Sign an event JSON file like Stripe does; print curl-ready headers, or send it.
     Sign {
@@ -157,12 +174,23 @@ enum QueueAction {
         #[arg(long)]
         json: bool,
     },
-    /// Put matching events back into their consumers' queues. Dry run unless --yes.
+    /// Put matching events back into their consumers' queues, in the
+    /// background with a progress bar. Dry run unless --yes.
     Replay {
         #[command(flatten)]
         queue: QueueArgs,
+        /// Entries moved per batch.
+        #[arg(long)]
+        batch_size: Option<usize>,
         #[arg(long)]
         yes: bool,
+    },
+    /// One parked event: envelope facts, attempts, last error.
+    Show {
+        /// The entry id (as listed).
+        id: u64,
+        #[command(flatten)]
+        queue: QueueArgs,
     },
     /// Delete matching events for good. Dry run unless --yes.
     Discard {
@@ -170,6 +198,21 @@ enum QueueAction {
         queue: QueueArgs,
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobAction {
+    /// Every job the hub remembers, with its progress.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stop a job after its current batch.
+    Cancel {
+        id: u64,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
 }
 
@@ -194,6 +237,44 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Pause { consumer, admin } => set_paused(&admin, &consumer, true).await,
         Command::Resume { consumer, admin } => set_paused(&admin, &consumer, false).await,
         Command::Dlq { action } => queue_action(action).await,
+        Command::Review { mut action } => {
+            match &mut action {
+                QueueAction::List { queue, .. }
+                | QueueAction::Replay { queue, .. }
+                | QueueAction::Show { queue, .. }
+                | QueueAction::Discard { queue, .. } => queue.review = true,
+            }
+            queue_action(action).await
+        }
+        Command::Jobs { action } => match action {
+            JobAction::List { admin } => {
+                let jobs: Vec<switchyard::admin::JobStatus> = serde_json::from_value(
+                    admin_call(&admin, reqwest::Method::GET, "/v1/jobs", None).await?,
+                )?;
+                println!(
+                    "{:>4} {:<20} {:<10} {:>9} {:>9} {:>9}",
+                    "ID", "KIND", "STATE", "TOTAL", "PROCESSED", "QUEUED"
+                );
+                for job in jobs {
+                    println!(
+                        "{:>4} {:<20} {:<10} {:>9} {:>9} {:>9}",
+                        job.id,
+                        format!("{:?}", job.kind),
+                        format!("{:?}", job.state),
+                        job.total,
+                        job.processed,
+                        job.queued
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            JobAction::Cancel { id, admin } => {
+                let path = format!("/v1/jobs/{id}/cancel");
+                admin_call(&admin, reqwest::Method::POST, &path, None).await?;
+                println!("job {id}: cancel requested; it stops after its current batch");
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::Reload { admin } => {
             let report = admin_call(&admin, reqwest::Method::POST, "/v1/reload", None).await?;
             let list = |key: &str| {
@@ -224,6 +305,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             event_type,
             since,
             until,
+            force,
+            batch_size,
             yes,
         } => {
             let millis = |text: &str| -> Result<u64> {
@@ -237,18 +320,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 "since_ms": millis(&since)?,
                 "until_ms": until.as_deref().map(millis).transpose()?,
                 "dry_run": !yes,
+                "force": force,
+                "batch_size": batch_size,
             });
             let path = format!("/v1/consumers/{consumer}/replay");
-            let outcome = admin_call(&admin, reqwest::Method::POST, &path, Some(body)).await?;
-            let matched = outcome["matched"].as_u64().unwrap_or(0);
-            if yes {
-                println!("{consumer}: {matched} events queued again");
-            } else {
-                println!(
-                    "dry run: {matched} events would be queued for {consumer}; add --yes to do it"
-                );
+            let outcome: switchyard::admin::HistoryOutcome = serde_json::from_value(
+                admin_call(&admin, reqwest::Method::POST, &path, Some(body)).await?,
+            )?;
+            match outcome.job {
+                Some(job) => follow_job(&admin, job).await,
+                None => {
+                    println!(
+                        "dry run: {} events would be queued for {consumer}; add --yes to do it",
+                        outcome.matched
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
             }
-            Ok(ExitCode::SUCCESS)
         }
         Command::Sign {
             event,
@@ -548,13 +636,37 @@ async fn queue_action(action: QueueAction) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        QueueAction::Replay { queue, yes } => bulk(&queue, "replay", yes).await,
-        QueueAction::Discard { queue, yes } => bulk(&queue, "discard", yes).await,
+        QueueAction::Replay {
+            queue,
+            batch_size,
+            yes,
+        } => bulk(&queue, "replay", yes, batch_size).await,
+        QueueAction::Discard { queue, yes } => bulk(&queue, "discard", yes, None).await,
+        QueueAction::Show { id, queue } => {
+            let filter = filter_of(&queue);
+            let path = format!("/v1/queues/{}{}", queue_path(&queue), query_string(&filter));
+            let entries: Vec<switchyard::admin::ParkedEntry> = serde_json::from_value(
+                admin_call(&queue.admin, reqwest::Method::GET, &path, None).await?,
+            )?;
+            let Some(entry) = entries.iter().find(|entry| entry.id == id) else {
+                bail!("no entry {id} in that queue");
+            };
+            println!("{}", serde_json::to_string_pretty(entry)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
-async fn bulk(queue: &QueueArgs, action: &str, yes: bool) -> Result<ExitCode> {
-    let body = serde_json::json!({ "filter": filter_of(queue), "dry_run": !yes });
+async fn bulk(
+    queue: &QueueArgs,
+    action: &str,
+    yes: bool,
+    batch_size: Option<usize>,
+) -> Result<ExitCode> {
+    let mut body = serde_json::json!({ "filter": filter_of(queue), "dry_run": !yes });
+    if let Some(batch_size) = batch_size {
+        body["batch_size"] = batch_size.into();
+    }
     let path = format!("/v1/queues/{}/{action}", queue_path(queue));
     let outcome: switchyard::admin::BulkOutcome = serde_json::from_value(
         admin_call(&queue.admin, reqwest::Method::POST, &path, Some(body)).await?,
@@ -570,6 +682,8 @@ async fn bulk(queue: &QueueArgs, action: &str, yes: bool) -> Result<ExitCode> {
             "dry run: {} entries would be {action}ed; add --yes to do it",
             outcome.matched
         );
+    } else if let Some(job) = outcome.job {
+        return follow_job(&queue.admin, job).await;
     } else {
         println!(
             "{action}: {} of {} matched entries",
@@ -577,6 +691,51 @@ async fn bulk(queue: &QueueArgs, action: &str, yes: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Shows a replay job's progress until it ends (Ctrl-C leaves it running).
+async fn follow_job(admin: &AdminArgs, mut job: switchyard::admin::JobStatus) -> Result<ExitCode> {
+    use std::io::Write as _;
+    use switchyard::admin::JobState;
+    eprintln!(
+        "job {} started ({} entries); cancel with `switchyard jobs cancel {}`",
+        job.id, job.total, job.id
+    );
+    let path = format!("/v1/jobs/{}", job.id);
+    loop {
+        let width = 30;
+        let filled = (job.processed * width)
+            .checked_div(job.total)
+            .unwrap_or(width);
+        eprint!(
+            "\r[{}{}] {}/{} queued {}",
+            "#".repeat(filled),
+            ".".repeat(width - filled),
+            job.processed,
+            job.total,
+            job.queued
+        );
+        let _ = std::io::stderr().flush();
+        if job.state != JobState::Running {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        job = serde_json::from_value(admin_call(admin, reqwest::Method::GET, &path, None).await?)?;
+    }
+    eprintln!();
+    println!(
+        "job {}: {:?}, {} of {} entries queued again{}",
+        job.id,
+        job.state,
+        job.queued,
+        job.total,
+        job.error.map(|e| format!(" ({e})")).unwrap_or_default()
+    );
+    Ok(if job.state == JobState::Done {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `?key=value&...` for the filter's set fields.

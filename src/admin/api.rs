@@ -8,6 +8,9 @@
 //! - `GET  /v1/queues/{dead_letter|review}?consumer=&event_type=&since_ms=&until_ms=&error=`
 //! - `POST /v1/queues/{dead_letter|review}/replay`  body: `{"filter": {...}, "dry_run": true}`
 //! - `POST /v1/queues/{dead_letter|review}/discard` body: the same
+//!   (a replay answers 202 with the background `job`)
+//! - `GET  /v1/jobs`, `GET /v1/jobs/{id}`: replay jobs and their progress
+//! - `POST /v1/jobs/{id}/cancel`: stop a replay job after its current batch
 //! - `POST /v1/reload`: re-read routes.toml and plugins; 200 with what
 //!   changed, or 422 with every problem (the running config stays)
 
@@ -29,6 +32,8 @@ pub struct BulkRequest {
     /// Defaults to true: a bulk action must be asked for explicitly.
     #[serde(default = "yes")]
     pub dry_run: bool,
+    /// Entries moved per bus call by a replay job.
+    pub batch_size: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -98,6 +103,30 @@ fn reply<T: serde::Serialize>(
     }
 }
 
+/// 202 Accepted when the answer describes a job that has only started.
+fn reply_started<T: serde::Serialize>(
+    result: Result<T, AdminError>,
+    started: impl FnOnce(&T) -> bool,
+) -> Result<warp::reply::Response, Rejection> {
+    let accepted = result.as_ref().is_ok_and(started);
+    let mut response = reply(result)?;
+    if accepted {
+        *response.status_mut() = StatusCode::ACCEPTED;
+    }
+    Ok(response)
+}
+
+fn job_reply(job: Option<super::JobStatus>, id: u64) -> Result<warp::reply::Response, Rejection> {
+    match job {
+        Some(job) => Ok(warp::reply::json(&job).into_response()),
+        None => Ok(error_body(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no job {id}"),
+        )),
+    }
+}
+
 /// Every admin route, with auth and error mapping.
 pub fn routes(
     control: Arc<HubControl>,
@@ -161,7 +190,9 @@ pub fn routes(
         .and(with_control.clone())
         .and_then(
             |name: String, request: super::HistoryReplay, control: Arc<HubControl>| async move {
-                reply(control.replay_history(&name, &request).await)
+                reply_started(control.replay_history(&name, &request).await, |outcome| {
+                    outcome.job.is_some()
+                })
             },
         );
     let list = warp::path("v1")
@@ -192,10 +223,11 @@ pub fn routes(
         .and(with_control.clone())
         .and_then(
             |queue: DeadQueue, request: BulkRequest, control: Arc<HubControl>| async move {
-                reply(
+                reply_started(
                     control
-                        .replay(queue, &request.filter, request.dry_run)
+                        .replay(queue, &request.filter, request.dry_run, request.batch_size)
                         .await,
+                    |outcome| outcome.job.is_some(),
                 )
             },
         );
@@ -217,6 +249,22 @@ pub fn routes(
                 )
             },
         );
+    let jobs = warp::path!("v1" / "jobs")
+        .and(warp::get())
+        .and(with_control.clone())
+        .map(|control: Arc<HubControl>| warp::reply::json(&control.jobs()).into_response());
+    let job = warp::path!("v1" / "jobs" / u64)
+        .and(warp::get())
+        .and(with_control.clone())
+        .and_then(
+            |id: u64, control: Arc<HubControl>| async move { job_reply(control.job(id), id) },
+        );
+    let cancel = warp::path!("v1" / "jobs" / u64 / "cancel")
+        .and(warp::post())
+        .and(with_control.clone())
+        .and_then(|id: u64, control: Arc<HubControl>| async move {
+            job_reply(control.cancel_job(id), id)
+        });
     let reload = warp::path!("v1" / "reload")
         .and(warp::post())
         .and(with_control)
@@ -237,6 +285,12 @@ pub fn routes(
 
     let api = authorized(token).and(
         reload
+            .or(jobs)
+            .unify()
+            .or(job)
+            .unify()
+            .or(cancel)
+            .unify()
             .or(metrics)
             .unify()
             .or(consumers)

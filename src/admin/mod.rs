@@ -7,6 +7,7 @@
 //! or logs, and never a secret.
 
 pub mod api;
+pub mod jobs;
 
 use crate::bus::{Bus, BusError, DeadLetter, DeadQueue};
 use crate::config::EventPattern;
@@ -14,6 +15,8 @@ use crate::dispatch::breaker::BreakerState;
 use crate::dispatch::layers::BreakerHandle;
 use crate::dispatch::{ConsumerStats, StatsSnapshot};
 use crate::telemetry::metrics::{ConsumerLabel, Metrics};
+pub use jobs::{JobKind, JobState, JobStatus};
+use jobs::{Jobs, Requeue};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -131,6 +134,12 @@ pub struct HistoryReplay {
     /// Defaults to true: replaying is asked for explicitly.
     #[serde(default = "default_true")]
     pub dry_run: bool,
+    /// Deliver again even where the consumer's idempotency keys say the
+    /// effect was applied (a new generation of each event, with new keys).
+    #[serde(default)]
+    pub force: bool,
+    /// Events queued per bus call by the background job.
+    pub batch_size: Option<usize>,
 }
 
 fn default_true() -> bool {
@@ -141,6 +150,8 @@ fn default_true() -> bool {
 pub struct HistoryOutcome {
     pub dry_run: bool,
     pub matched: usize,
+    /// The background job doing it (not on a dry run).
+    pub job: Option<JobStatus>,
 }
 
 /// What a bulk action did, or would do on a dry run.
@@ -148,10 +159,13 @@ pub struct HistoryOutcome {
 pub struct BulkOutcome {
     pub dry_run: bool,
     pub matched: usize,
-    /// Entries actually moved or deleted (0 on a dry run).
+    /// Entries deleted by a discard (0 on a dry run and for a replay, which
+    /// runs as `job`).
     pub done: usize,
     /// Up to ten of the matched entries.
     pub sample: Vec<ParkedEntry>,
+    /// The background job of a replay.
+    pub job: Option<JobStatus>,
 }
 
 /// What a reload changed.
@@ -174,6 +188,7 @@ pub struct HubControl {
     consumers: std::sync::RwLock<BTreeMap<String, Arc<ConsumerControl>>>,
     metrics: Arc<Metrics>,
     reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
+    jobs: Jobs,
 }
 
 impl HubControl {
@@ -187,6 +202,7 @@ impl HubControl {
             consumers: Default::default(),
             metrics,
             reloads,
+            jobs: Jobs::default(),
         }
     }
 
@@ -330,7 +346,8 @@ impl HubControl {
     }
 
     /// Queues events from the bus history for one consumer again (a consumer
-    /// added later, or a route that changed). Idempotency keys still apply.
+    /// added later, or a route that changed), as a background job.
+    /// Idempotency keys still apply unless the request forces.
     pub async fn replay_history(
         &self,
         consumer: &str,
@@ -345,34 +362,60 @@ impl HubControl {
                 "`since_ms` must be before `until_ms`".into(),
             ));
         }
-        let matched = self
+        let ids = self
             .bus
-            .replay_history(
-                consumer,
-                &request.source,
-                &pattern,
-                request.since_ms,
-                until,
-                request.dry_run,
-            )
+            .history(consumer, &request.source, &pattern, request.since_ms, until)
             .await?;
-        if !request.dry_run {
-            tracing::warn!(consumer, matched, "history replayed into consumer");
-        }
+        let matched = ids.len();
+        let job = (!request.dry_run).then(|| {
+            tracing::warn!(
+                consumer,
+                matched,
+                force = request.force,
+                "history replay started"
+            );
+            self.jobs.start(
+                Arc::clone(&self.bus),
+                JobKind::HistoryReplay,
+                Requeue::History {
+                    force: request.force,
+                },
+                vec![(consumer.to_owned(), ids)],
+                request.batch_size.unwrap_or(jobs::DEFAULT_BATCH),
+            )
+        });
         Ok(HistoryOutcome {
             dry_run: request.dry_run,
             matched,
+            job,
         })
     }
 
-    /// Puts matching entries back into their consumers' queues.
+    /// A background job, by id.
+    pub fn job(&self, id: u64) -> Option<JobStatus> {
+        self.jobs.get(id)
+    }
+
+    /// Every job this process still remembers.
+    pub fn jobs(&self) -> Vec<JobStatus> {
+        self.jobs.list()
+    }
+
+    /// Asks a job to stop after its current batch.
+    pub fn cancel_job(&self, id: u64) -> Option<JobStatus> {
+        self.jobs.cancel(id)
+    }
+
+    /// Puts matching entries back into their consumers' replay lanes, as a
+    /// background job of batches of `batch`.
     pub async fn replay(
         &self,
         queue: DeadQueue,
         filter: &QueueFilter,
         dry_run: bool,
+        batch: Option<usize>,
     ) -> Result<BulkOutcome, AdminError> {
-        self.bulk(queue, filter, dry_run, Bulk::Replay).await
+        self.bulk(queue, filter, dry_run, Bulk::Replay(batch)).await
     }
 
     /// Deletes matching entries for good.
@@ -393,41 +436,56 @@ impl HubControl {
         action: Bulk,
     ) -> Result<BulkOutcome, AdminError> {
         let matched = self.parked(queue, filter).await?;
-        let sample = matched.iter().take(10).map(ParkedEntry::from).collect();
-        let mut done = 0;
-        if !dry_run {
-            let mut by_consumer: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-            for entry in &matched {
-                by_consumer
-                    .entry(&entry.consumer)
-                    .or_default()
-                    .push(entry.id);
-            }
-            for (consumer, ids) in by_consumer {
-                done += match action {
-                    Bulk::Replay => self.bus.requeue_dead(consumer, queue, &ids).await?,
-                    Bulk::Discard => self.bus.discard_dead(consumer, queue, &ids).await?,
-                };
-            }
-            tracing::warn!(
-                queue = ?queue,
-                action = ?action,
-                matched = matched.len(),
-                done,
-                "bulk action on parked events"
-            );
-        }
-        Ok(BulkOutcome {
+        let mut outcome = BulkOutcome {
             dry_run,
             matched: matched.len(),
-            done,
-            sample,
-        })
+            done: 0,
+            sample: matched.iter().take(10).map(ParkedEntry::from).collect(),
+            job: None,
+        };
+        if dry_run {
+            return Ok(outcome);
+        }
+        let mut by_consumer: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for entry in matched {
+            by_consumer
+                .entry(entry.consumer)
+                .or_default()
+                .push(entry.id);
+        }
+        tracing::warn!(
+            queue = ?queue,
+            action = ?action,
+            matched = outcome.matched,
+            "bulk action on parked events"
+        );
+        match action {
+            Bulk::Replay(batch) => {
+                let kind = match queue {
+                    DeadQueue::DeadLetter => JobKind::DeadLetterReplay,
+                    DeadQueue::Review => JobKind::ReviewReplay,
+                };
+                outcome.job = Some(self.jobs.start(
+                    Arc::clone(&self.bus),
+                    kind,
+                    Requeue::Parked(queue),
+                    by_consumer.into_iter().collect(),
+                    batch.unwrap_or(jobs::DEFAULT_BATCH),
+                ));
+            }
+            Bulk::Discard => {
+                for (consumer, ids) in by_consumer {
+                    outcome.done += self.bus.discard_dead(&consumer, queue, &ids).await?;
+                }
+            }
+        }
+        Ok(outcome)
     }
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Bulk {
-    Replay,
+    /// In the background, in batches of this size.
+    Replay(Option<usize>),
     Discard,
 }

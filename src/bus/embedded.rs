@@ -346,6 +346,15 @@ fn enqueue_again(
     Ok(())
 }
 
+/// Adds an encoded envelope to the log under the next sequence number.
+fn append_log(txn: &redb::WriteTransaction, bytes: &[u8]) -> Result<u64, redb::Error> {
+    let mut meta = txn.open_table(META)?;
+    let seq = meta.get(NEXT_SEQ)?.map(|v| v.value()).unwrap_or(0);
+    meta.insert(NEXT_SEQ, seq + 1)?;
+    txn.open_table(EVENTS)?.insert(seq, bytes)?;
+    Ok(seq)
+}
+
 /// One fewer queue row points at `seq`.
 fn release_ref(txn: &redb::WriteTransaction, seq: u64) -> Result<(), redb::Error> {
     let mut refs = txn.open_table(REFS)?;
@@ -404,10 +413,7 @@ impl Bus for EmbeddedBus {
                 dedup.insert(key.as_str(), received_at)?;
                 txn.open_table(DEDUP_EXPIRY)?
                     .insert((received_at, key.as_str()), ())?;
-                let mut meta = txn.open_table(META)?;
-                let seq = meta.get(NEXT_SEQ)?.map(|v| v.value()).unwrap_or(0);
-                meta.insert(NEXT_SEQ, seq + 1)?;
-                txn.open_table(EVENTS)?.insert(seq, bytes.as_slice())?;
+                let seq = append_log(txn, &bytes)?;
                 let mut schedule = txn.open_table(SCHEDULE)?;
                 let now = now_ms();
                 for consumer in &consumers {
@@ -618,53 +624,78 @@ impl Bus for EmbeddedBus {
         Ok(moved)
     }
 
-    async fn replay_history(
+    async fn history(
         &self,
         consumer: &str,
         source: &str,
         pattern: &EventPattern,
         since_ms: u64,
         until_ms: u64,
-        dry_run: bool,
-    ) -> Result<usize, BusError> {
+    ) -> Result<Vec<u64>, BusError> {
         self.waker(consumer, Lane::Live)?;
-        let matching = |envelope: &Envelope| {
-            envelope.source == source
+        // A read transaction: the log can be large and the writer must not
+        // stall behind the scan.
+        let txn = self.store.database().begin_read().map_err(storage)?;
+        let events = txn.open_table(EVENTS).map_err(storage)?;
+        let mut seqs = Vec::new();
+        for row in events.iter().map_err(storage)? {
+            let (seq, bytes) = row.map_err(storage)?;
+            let envelope = Envelope::decode(bytes.value())?;
+            // Forced replays' copies are not history: the original is.
+            if envelope.generation.is_none()
+                && envelope.source == source
                 && pattern.matches(&envelope.event_type)
                 && envelope.received_at_ms >= since_ms
                 && envelope.received_at_ms < until_ms
-        };
-        // Find the matches in a read transaction: the log can be large and
-        // the writer must not stall behind the scan.
-        let seqs: Vec<u64> = {
-            let txn = self.store.database().begin_read().map_err(storage)?;
-            let events = txn.open_table(EVENTS).map_err(storage)?;
-            let mut seqs = Vec::new();
-            for row in events.iter().map_err(storage)? {
-                let (seq, bytes) = row.map_err(storage)?;
-                if matching(&Envelope::decode(bytes.value())?) {
-                    seqs.push(seq.value());
-                }
+            {
+                seqs.push(seq.value());
             }
-            seqs
-        };
-        if dry_run || seqs.is_empty() {
-            return Ok(seqs.len());
         }
+        Ok(seqs)
+    }
+
+    async fn requeue_history(
+        &self,
+        consumer: &str,
+        ids: &[u64],
+        force: bool,
+    ) -> Result<usize, BusError> {
+        self.waker(consumer, Lane::Live)?;
         let consumer_key = consumer.to_owned();
-        let count = seqs.len();
-        self.store
+        let ids = ids.to_vec();
+        let queued = self
+            .store
             .write(Persist::Durable, move |txn| {
                 let now = now_ms();
-                for seq in seqs {
+                let mut queued = 0;
+                for seq in ids {
+                    let stored = txn
+                        .open_table(EVENTS)?
+                        .get(seq)?
+                        .map(|v| v.value().to_vec());
+                    let Some(bytes) = stored else { continue };
+                    let seq = if force {
+                        // A new generation is a new log entry: the original
+                        // stays as it was received.
+                        let Ok(mut envelope) = Envelope::decode(&bytes) else {
+                            continue;
+                        };
+                        envelope.generation = Some(now);
+                        append_log(txn, &envelope.encode())?
+                    } else {
+                        seq
+                    };
                     enqueue_again(txn, &consumer_key, seq, now)?;
+                    queued += 1;
                 }
-                Ok(())
+                Ok(queued)
             })
             .await
             .map_err(unavailable)?;
-        self.waker(consumer, Lane::Replay)?.notify_one();
-        Ok(count)
+        if queued > 0 {
+            self.waker(consumer, Lane::Replay)?.notify_one();
+        }
+        Ok(queued)
     }
 
     async fn discard_dead(

@@ -25,6 +25,10 @@ pub struct Envelope {
     pub received_at_ms: u64,
     /// W3C trace context of the ingest span.
     pub traceparent: Option<String>,
+    /// Set on a forced replay: a new generation of the event, with its own
+    /// idempotency keys, so effects apply again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
     /// The raw body exactly as signed.
     #[serde(skip)]
     pub payload: Bytes,
@@ -44,6 +48,15 @@ impl Envelope {
     /// The key ingest deduplicates on: `<source>:<event id>`.
     pub fn dedup_key(&self) -> String {
         format!("{}:{}", self.source, self.event_id)
+    }
+
+    /// What idempotency keys are made of: the event id, plus the generation
+    /// of a forced replay.
+    pub fn effect_id(&self) -> String {
+        match self.generation {
+            None => self.event_id.clone(),
+            Some(generation) => format!("{}~{generation}", self.event_id),
+        }
     }
 
     /// `[version u16][header length u32][header JSON][payload]`, big endian.
@@ -101,6 +114,7 @@ mod tests {
             account: Some("acct_1".into()),
             received_at_ms: 1_700_000_000_123,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            generation: None,
             payload: Bytes::from_static(br#"{"id":"evt_1","type":"invoice.paid"}"#),
         }
     }

@@ -228,19 +228,28 @@ pub trait Bus: Send + Sync + 'static {
         ids: &[u64],
     ) -> Result<usize, BusError>;
 
-    /// Queues events from the log's history in `consumer`'s replay lane: events of
-    /// `source` whose type matches `pattern`, received in `[since_ms,
-    /// until_ms)`. They go through the consumer's idempotency keys like any
-    /// delivery, so effects already applied are skipped. With `dry_run`,
-    /// only counts. Returns how many matched.
-    async fn replay_history(
+    /// Events in the log's history for `consumer` to receive again: events
+    /// of `source` whose type matches `pattern`, received in `[since_ms,
+    /// until_ms)`, oldest first, as ids for [`Bus::requeue_history`].
+    async fn history(
         &self,
         consumer: &str,
         source: &str,
         pattern: &EventPattern,
         since_ms: u64,
         until_ms: u64,
-        dry_run: bool,
+    ) -> Result<Vec<u64>, BusError>;
+
+    /// Queues history events (ids from [`Bus::history`]) in `consumer`'s
+    /// replay lane. They go through the consumer's idempotency keys like any
+    /// delivery, so effects already applied are skipped; with `force` they
+    /// go as a new generation of the event (its own keys), so they apply
+    /// again. Unknown ids are skipped. Returns how many were queued.
+    async fn requeue_history(
+        &self,
+        consumer: &str,
+        ids: &[u64],
+        force: bool,
     ) -> Result<usize, BusError>;
 
     /// Deletes parked entries for good. Returns how many were deleted.

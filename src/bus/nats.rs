@@ -50,6 +50,7 @@ const H_TRACEPARENT: &str = "traceparent";
 const H_REASON: &str = "switchyard-reason";
 const H_ATTEMPTS: &str = "switchyard-attempts";
 const H_DEAD_AT: &str = "switchyard-dead-at";
+const H_GENERATION: &str = "switchyard-generation";
 
 /// Settings of the JetStream engine (from `[bus]`).
 #[derive(Debug, Clone)]
@@ -263,6 +264,9 @@ fn envelope_headers(envelope: &Envelope) -> HeaderMap {
     if let Some(traceparent) = &envelope.traceparent {
         headers.insert(H_TRACEPARENT, header_value(traceparent).as_str());
     }
+    if let Some(generation) = envelope.generation {
+        headers.insert(H_GENERATION, generation.to_string().as_str());
+    }
     headers
 }
 
@@ -299,6 +303,7 @@ fn envelope_from(
         account: header(headers, H_ACCOUNT).map(str::to_owned),
         received_at_ms: number(H_RECEIVED)? as u64,
         traceparent: header(headers, H_TRACEPARENT).map(str::to_owned),
+        generation: header(headers, H_GENERATION).and_then(|g| g.parse().ok()),
         payload: payload.clone(),
     })
 }
@@ -877,41 +882,67 @@ impl Bus for NatsBus {
         Ok(moved)
     }
 
-    async fn replay_history(
+    async fn history(
         &self,
         consumer: &str,
         source: &str,
         pattern: &EventPattern,
         since_ms: u64,
         until_ms: u64,
-        dry_run: bool,
-    ) -> Result<usize, BusError> {
+    ) -> Result<Vec<u64>, BusError> {
         self.consumer(consumer)?;
         let probe = Subscription {
             consumer: consumer.to_owned(),
             filters: vec![(source.to_owned(), pattern.clone())],
         };
         let subject = filter_subjects(&self.prefix, &probe).remove(0);
-        // One run's ids differ from the next run's, so an operator can replay
-        // the same window twice on purpose.
-        let run = now_ms();
-        let mut count = 0;
+        let mut seqs = Vec::new();
         let mut from = 1;
         while let Some(message) = Self::next_message(&self.events, &subject, from).await? {
             from = message.sequence + 1;
             let envelope = envelope_from(Some(&message.headers), &message.payload)?;
-            let in_window =
-                envelope.received_at_ms >= since_ms && envelope.received_at_ms < until_ms;
-            if !in_window || !probe.matches(&envelope) {
-                continue;
-            }
-            count += 1;
-            if !dry_run {
-                let id = format!("history:{consumer}:{}:{run}", message.sequence);
-                self.publish_replay(consumer, &envelope, &id).await?;
+            if envelope.received_at_ms >= since_ms
+                && envelope.received_at_ms < until_ms
+                && probe.matches(&envelope)
+            {
+                seqs.push(message.sequence);
             }
         }
-        Ok(count)
+        Ok(seqs)
+    }
+
+    async fn requeue_history(
+        &self,
+        consumer: &str,
+        ids: &[u64],
+        force: bool,
+    ) -> Result<usize, BusError> {
+        self.consumer(consumer)?;
+        let events = format!("{}.events.", self.prefix);
+        // One run's message ids differ from the next run's, so an operator
+        // can replay the same window twice on purpose.
+        let run = now_ms();
+        let mut queued = 0;
+        for &seq in ids {
+            let message = match self.events.get_raw_message(seq).await {
+                Ok(message) => message,
+                Err(err) if err.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                    continue;
+                }
+                Err(err) => return Err(unavailable(err)),
+            };
+            if !message.subject.starts_with(&events) {
+                continue;
+            }
+            let mut envelope = envelope_from(Some(&message.headers), &message.payload)?;
+            if force {
+                envelope.generation = Some(run);
+            }
+            let id = format!("history:{consumer}:{seq}:{run}");
+            self.publish_replay(consumer, &envelope, &id).await?;
+            queued += 1;
+        }
+        Ok(queued)
     }
 
     async fn discard_dead(

@@ -88,7 +88,7 @@ where
                 &policy.key_prefix,
                 &delivery.consumer,
                 &envelope.source,
-                &envelope.event_id,
+                &envelope.effect_id(),
             );
             let lease = match policy.store.claim(&key, policy.lease).await? {
                 Claim::AlreadyDone => return Ok(Verdict::AlreadyDone),
@@ -148,7 +148,13 @@ impl Service<Delivery> for PluginCall {
                 attempt: delivery.attempt,
                 payload: String::from_utf8_lossy(&envelope.payload).into_owned(),
             };
-            let report = plugin.call(event, envelope.traceparent.as_deref()).await;
+            let report = plugin
+                .call(
+                    event,
+                    &envelope.effect_id(),
+                    envelope.traceparent.as_deref(),
+                )
+                .await;
             metrics
                 .plugin_duration
                 .get_or_create(&ConsumerLabel {

@@ -259,6 +259,7 @@ pub fn verify_and_parse(
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             traceparent,
+            generation: None,
             payload: body,
         },
     })

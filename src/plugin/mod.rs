@@ -244,7 +244,14 @@ impl ConsumerPlugin {
     /// Runs `handle(event)` in a fresh instance under the consumer's budgets.
     /// `traceparent` is the event's trace context; every outbound call
     /// carries it on as a child span.
-    pub async fn call(&self, event: PluginEvent, traceparent: Option<&str>) -> CallReport {
+    /// `effect_id` names this delivery's effects in `Idempotency-Key`s: the
+    /// event id, or that of a forced replay's generation.
+    pub async fn call(
+        &self,
+        event: PluginEvent,
+        effect_id: &str,
+        traceparent: Option<&str>,
+    ) -> CallReport {
         let started = Instant::now();
         let limits = self.context.limits;
         let cpu_budget_ticks = (limits.cpu.as_micros() / TICK.as_micros()).max(1) as u64;
@@ -252,7 +259,7 @@ impl ConsumerPlugin {
             self.pre.engine(),
             HostState::new(
                 Arc::clone(&self.context),
-                event.id.clone(),
+                effect_id.to_owned(),
                 traceparent
                     .and_then(|t| t.split('-').nth(1))
                     .map(str::to_owned),

@@ -198,14 +198,21 @@ async fn dead_letters_are_listed_filtered_dry_run_replayed_and_discarded() {
 
     // The downstream is fixed; replay the three for real.
     crm.set_default(Answer::status(200));
-    let (_, done) = hub
+    let (status, started) = hub
         .admin(
             Method::POST,
             "/v1/queues/dead_letter/replay",
             Some(json!({"filter": filter, "dry_run": false})),
         )
         .await;
-    assert_eq!(done["done"], 3);
+    assert_eq!(status, 202, "a replay runs in the background");
+    assert_eq!(started["matched"], 3);
+    let job = hub.finished_job(&started).await;
+    assert_eq!(job["state"], "done");
+    assert_eq!(
+        (job["total"].as_u64(), job["queued"].as_u64()),
+        (Some(3), Some(3))
+    );
     eventually(WITHIN, "replayed events delivered", || async {
         crm.effects().len() == 3
     })
@@ -283,6 +290,28 @@ async fn the_cli_shows_consumers_and_replays_reviews() {
         history.contains("dry run: 1 events would be queued for erp"),
         "{history}"
     );
+    // `review` is `dlq --review`; `show` prints one entry; a real replay
+    // follows its background job to the end.
+    let id = hub
+        .hub
+        .control()
+        .parked(switchyard::bus::DeadQueue::Review, &Default::default())
+        .await
+        .unwrap()[0]
+        .id;
+    let shown = cli(&["review", "show", &id.to_string(), "--consumer", "erp"]);
+    assert!(
+        shown.contains("\"event_id\": \"evt_1PgKq3LzX8bYw3NcInvPad02\""),
+        "{shown}"
+    );
+    assert!(shown.contains("has no order_id"), "{shown}");
+    let replayed = cli(&["review", "replay", "--consumer", "erp", "--yes"]);
+    assert!(
+        replayed.contains("Done, 1 of 1 entries queued again"),
+        "{replayed}"
+    );
+    let jobs = cli(&["jobs", "list"]);
+    assert!(jobs.contains("ReviewReplay"), "{jobs}");
     let wrong = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["consumers"])
         .env("SWITCHYARD_ADMIN_URL", hub.admin_url(""))
@@ -420,17 +449,19 @@ consumers = ["erp"]
         0,
         "a dry run queues nothing"
     );
-    let (_, done) = second
+    let (status, done) = second
         .admin(
             Method::POST,
             "/v1/consumers/erp/replay",
             Some(request(false)),
         )
         .await;
+    assert_eq!(status, 202);
     assert_eq!(
         (done["matched"].as_u64(), done["dry_run"].as_bool()),
         (Some(2), Some(false))
     );
+    assert_eq!(second.finished_job(&done).await["queued"], 2);
     eventually(WITHIN, "erp received the missed invoices", || async {
         erp.effects().len() == 2
     })
@@ -445,6 +476,7 @@ consumers = ["erp"]
         )
         .await;
     assert_eq!(again["matched"], 3);
+    assert_eq!(second.finished_job(&again).await["queued"], 3);
     second.drained(WITHIN).await;
     assert_eq!(
         crm.effects().len(),
@@ -499,8 +531,8 @@ consumers = ["crm"]
             Some(json!({"filter": {"consumer": "crm"}, "dry_run": false})),
         )
         .await;
-    assert_eq!(status, 200);
-    assert_eq!(done["done"], REPLAYED);
+    assert_eq!(status, 202);
+    assert_eq!(hub.finished_job(&done).await["queued"], REPLAYED);
     for i in 100..108 {
         assert_eq!(hub.send(&contact(i, "customer.updated")).await.0, 200);
     }
@@ -526,4 +558,90 @@ consumers = ["crm"]
         applied(0, REPLAYED) == REPLAYED
     })
     .await;
+}
+
+/// A replay job reports progress and stops between batches when cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_job_can_be_cancelled_between_batches() {
+    let crm = MockDownstream::start().await;
+    let hub = admin_hub(&crm).await;
+    let before = now() as u64 * 1000 - 1000;
+    const EVENTS: usize = 300;
+    for i in 0..EVENTS {
+        assert_eq!(hub.send(&contact(i, "customer.created")).await.0, 200);
+    }
+    hub.drained(WITHIN).await;
+    // One event per batch: a long job.
+    let (status, started) = hub
+        .admin(
+            Method::POST,
+            "/v1/consumers/crm/replay",
+            Some(
+                json!({"source": "stripe", "since_ms": before, "dry_run": false, "batch_size": 1}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(started["matched"], EVENTS);
+    let id = started["job"]["id"].as_u64().unwrap();
+    let (status, _) = hub
+        .admin(Method::POST, &format!("/v1/jobs/{id}/cancel"), None)
+        .await;
+    assert_eq!(status, 200);
+    let job = hub.finished_job(&started).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    let processed = job["processed"].as_u64().unwrap();
+    assert!(processed < EVENTS as u64, "{job}");
+    assert_eq!(job["queued"], processed);
+    let (_, listed) = hub.admin(Method::GET, "/v1/jobs", None).await;
+    assert_eq!(listed[0]["id"], id);
+    let (status, _) = hub.admin(Method::GET, "/v1/jobs/9999", None).await;
+    assert_eq!(status, 404);
+}
+
+/// A forced history replay applies effects again, under new idempotency
+/// keys: for a downstream that lost what it had received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_history_replay_applies_effects_again() {
+    let crm = MockDownstream::start().await;
+    let hub = admin_hub(&crm).await;
+    let before = now() as u64 * 1000 - 1000;
+    assert_eq!(hub.send(&contact(1, "customer.created")).await.0, 200);
+    eventually(WITHIN, "the contact is applied", || async {
+        crm.effects().len() == 1
+    })
+    .await;
+    let replay = |force: bool| json!({"source": "stripe", "since_ms": before, "dry_run": false, "force": force});
+    let (_, plain) = hub
+        .admin(
+            Method::POST,
+            "/v1/consumers/crm/replay",
+            Some(replay(false)),
+        )
+        .await;
+    assert_eq!(hub.finished_job(&plain).await["queued"], 1);
+    hub.drained(WITHIN).await;
+    assert_eq!(
+        crm.effects().len(),
+        1,
+        "without force, idempotency skips it"
+    );
+    let (_, forced) = hub
+        .admin(Method::POST, "/v1/consumers/crm/replay", Some(replay(true)))
+        .await;
+    assert_eq!(hub.finished_job(&forced).await["queued"], 1);
+    eventually(WITHIN, "the forced replay is applied", || async {
+        crm.effects().len() == 2
+    })
+    .await;
+    let keys: Vec<String> = crm
+        .effects()
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap().to_owned())
+        .collect();
+    assert_ne!(
+        keys[0], keys[1],
+        "a forced replay is a new effect: {keys:?}"
+    );
+    assert_eq!(crm.effects()[0].path, crm.effects()[1].path);
 }

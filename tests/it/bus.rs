@@ -120,6 +120,7 @@ fn event(id: &str, event_type: &str) -> Envelope {
         account: None,
         received_at_ms: 1,
         traceparent: None,
+        generation: None,
         payload: Bytes::from(format!(r#"{{"id":"{id}","type":"{event_type}"}}"#)),
     }
 }
@@ -397,24 +398,47 @@ async fn history_replay_reaches_only_the_named_consumer(engine: Engine) {
     let erp = pull_one(&bus, "erp").await;
     bus.ack(&erp).await.unwrap();
     let customers = EventPattern::parse("customer.*").unwrap();
-    let window = |dry_run| {
-        let bus = Arc::clone(&bus);
-        let customers = customers.clone();
-        async move {
-            bus.replay_history("crm", "stripe", &customers, 0, 2_000, dry_run)
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(window(true).await, 1, "only evt_1 is inside the window");
+    let ids = bus
+        .history("crm", "stripe", &customers, 0, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1, "only evt_1 is inside the window");
     assert_nothing_due(&bus, "crm").await;
-    assert_eq!(window(false).await, 1);
+    assert_eq!(bus.requeue_history("crm", &ids, false).await.unwrap(), 1);
     assert_eq!(bus.backlog("crm").await.unwrap(), 1);
     let replayed = pull_from(&bus, "crm", Lane::Replay).await;
     assert_eq!(replayed.envelope.event_id, "evt_1");
+    assert_eq!(replayed.envelope.generation, None);
     bus.ack(&replayed).await.unwrap();
     assert_nothing_due(&bus, "crm").await;
     assert_nothing_due(&bus, "erp").await;
+    // Forced: the same event as a new generation, with its own effect id.
+    assert_eq!(bus.requeue_history("crm", &ids, true).await.unwrap(), 1);
+    let forced = pull_from(&bus, "crm", Lane::Replay).await;
+    assert_eq!(forced.envelope.event_id, "evt_1");
+    let generation = forced
+        .envelope
+        .generation
+        .expect("a forced replay has a generation");
+    assert_eq!(forced.envelope.effect_id(), format!("evt_1~{generation}"));
+    assert_eq!(
+        forced.envelope.payload,
+        event("evt_1", "customer.created").payload
+    );
+    bus.ack(&forced).await.unwrap();
+    // The history still holds the event as received, once.
+    assert_eq!(
+        bus.history("crm", "stripe", &customers, 0, 2_000)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        bus.requeue_history("crm", &[987_654], false).await.unwrap(),
+        0,
+        "unknown ids are skipped"
+    );
 }
 
 async fn backlog_and_oldest_age_follow_the_queue(engine: Engine) {

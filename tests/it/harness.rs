@@ -452,6 +452,25 @@ impl TestHub {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Waits for the background job an admin answer started to finish, and
+    /// returns its final status.
+    pub async fn finished_job(&self, started: &Value) -> Value {
+        let id = started["job"]["id"]
+            .as_u64()
+            .expect("the answer names a job");
+        let path = format!("/v1/jobs/{id}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, job) = self.admin(reqwest::Method::GET, &path, None).await;
+            assert_eq!(status, 200);
+            if job["state"] != "running" {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id} did not finish: {job}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// POSTs `body` signed with the harness secret at the current time.
     pub async fn send(&self, body: &[u8]) -> (u16, Value) {
         let header = signature_header(SECRET, now(), body);
