@@ -17,6 +17,7 @@ use crate::ingest::{Clock, Ingest, SourceEndpoint, system_clock};
 use crate::limiter::RateLimiter;
 use crate::plugin::{ConsumerPlugin, PluginError, PluginHost, build_connections};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::otlp::Tracer;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -78,6 +79,7 @@ fn resolve_sources(config: &Config) -> Result<HashMap<String, SourceEndpoint>, V
 }
 
 fn plugin_host(config: &Config) -> Result<PluginHost, PluginError> {
+    // (`check` loads plugins without a tracer; `prepare` adds the hub's.)
     let instances: usize = config.consumers.values().map(|c| c.concurrency).sum();
     let max_memory = config
         .consumers
@@ -258,9 +260,10 @@ struct Prepared {
     plugins: BTreeMap<String, Arc<ConsumerPlugin>>,
 }
 
-fn prepare(config: Config) -> Result<Prepared, Vec<HubError>> {
+fn prepare(config: Config, tracer: &Tracer) -> Result<Prepared, Vec<HubError>> {
     let sources = resolve_sources(&config);
     let plugins = plugin_host(&config)
+        .map(|host| host.with_tracer(tracer.clone()))
         .map_err(|err| vec![HubError::from(err)])
         .and_then(|host| load_plugins(&host, &config));
     match (sources, plugins) {
@@ -286,6 +289,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     control: Arc<HubControl>,
     ingest: Arc<Ingest>,
+    tracer: Tracer,
 }
 
 /// One consumer's pull loops (live and replay lane) and the switch that
@@ -346,6 +350,7 @@ impl Shared {
                         stats: Arc::clone(&stats),
                         paused: paused.subscribe(),
                         metrics: Arc::clone(&self.metrics),
+                        tracer: self.tracer.clone(),
                     };
                     tokio::spawn(consumer_loop.run(stop_rx.clone(), config.server.shutdown_grace))
                 })
@@ -381,6 +386,22 @@ async fn stop_consumers(running: BTreeMap<String, RunningConsumer>) {
     }
 }
 
+/// The OTLP exporter, when an endpoint is configured (the environment's
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_SERVICE_NAME` first).
+fn tracer(config: &Config) -> Tracer {
+    let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let endpoint =
+        from_env("OTEL_EXPORTER_OTLP_ENDPOINT").or(config.telemetry.otlp_endpoint.clone());
+    let service = from_env("OTEL_SERVICE_NAME").unwrap_or(config.telemetry.service_name.clone());
+    match endpoint {
+        Some(endpoint) => {
+            tracing::info!(endpoint = %endpoint, service = %service, "exporting traces over OTLP");
+            Tracer::start(&endpoint, &service)
+        }
+        None => Tracer::default(),
+    }
+}
+
 /// Settings a running hub cannot change: listeners, the bus, the
 /// idempotency store. Returns the tables that differ.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
@@ -401,6 +422,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         ),
         ("bus", &old.bus, &new.bus),
         ("idempotency", &old.idempotency, &new.idempotency),
+        ("telemetry", &old.telemetry, &new.telemetry),
     ] {
         if differ(a, b) {
             changed.push(table.to_owned());
@@ -496,7 +518,7 @@ impl Supervisor {
         let to_strings = |errors: Vec<HubError>| -> Vec<String> {
             errors.iter().map(ToString::to_string).collect()
         };
-        let mut prepared = prepare(config).map_err(to_strings)?;
+        let mut prepared = prepare(config, &self.shared.tracer).map_err(to_strings)?;
         self.shared
             .bus
             .resubscribe(&Subscriber::from_config(&prepared.config))
@@ -520,7 +542,8 @@ impl Supervisor {
 
 /// Starts every stage; returns once the listener accepts connections.
 pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, Vec<HubError>> {
-    let mut prepared = prepare(config)?;
+    let tracer = tracer(&config);
+    let mut prepared = prepare(config, &tracer)?;
     let config = &prepared.config;
     let (bus, embedded) = open_bus(config).await.map_err(|err| vec![err.into()])?;
     let (idempotency, key_prefix) = idempotency_store(config)
@@ -572,6 +595,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         Arc::clone(&bus),
         config.server.max_body,
         options.clock.unwrap_or_else(system_clock),
+        tracer.clone(),
     ));
     let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
     let control = Arc::new(HubControl::new(
@@ -586,6 +610,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         metrics,
         control: Arc::clone(&control),
         ingest: Arc::clone(&ingest),
+        tracer,
     };
     let running = shared.start_consumers(&prepared);
     let supervisor = Supervisor {

@@ -30,6 +30,7 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub bus: BusConfig,
     pub idempotency: IdempotencyConfig,
+    pub telemetry: TelemetryConfig,
     pub sources: BTreeMap<String, SourceConfig>,
     pub connections: BTreeMap<String, ConnectionConfig>,
     pub consumers: BTreeMap<String, ConsumerConfig>,
@@ -92,6 +93,15 @@ pub struct NatsConfig {
     pub token: Option<SecretRef>,
     /// How long ingest waits for JetStream's publish ack before answering 503.
     pub ack_timeout: Duration,
+}
+
+/// Trace export. `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_SERVICE_NAME` in
+/// the environment take precedence (the OpenTelemetry convention).
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318`; no export if unset.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
 }
 
 #[derive(Debug, Clone)]

@@ -18,6 +18,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub idempotency: RawIdempotency,
     #[serde(default)]
+    pub telemetry: RawTelemetry,
+    #[serde(default)]
     pub sources: BTreeMap<String, RawSource>,
     #[serde(default)]
     pub connections: BTreeMap<String, RawConnection>,
@@ -58,6 +60,13 @@ pub struct RawBus {
     pub credentials: Option<String>,
     pub token: Option<String>,
     pub ack_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -15,6 +15,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigIss
     let admin = raw.admin.as_ref().and_then(|admin| check.admin(admin));
     let bus = check.bus(&raw.bus);
     let idempotency = check.idempotency(&raw.idempotency);
+    let telemetry = check.telemetry(&raw.telemetry);
     let sources = raw
         .sources
         .iter()
@@ -43,6 +44,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigIss
             admin,
             bus,
             idempotency,
+            telemetry,
             sources,
             connections,
             consumers,
@@ -355,6 +357,24 @@ impl Checker<'_> {
                 raw.ack_timeout.as_ref(),
                 Duration::from_secs(5),
             ),
+        }
+    }
+
+    fn telemetry(&mut self, raw: &RawTelemetry) -> TelemetryConfig {
+        if let Some(endpoint) = &raw.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            self.issue(
+                "telemetry.otlp_endpoint",
+                format!("`{endpoint}` is not an OTLP/HTTP base URL like `http://127.0.0.1:4318`"),
+            );
+        }
+        TelemetryConfig {
+            otlp_endpoint: raw.otlp_endpoint.clone(),
+            service_name: raw
+                .service_name
+                .clone()
+                .unwrap_or_else(|| "switchyard".into()),
         }
     }
 

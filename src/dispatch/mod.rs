@@ -21,6 +21,7 @@ use crate::config::RetryConfig;
 use crate::limiter::RateLimiter;
 use crate::plugin::ConsumerPlugin;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::otlp::{SpanKind, SpanRecord, TraceContext, Tracer};
 use idempotency::{IdempotencyError, IdempotencyStore};
 use layers::{BreakerHandle, CircuitBreakerLayer, IdempotencyLayer, PluginCall, RateLimitLayer};
 use retry::{NextStep, RetrySchedule};
@@ -162,6 +163,18 @@ impl ConsumerStats {
     }
 }
 
+fn verdict_name(verdict: &Result<Verdict, DispatchError>) -> &'static str {
+    match verdict {
+        Ok(Verdict::Delivered { .. }) => "delivered",
+        Ok(Verdict::AlreadyDone) => "already_done",
+        Ok(Verdict::Busy { .. }) => "busy",
+        Ok(Verdict::Retry { .. }) => "retry",
+        Ok(Verdict::Reject(_)) => "reject",
+        Ok(Verdict::Review(_)) => "review",
+        Err(_) => "infra_error",
+    }
+}
+
 /// One consumer's pull loop and its settings.
 pub struct ConsumerLoop {
     pub name: String,
@@ -175,6 +188,7 @@ pub struct ConsumerLoop {
     /// While true the loop takes no new work; events wait in the bus.
     pub paused: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
+    pub tracer: Tracer,
 }
 
 /// How long one pull waits for work before the loop checks for shutdown.
@@ -196,6 +210,9 @@ impl ConsumerLoop {
         let this = Arc::new(self);
         loop {
             while in_flight.try_join_next().is_some() {}
+            if *shutdown.borrow() {
+                break;
+            }
             tokio::select! {
                 _ = paused.wait_for(|paused| !*paused) => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,
@@ -222,10 +239,10 @@ impl ConsumerLoop {
                 Lane::Live => PULL_WAIT,
                 Lane::Replay => Duration::ZERO,
             };
-            let pulled = tokio::select! {
-                pulled = this.bus.pull(&this.name, this.lane, 1, wait) => pulled,
-                _ = shutdown.wait_for(|stop| *stop) => break,
-            };
+            // Not raced against shutdown: a pull dropped half-way could have
+            // leased an event nobody then holds (it would wait out the
+            // visibility timeout). The pull's wait is short anyway.
+            let pulled = this.bus.pull(&this.name, this.lane, 1, wait).await;
             let delivery = match pulled {
                 Ok(mut deliveries) if !deliveries.is_empty() => deliveries.swap_remove(0),
                 Ok(_) if this.lane == Lane::Replay => {
@@ -243,8 +260,9 @@ impl ConsumerLoop {
                     continue;
                 }
             };
-            // Paused while the pull waited: give the event back untouched.
-            if *paused.borrow() {
+            // Paused or stopped while the pull waited: give the event back
+            // untouched.
+            if *paused.borrow() || *shutdown.borrow() {
                 if let Err(err) = this.bus.release(&delivery).await {
                     tracing::warn!(consumer = %this.name, error = %err, "could not release a delivery; it returns after the visibility timeout");
                 }
@@ -286,7 +304,49 @@ impl ConsumerLoop {
             event_type = %delivery.envelope.event_type,
             attempt = delivery.attempt,
         );
-        let verdict = tracing::Instrument::instrument(service.call(delivery.clone()), span).await;
+        // The delivery is a child span of the ingest span in the envelope;
+        // the plugin's outbound calls become its children.
+        let trace = delivery
+            .envelope
+            .traceparent
+            .as_deref()
+            .and_then(TraceContext::parse);
+        let deliver_span = trace.as_ref().map(TraceContext::child);
+        let mut call = delivery.clone();
+        if let Some(deliver_span) = &deliver_span {
+            let mut envelope = (*delivery.envelope).clone();
+            envelope.traceparent = Some(deliver_span.traceparent());
+            call.envelope = Arc::new(envelope);
+        }
+        let started = std::time::SystemTime::now();
+        let verdict = tracing::Instrument::instrument(service.call(call), span).await;
+        if let (Some(parent), Some(deliver_span)) = (trace, deliver_span)
+            && self.tracer.enabled()
+        {
+            self.tracer.export(SpanRecord {
+                name: format!("deliver {}", self.name),
+                kind: SpanKind::Internal,
+                trace_id: deliver_span.trace_id,
+                span_id: deliver_span.span_id,
+                parent_span_id: Some(parent.span_id),
+                start: started,
+                end: std::time::SystemTime::now(),
+                attributes: vec![
+                    ("switchyard.consumer", self.name.clone()),
+                    ("switchyard.event_id", delivery.envelope.event_id.clone()),
+                    ("switchyard.attempt", delivery.attempt.to_string()),
+                    (
+                        "switchyard.lane",
+                        format!("{:?}", delivery.lane).to_lowercase(),
+                    ),
+                    ("switchyard.verdict", verdict_name(&verdict).to_owned()),
+                ],
+                error: !matches!(
+                    verdict,
+                    Ok(Verdict::Delivered { .. } | Verdict::AlreadyDone | Verdict::Busy { .. })
+                ),
+            });
+        }
         let settled = self.settle(&delivery, verdict, schedule).await;
         if let Err(err) = settled {
             stats.infra_errors.fetch_add(1, Ordering::Relaxed);

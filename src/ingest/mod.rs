@@ -17,6 +17,7 @@ pub mod signature;
 
 use crate::bus::{Appended, Bus, Envelope};
 use crate::config::{Secret, SourceKind, is_event_type};
+use crate::telemetry::otlp::{self, SpanKind, SpanRecord, TraceContext, Tracer};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
@@ -99,6 +100,8 @@ impl IngestError {
 #[derive(Debug)]
 pub struct VerifiedEvent {
     envelope: Envelope,
+    /// The sender's span, when it sent a `traceparent`: the ingest span's parent.
+    parent_span_id: Option<String>,
 }
 
 impl VerifiedEvent {
@@ -142,6 +145,7 @@ pub struct Ingest {
     bus: Arc<dyn Bus>,
     max_body: u64,
     clock: Clock,
+    tracer: Tracer,
 }
 
 impl Ingest {
@@ -152,6 +156,7 @@ impl Ingest {
         bus: Arc<dyn Bus>,
         max_body: u64,
         clock: Clock,
+        tracer: Tracer,
     ) -> Ingest {
         Ingest {
             readiness,
@@ -160,11 +165,53 @@ impl Ingest {
             bus,
             max_body,
             clock,
+            tracer,
         }
     }
 
     pub fn set_sources(&self, sources: HashMap<String, SourceEndpoint>) {
         *self.sources.write().expect("sources lock") = Arc::new(sources);
+    }
+
+    /// The ingest span of an accepted (or refused-as-unavailable) event.
+    fn export_span(
+        &self,
+        verified: &VerifiedEvent,
+        started: std::time::SystemTime,
+        appended: &Result<Appended, crate::bus::BusError>,
+    ) {
+        if !self.tracer.enabled() {
+            return;
+        }
+        let envelope = &verified.envelope;
+        let Some(span) = envelope
+            .traceparent
+            .as_deref()
+            .and_then(TraceContext::parse)
+        else {
+            return;
+        };
+        let outcome = match appended {
+            Ok(Appended::Stored) => "accepted",
+            Ok(Appended::Duplicate) => "duplicate",
+            Err(_) => "unavailable",
+        };
+        self.tracer.export(SpanRecord {
+            name: format!("ingest {}", envelope.source),
+            kind: SpanKind::Server,
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            parent_span_id: verified.parent_span_id.clone(),
+            start: started,
+            end: std::time::SystemTime::now(),
+            attributes: vec![
+                ("switchyard.source", envelope.source.clone()),
+                ("switchyard.event_id", envelope.event_id.clone()),
+                ("switchyard.event_type", envelope.event_type.clone()),
+                ("switchyard.outcome", outcome.to_owned()),
+            ],
+            error: appended.is_err(),
+        });
     }
 
     fn sources(&self) -> Arc<HashMap<String, SourceEndpoint>> {
@@ -232,20 +279,21 @@ pub fn verify_and_parse(
         ));
     }
     // Join the sender's trace when it sent one; start a trace otherwise, so
-    // every event can be followed to each downstream call.
-    let traceparent = headers
+    // every event can be followed to each downstream call. The envelope
+    // carries the ingest span: deliveries become its children.
+    let sender = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_traceparent(v))
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            format!(
-                "00-{:032x}-{:016x}-01",
-                rand::random::<u128>(),
-                rand::random::<u64>()
-            )
-        });
-    let traceparent = Some(traceparent);
+        .and_then(TraceContext::parse);
+    let ingest_span = match &sender {
+        Some(sender) => sender.child(),
+        None => TraceContext {
+            trace_id: otlp::new_trace_id(),
+            span_id: otlp::new_span_id(),
+        },
+    };
+    let traceparent = Some(ingest_span.traceparent());
     Ok(VerifiedEvent {
         envelope: Envelope {
             source: source.name.clone(),
@@ -262,6 +310,7 @@ pub fn verify_and_parse(
             generation: None,
             payload: body,
         },
+        parent_span_id: sender.map(|sender| sender.span_id),
     })
 }
 
@@ -347,7 +396,9 @@ impl Ingest {
         };
         let envelope = verified.envelope();
         let append_started = std::time::Instant::now();
+        let span_started = std::time::SystemTime::now();
         let appended = self.bus.append(envelope).await;
+        self.export_span(&verified, span_started, &appended);
         self.metrics
             .bus_append_duration
             .observe(append_started.elapsed().as_secs_f64());

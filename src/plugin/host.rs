@@ -8,6 +8,7 @@
 use super::bindings::switchyard::plugin::{host, http, types};
 use crate::config::{AuthConfig, ConnectionConfig, PluginLimits};
 use crate::limiter::RateLimiter;
+use crate::telemetry::otlp::{SpanKind, SpanRecord, TraceContext};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -106,6 +107,7 @@ pub struct ConsumerContext {
     pub connections: BTreeMap<String, Arc<Connection>>,
     pub settings: BTreeMap<String, String>,
     pub limits: PluginLimits,
+    pub tracer: crate::telemetry::otlp::Tracer,
 }
 
 /// One outbound call, as recorded for `plugin test` and for diagnostics.
@@ -121,8 +123,9 @@ pub struct CallRecord {
 pub struct HostState {
     pub context: Arc<ConsumerContext>,
     pub event_id: String,
-    /// W3C trace id of the event, passed on to downstreams.
-    pub trace_id: Option<String>,
+    /// The delivery's trace context: each outbound call is a child span of
+    /// it, and the downstream gets that span in `traceparent`.
+    pub trace: Option<TraceContext>,
     pub calls: Vec<CallRecord>,
     /// Longest `Retry-After` a downstream asked for during this event.
     pub retry_after: Option<Duration>,
@@ -146,7 +149,7 @@ impl HostState {
     pub fn new(
         context: Arc<ConsumerContext>,
         event_id: String,
-        trace_id: Option<String>,
+        trace: Option<TraceContext>,
     ) -> HostState {
         let limits = wasmtime::StoreLimitsBuilder::new()
             .memory_size(context.limits.memory as usize)
@@ -157,7 +160,7 @@ impl HostState {
         HostState {
             context,
             event_id,
-            trace_id,
+            trace,
             calls: Vec::new(),
             retry_after: None,
             downstream_unwell: false,
@@ -234,12 +237,13 @@ impl HostState {
         if let Some((name, value)) = &connection.authorization {
             headers.insert(name.clone(), value.clone());
         }
-        if let Some(trace_id) = &self.trace_id {
-            let traceparent = format!("00-{trace_id}-{:016x}-01", rand::random::<u64>());
-            if let Ok(value) = HeaderValue::from_str(&traceparent) {
-                headers.insert("traceparent", value);
-            }
+        let span = self.trace.as_ref().map(TraceContext::child);
+        if let Some(span) = &span
+            && let Ok(value) = HeaderValue::from_str(&span.traceparent())
+        {
+            headers.insert("traceparent", value);
         }
+        let started = std::time::SystemTime::now();
         self.calls.push(CallRecord {
             connection: request.connection.clone(),
             method: request.method.clone(),
@@ -266,6 +270,29 @@ impl HostState {
         }
         if answer.as_ref().is_ok_and(|r| r.status == 410) {
             self.downstream_gone = true;
+        }
+        if let (Some(span), Some(parent)) = (span, &self.trace)
+            && self.context.tracer.enabled()
+        {
+            let mut attributes = vec![
+                ("switchyard.consumer", self.context.consumer.to_string()),
+                ("switchyard.connection", request.connection.clone()),
+                ("http.request.method", request.method.clone()),
+            ];
+            if let Ok(response) = &answer {
+                attributes.push(("http.response.status_code", response.status.to_string()));
+            }
+            self.context.tracer.export(SpanRecord {
+                name: format!("{} {}", request.method, request.connection),
+                kind: SpanKind::Client,
+                trace_id: span.trace_id,
+                span_id: span.span_id,
+                parent_span_id: Some(parent.span_id.clone()),
+                start: started,
+                end: std::time::SystemTime::now(),
+                attributes,
+                error: answer.as_ref().map_or(true, |r| r.status >= 500),
+            });
         }
         answer
     }

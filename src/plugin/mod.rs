@@ -93,9 +93,16 @@ pub struct PluginHost {
     linker: Linker<HostState>,
     /// The epoch ticker runs while this or any loaded plugin lives.
     ticker_alive: Arc<()>,
+    tracer: crate::telemetry::otlp::Tracer,
 }
 
 impl PluginHost {
+    /// Outbound calls of plugins loaded from now on export client spans here.
+    pub fn with_tracer(mut self, tracer: crate::telemetry::otlp::Tracer) -> PluginHost {
+        self.tracer = tracer;
+        self
+    }
+
     /// `instances` bounds how many plugin calls can run at once (the sum of
     /// consumer concurrencies); `max_memory` is the largest per-instance cap.
     pub fn new(instances: u32, max_memory: u64) -> Result<PluginHost, PluginError> {
@@ -125,6 +132,7 @@ impl PluginHost {
             engine,
             linker,
             ticker_alive: alive,
+            tracer: Default::default(),
         })
     }
 
@@ -173,6 +181,7 @@ impl PluginHost {
                 connections: granted,
                 settings: config.settings.clone(),
                 limits: config.limits,
+                tracer: self.tracer.clone(),
             }),
         })
     }
@@ -260,9 +269,7 @@ impl ConsumerPlugin {
             HostState::new(
                 Arc::clone(&self.context),
                 effect_id.to_owned(),
-                traceparent
-                    .and_then(|t| t.split('-').nth(1))
-                    .map(str::to_owned),
+                traceparent.and_then(crate::telemetry::otlp::TraceContext::parse),
             ),
         );
         store.limiter(|state| state);

@@ -1,9 +1,10 @@
-//! Telemetry: logs and Prometheus metrics.
+//! Telemetry: logs, Prometheus metrics and optional OTLP trace export.
 //!
 //! Owns the process-wide tracing subscriber. Span fields are `source`,
 //! `event_id`, `consumer`; payloads and secrets never appear in logs.
 
 pub mod metrics;
+pub mod otlp;
 
 use tracing_subscriber::EnvFilter;
 

@@ -228,6 +228,8 @@ pub struct HubOptions {
     pub bus_extra: String,
     /// Extra `[server]` keys.
     pub server_extra: String,
+    /// More tables, appended at the end (e.g. `[telemetry]`).
+    pub extra_tables: String,
     /// Reuse this data directory (to restart on the same bus).
     pub dir: Option<Arc<tempfile::TempDir>>,
     pub max_body: &'static str,
@@ -245,6 +247,7 @@ impl HubOptions {
             bus: None,
             bus_extra: String::new(),
             server_extra: String::new(),
+            extra_tables: String::new(),
             dir: None,
             max_body: "64KiB",
             secrets: vec![SECRET.to_owned()],
@@ -372,7 +375,10 @@ kind = "stripe"
 secrets = [{secret_refs}]
 
 {routes}
+
+{extra_tables}
 "#,
+        extra_tables = options.extra_tables,
         max_body = options.max_body,
         bus = options
             .bus

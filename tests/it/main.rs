@@ -16,6 +16,7 @@ mod idempotency;
 mod ingest_edge;
 mod log_hygiene;
 mod nats;
+mod otlp;
 mod plugin_dist;
 mod reload;
 mod resilience;
