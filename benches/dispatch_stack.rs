@@ -79,6 +79,7 @@ fn stack(c: &mut Criterion) {
                     period: Duration::from_nanos(1),
                     burst: 1_000_000,
                 }))),
+                rate_limit_waits: Default::default(),
             },
             no_op(),
         )

@@ -16,7 +16,7 @@ use crate::dispatch::{ConsumerLoop, ConsumerStats, StackParts, consumer_stack, p
 use crate::ingest::{Clock, Ingest, SourceEndpoint, system_clock};
 use crate::limiter::RateLimiter;
 use crate::plugin::{ConsumerPlugin, PluginError, PluginHost, build_connections};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{ConsumerLabel, Metrics};
 use crate::telemetry::otlp::Tracer;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -324,6 +324,13 @@ impl Shared {
                 rate_limit: consumer
                     .rate_limit
                     .map(|limit| Arc::new(RateLimiter::new(limit))),
+                rate_limit_waits: self
+                    .metrics
+                    .rate_limit_waits
+                    .get_or_create(&ConsumerLabel {
+                        consumer: name.clone(),
+                    })
+                    .clone(),
             };
             let service = consumer_stack(
                 policies,

@@ -9,6 +9,7 @@ use crate::limiter::RateLimiter;
 use crate::plugin::{CallOutcome, ConsumerPlugin, PluginEvent};
 use crate::telemetry::metrics::{ConsumerLabel, Metrics};
 use futures::future::BoxFuture;
+use prometheus_client::metrics::counter::Counter;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -400,11 +401,13 @@ where
 #[derive(Clone)]
 pub struct RateLimitLayer {
     limiter: Arc<RateLimiter>,
+    waits: Counter,
 }
 
 impl RateLimitLayer {
-    pub fn new(limiter: Arc<RateLimiter>) -> Self {
-        RateLimitLayer { limiter }
+    /// `waits` counts the times a permit was not there at once.
+    pub fn new(limiter: Arc<RateLimiter>, waits: Counter) -> Self {
+        RateLimitLayer { limiter, waits }
     }
 }
 
@@ -415,6 +418,7 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimited {
             inner,
             limiter: Arc::clone(&self.limiter),
+            waits: self.waits.clone(),
             permit: false,
             wait: None,
         }
@@ -424,6 +428,7 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimited<S> {
     inner: S,
     limiter: Arc<RateLimiter>,
+    waits: Counter,
     permit: bool,
     wait: Option<Wait>,
 }
@@ -434,6 +439,7 @@ impl<S: Clone> Clone for RateLimited<S> {
         RateLimited {
             inner: self.inner.clone(),
             limiter: Arc::clone(&self.limiter),
+            waits: self.waits.clone(),
             permit: false,
             wait: None,
         }
@@ -456,7 +462,10 @@ where
             }
             match self.limiter.try_acquire() {
                 Ok(()) => self.permit = true,
-                Err(wait) => self.wait = Some(Box::pin(tokio::time::sleep(wait))),
+                Err(wait) => {
+                    self.waits.inc();
+                    self.wait = Some(Box::pin(tokio::time::sleep(wait)));
+                }
             }
         }
         self.inner.poll_ready(cx)

@@ -20,7 +20,7 @@ use crate::bus::{Bus, BusError, DeadQueue, Delivery, Lane};
 use crate::config::RetryConfig;
 use crate::limiter::RateLimiter;
 use crate::plugin::ConsumerPlugin;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{ConsumerLabel, Metrics};
 use crate::telemetry::otlp::{SpanKind, SpanRecord, TraceContext, Tracer};
 use idempotency::{IdempotencyError, IdempotencyStore};
 use layers::{BreakerHandle, CircuitBreakerLayer, IdempotencyLayer, PluginCall, RateLimitLayer};
@@ -77,6 +77,8 @@ pub struct StackParts {
     pub ttl: Duration,
     pub breaker: Option<Arc<BreakerHandle>>,
     pub rate_limit: Option<Arc<RateLimiter>>,
+    /// Counts the rate limiter's waits (`switchyard_rate_limit_waits_total`).
+    pub rate_limit_waits: prometheus_client::metrics::counter::Counter,
 }
 
 /// Builds one consumer's stack, outermost layer first.
@@ -108,7 +110,11 @@ where
         .option_layer(parts.breaker.map(CircuitBreakerLayer::new))
         // Waits for a permit before work is pulled: a throttled consumer's
         // backlog stays in the bus and no attempt is spent waiting.
-        .option_layer(parts.rate_limit.map(RateLimitLayer::new))
+        .option_layer(
+            parts
+                .rate_limit
+                .map(|limiter| RateLimitLayer::new(limiter, parts.rate_limit_waits)),
+        )
         // Innermost: the call itself — the plugin, under its CPU, wall-clock
         // and memory budgets (see `plugin_call`).
         .service(call);
@@ -296,6 +302,12 @@ impl ConsumerLoop {
     ) {
         let stats = &self.stats;
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .attempts
+            .get_or_create(&ConsumerLabel {
+                consumer: self.name.clone(),
+            })
+            .inc();
         let span = tracing::info_span!(
             "deliver",
             consumer = %self.name,

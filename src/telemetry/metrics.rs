@@ -51,6 +51,10 @@ pub struct Metrics {
     pub breaker_state: Family<ConsumerLabel, Gauge>,
     pub dead_letters: Family<ConsumerLabel, Gauge>,
     pub reviews: Family<ConsumerLabel, Gauge>,
+    /// Every delivery attempt (a plugin call, or a skip by idempotency).
+    pub attempts: Family<ConsumerLabel, Counter>,
+    /// Times a consumer waited for its rate limiter before pulling.
+    pub rate_limit_waits: Family<ConsumerLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -73,6 +77,8 @@ impl Metrics {
             breaker_state: Family::default(),
             dead_letters: Family::default(),
             reviews: Family::default(),
+            attempts: Family::default(),
+            rate_limit_waits: Family::default(),
         };
         {
             let mut r = metrics.registry.lock().expect("registry lock");
@@ -125,6 +131,16 @@ impl Metrics {
                 "consumer_reviews_events",
                 "Events in the review queue",
                 metrics.reviews.clone(),
+            );
+            r.register(
+                "dispatch_attempts",
+                "Delivery attempts by consumer",
+                metrics.attempts.clone(),
+            );
+            r.register(
+                "rate_limit_waits",
+                "Times a consumer waited for its rate limit before pulling",
+                metrics.rate_limit_waits.clone(),
             );
         }
         metrics

@@ -369,6 +369,8 @@ async fn metrics_follow_a_known_sequence_of_events() {
         r#"switchyard_consumer_backlog_events{consumer="crm"} 0"#,
         r#"switchyard_consumer_breaker_state{consumer="crm"} 0"#,
         r#"switchyard_plugin_duration_seconds_count{consumer="crm"} 2"#,
+        r#"switchyard_dispatch_attempts_total{consumer="crm"} 2"#,
+        r#"switchyard_dispatch_attempts_total{consumer="erp"} 1"#,
         "switchyard_bus_append_duration_seconds_count 3",
     ] {
         assert!(text.lines().any(|l| l == line), "missing `{line}`");

@@ -186,6 +186,18 @@ consumers = ["limited", "unlimited"]
         status.stats.retried, 0,
         "waiting for a permit is not a failed attempt"
     );
+    let metrics = hub.hub.control().metrics_text().await.unwrap();
+    let waits = |consumer: &str| -> u64 {
+        let prefix = format!("switchyard_rate_limit_waits_total{{consumer=\"{consumer}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no rate-limit waits of {consumer} in\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(waits("limited") > 0, "the limiter made the consumer wait");
+    assert_eq!(waits("unlimited"), 0);
     hub.hub.shutdown().await;
 }
 
