@@ -521,6 +521,32 @@ impl NatsBus {
         }
     }
 
+    /// Message `seq` of `stream`, if it is still there.
+    async fn message_at(
+        stream: &stream::Stream,
+        seq: u64,
+    ) -> Result<Option<StreamMessage>, BusError> {
+        match stream.get_raw_message(seq).await {
+            Ok(message) => Ok(Some(message)),
+            Err(err) if err.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
+    /// Entry `id` of one consumer's dead-letter or review queue, if it is
+    /// there (ids of other queues are not).
+    async fn parked(
+        &self,
+        consumer: &str,
+        queue: DeadQueue,
+        id: u64,
+    ) -> Result<Option<StreamMessage>, BusError> {
+        let subject = self.dead_subject(consumer, queue);
+        Ok(Self::message_at(&self.dead, id)
+            .await?
+            .filter(|message| message.subject.as_str() == subject))
+    }
+
     fn lease(delivery: &Delivery) -> &NatsLease {
         match &delivery.handle {
             DeliveryHandle::Nats(lease) => lease,
@@ -862,15 +888,11 @@ impl Bus for NatsBus {
         ids: &[u64],
     ) -> Result<usize, BusError> {
         self.consumer(consumer)?;
-        let subject = self.dead_subject(consumer, queue);
         let mut moved = 0;
         for &id in ids {
-            let Some(message) = Self::next_message(&self.dead, &subject, id).await? else {
+            let Some(message) = self.parked(consumer, queue, id).await? else {
                 continue;
             };
-            if message.sequence != id {
-                continue;
-            }
             let envelope = envelope_from(Some(&message.headers), &message.payload)?;
             // Publish first, then delete: a crash in between replays twice,
             // which idempotency keys absorb; the other order could lose it.
@@ -924,12 +946,8 @@ impl Bus for NatsBus {
         let run = now_ms();
         let mut queued = 0;
         for &seq in ids {
-            let message = match self.events.get_raw_message(seq).await {
-                Ok(message) => message,
-                Err(err) if err.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
-                    continue;
-                }
-                Err(err) => return Err(unavailable(err)),
+            let Some(message) = Self::message_at(&self.events, seq).await? else {
+                continue;
             };
             if !message.subject.starts_with(&events) {
                 continue;
@@ -952,13 +970,11 @@ impl Bus for NatsBus {
         ids: &[u64],
     ) -> Result<usize, BusError> {
         self.consumer(consumer)?;
-        let subject = self.dead_subject(consumer, queue);
         let mut deleted = 0;
         for &id in ids {
-            let Some(message) = Self::next_message(&self.dead, &subject, id).await? else {
-                continue;
-            };
-            if message.sequence == id && self.dead.delete_message(id).await.map_err(unavailable)? {
+            if self.parked(consumer, queue, id).await?.is_some()
+                && self.dead.delete_message(id).await.map_err(unavailable)?
+            {
                 deleted += 1;
             }
         }
