@@ -495,23 +495,10 @@ consumers = ["erp"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_replay_does_not_starve_live_traffic() {
     let crm = MockDownstream::start().await;
-    let mut options = HubOptions::new(format!(
-        r#"
-[connections.crm]
-base_url = "{}"
-
-[consumers.crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-concurrency = 4
-retry = {{ first = "10ms", max = "50ms", attempts = 1 }}
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-"#,
-        crm.url()
+    let mut options = HubOptions::new(crm_routes(
+        &crm,
+        r#"concurrency = 4
+retry = { first = "10ms", max = "50ms", attempts = 1 }"#,
     ));
     options.admin = true;
     let hub = TestHub::start(options).await;

@@ -661,3 +661,25 @@ pub async fn post_signed(
         .await
         .ok()
 }
+
+/// One consumer, `crm` (the crm plugin) on `customer.*`, calling `crm`;
+/// `consumer_keys` are more lines for `[consumers.crm]`.
+pub fn crm_routes(crm: &MockDownstream, consumer_keys: &str) -> String {
+    format!(
+        r#"
+[connections.crm]
+base_url = "{crm}"
+
+[consumers.crm]
+plugin = "{{plugin:crm}}"
+connections = ["crm"]
+{consumer_keys}
+
+[[routes]]
+source = "stripe"
+events = ["customer.*"]
+consumers = ["crm"]
+"#,
+        crm = crm.url()
+    )
+}

@@ -13,23 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn crm_consumer(crm: &MockDownstream, concurrency: usize) -> String {
-    format!(
-        r#"
-[connections.crm]
-base_url = "{crm}"
-
-[consumers.crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-concurrency = {concurrency}
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-"#,
-        crm = crm.url()
-    )
+    crm_routes(crm, &format!("concurrency = {concurrency}"))
 }
 
 fn erp_consumer(erp: &MockDownstream) -> String {
