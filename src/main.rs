@@ -185,7 +185,7 @@ enum QueueAction {
         #[arg(long)]
         yes: bool,
     },
-    /// One parked event: envelope facts, attempts, last error.
+    /// One parked event: envelope, attempts, last error, and the payload.
     Show {
         /// The entry id (as listed).
         id: u64,
@@ -643,15 +643,12 @@ async fn queue_action(action: QueueAction) -> Result<ExitCode> {
         } => bulk(&queue, "replay", yes, batch_size).await,
         QueueAction::Discard { queue, yes } => bulk(&queue, "discard", yes, None).await,
         QueueAction::Show { id, queue } => {
-            let filter = filter_of(&queue);
-            let path = format!("/v1/queues/{}{}", queue_path(&queue), query_string(&filter));
-            let entries: Vec<switchyard::admin::ParkedEntry> = serde_json::from_value(
-                admin_call(&queue.admin, reqwest::Method::GET, &path, None).await?,
-            )?;
-            let Some(entry) = entries.iter().find(|entry| entry.id == id) else {
-                bail!("no entry {id} in that queue");
+            let Some(consumer) = &queue.consumer else {
+                bail!("--consumer is required: entry ids are per consumer");
             };
-            println!("{}", serde_json::to_string_pretty(entry)?);
+            let path = format!("/v1/queues/{}/{consumer}/{id}", queue_path(&queue));
+            let entry = admin_call(&queue.admin, reqwest::Method::GET, &path, None).await?;
+            println!("{}", serde_json::to_string_pretty(&entry)?);
             Ok(ExitCode::SUCCESS)
         }
     }

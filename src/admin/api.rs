@@ -6,6 +6,7 @@
 //! - `POST /v1/consumers/{name}/pause` and `/resume`
 //! - `POST /v1/consumers/{name}/replay` body: `{"source", "event_type", "since_ms", "until_ms", "dry_run"}`
 //! - `GET  /v1/queues/{dead_letter|review}?consumer=&event_type=&since_ms=&until_ms=&error=`
+//! - `GET  /v1/queues/{dead_letter|review}/{consumer}/{id}`: one entry, payload included
 //! - `POST /v1/queues/{dead_letter|review}/replay`  body: `{"filter": {...}, "dry_run": true}`
 //! - `POST /v1/queues/{dead_letter|review}/discard` body: the same
 //!   (a replay answers 202 with the background `job`)
@@ -212,6 +213,27 @@ pub fn routes(
                 )
             },
         );
+    let show = warp::path("v1")
+        .and(warp::path("queues"))
+        .and(queue())
+        .and(warp::path::param::<String>())
+        .and(warp::path::param::<u64>())
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_control.clone())
+        .and_then(
+            |queue: DeadQueue, consumer: String, id: u64, control: Arc<HubControl>| async move {
+                match control.parked_entry(queue, &consumer, id).await {
+                    Ok(Some(detail)) => Ok(warp::reply::json(&detail).into_response()),
+                    Ok(None) => Ok(error_body(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        format!("no entry {id} for `{consumer}` in that queue"),
+                    )),
+                    Err(err) => Err(warp::reject::custom(Failed(err))),
+                }
+            },
+        );
     let replay = warp::path("v1")
         .and(warp::path("queues"))
         .and(queue())
@@ -302,6 +324,8 @@ pub fn routes(
             .or(history)
             .unify()
             .or(list)
+            .unify()
+            .or(show)
             .unify()
             .or(replay)
             .unify()

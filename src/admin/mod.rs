@@ -120,6 +120,18 @@ impl From<&DeadLetter> for ParkedEntry {
     }
 }
 
+/// One parked entry in full: what a list shows, plus the event as received.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ParkedDetail {
+    #[serde(flatten)]
+    pub entry: ParkedEntry,
+    pub livemode: bool,
+    pub account: Option<String>,
+    pub traceparent: Option<String>,
+    /// The provider's JSON as signed (shown only here, never in lists or logs).
+    pub payload: serde_json::Value,
+}
+
 /// Which part of the bus history to deliver again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -343,6 +355,31 @@ impl HubControl {
             }
         }
         Ok(out)
+    }
+
+    /// One entry of a consumer's queue, payload included.
+    pub async fn parked_entry(
+        &self,
+        queue: DeadQueue,
+        consumer: &str,
+        id: u64,
+    ) -> Result<Option<ParkedDetail>, AdminError> {
+        self.consumer(consumer)?;
+        let entries = self.bus.dead_letters(consumer, queue).await?;
+        Ok(entries
+            .iter()
+            .find(|entry| entry.id == id)
+            .map(|entry| ParkedDetail {
+                entry: ParkedEntry::from(entry),
+                livemode: entry.envelope.livemode,
+                account: entry.envelope.account.clone(),
+                traceparent: entry.envelope.traceparent.clone(),
+                payload: serde_json::from_slice(&entry.envelope.payload).unwrap_or_else(|_| {
+                    serde_json::Value::String(
+                        String::from_utf8_lossy(&entry.envelope.payload).into(),
+                    )
+                }),
+            }))
     }
 
     /// Queues events from the bus history for one consumer again (a consumer

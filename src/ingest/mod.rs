@@ -391,6 +391,15 @@ impl Ingest {
             Ok(verified) => verified,
             Err(err) => {
                 tracing::warn!(source = %source.name, error = %err, "webhook refused");
+                if let IngestError::Signature(reason) = &err {
+                    self.metrics
+                        .verification_failures
+                        .get_or_create(&crate::telemetry::metrics::SourceReason {
+                            source: source.name.clone(),
+                            reason: reason.reason().to_owned(),
+                        })
+                        .inc();
+                }
                 return Err(err);
             }
         };

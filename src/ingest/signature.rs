@@ -32,6 +32,19 @@ pub enum SignatureError {
     NoMatch,
 }
 
+impl SignatureError {
+    /// A bounded metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SignatureError::MissingHeader => "missing_header",
+            SignatureError::Malformed(_) => "malformed_header",
+            SignatureError::StaleTimestamp => "stale_timestamp",
+            SignatureError::FutureTimestamp => "future_timestamp",
+            SignatureError::NoMatch => "no_match",
+        }
+    }
+}
+
 /// The parts of a `Stripe-Signature` header that matter.
 #[derive(Debug, PartialEq, Eq)]
 struct SignatureHeader<'a> {

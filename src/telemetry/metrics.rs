@@ -12,6 +12,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceReason {
+    pub source: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceOutcome {
     pub source: String,
     pub outcome: String,
@@ -42,6 +48,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub ingest_requests: Family<SourceOutcome, Counter>,
+    pub verification_failures: Family<SourceReason, Counter>,
     pub ingest_duration: Family<SourceLabel, Histogram, fn() -> Histogram>,
     pub bus_append_duration: Histogram,
     pub deliveries: Family<ConsumerOutcome, Counter>,
@@ -68,6 +75,7 @@ impl Metrics {
         let metrics = Metrics {
             registry: Mutex::new(Registry::with_prefix("switchyard")),
             ingest_requests: Family::default(),
+            verification_failures: Family::default(),
             ingest_duration: Family::new_with_constructor(latency_histogram),
             bus_append_duration: latency_histogram(),
             deliveries: Family::default(),
@@ -86,6 +94,11 @@ impl Metrics {
                 "ingest_requests",
                 "Webhook requests by source and outcome",
                 metrics.ingest_requests.clone(),
+            );
+            r.register(
+                "ingest_verification_failures",
+                "Refused signatures by source and reason",
+                metrics.verification_failures.clone(),
             );
             r.register(
                 "ingest_duration_seconds",

@@ -149,6 +149,24 @@ async fn dead_letters_are_listed_filtered_dry_run_replayed_and_discarded() {
     assert_eq!(all.as_array().unwrap().len(), 4);
     assert!(all[0]["reason"].as_str().unwrap().contains("HTTP 422"));
     assert!(all[0].get("payload").is_none(), "lists never show payloads");
+    let id = all[0]["id"].as_u64().unwrap();
+    let (status, one) = hub
+        .admin(
+            Method::GET,
+            &format!("/v1/queues/dead_letter/crm/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["event_id"], all[0]["event_id"]);
+    assert_eq!(
+        one["payload"]["id"], all[0]["event_id"],
+        "the event as received"
+    );
+    let (status, _) = hub
+        .admin(Method::GET, "/v1/queues/dead_letter/crm/987654", None)
+        .await;
+    assert_eq!(status, 404);
     let (_, created) = hub
         .admin(
             Method::GET,
@@ -305,6 +323,10 @@ async fn the_cli_shows_consumers_and_replays_reviews() {
         "{shown}"
     );
     assert!(shown.contains("has no order_id"), "{shown}");
+    assert!(
+        shown.contains("\"payload\": {"),
+        "show includes the event: {shown}"
+    );
     let replayed = cli(&["review", "replay", "--consumer", "erp", "--yes"]);
     assert!(
         replayed.contains("Done, 1 of 1 entries queued again"),
@@ -362,6 +384,7 @@ async fn metrics_follow_a_known_sequence_of_events() {
         r#"switchyard_ingest_requests_total{source="stripe",outcome="accepted"} 2"#,
         r#"switchyard_ingest_requests_total{source="stripe",outcome="duplicate"} 1"#,
         r#"switchyard_ingest_requests_total{source="stripe",outcome="bad_signature"} 1"#,
+        r#"switchyard_ingest_verification_failures_total{source="stripe",reason="stale_timestamp"} 1"#,
         r#"switchyard_dispatch_deliveries_total{consumer="crm",outcome="retried"} 1"#,
         r#"switchyard_dispatch_deliveries_total{consumer="crm",outcome="delivered"} 1"#,
         r#"switchyard_dispatch_deliveries_total{consumer="erp",outcome="reviewed"} 1"#,
