@@ -125,6 +125,16 @@ fn event(id: &str, event_type: &str) -> Envelope {
     }
 }
 
+/// Appends events `(id, type)`, each new.
+async fn store(bus: &dyn Bus, events: &[(&str, &str)]) {
+    for (id, event_type) in events {
+        assert_eq!(
+            bus.append(&event(id, event_type)).await.unwrap(),
+            Appended::Stored
+        );
+    }
+}
+
 /// Long enough for anything due to arrive; pulls return as soon as it does.
 const ARRIVES: Duration = Duration::from_secs(5);
 /// How long "nothing is due" is watched for.
@@ -260,13 +270,15 @@ async fn everything_durable_survives_a_reopen(engine: Engine) {
     let place = Place::new(engine).await;
     {
         let bus = place.open(Duration::from_secs(60)).await;
-        bus.append(&event("evt_1", "customer.created"))
-            .await
-            .unwrap();
-        bus.append(&event("evt_2", "customer.updated"))
-            .await
-            .unwrap();
-        bus.append(&event("evt_3", "invoice.paid")).await.unwrap();
+        store(
+            &*bus,
+            &[
+                ("evt_1", "customer.created"),
+                ("evt_2", "customer.updated"),
+                ("evt_3", "invoice.paid"),
+            ],
+        )
+        .await;
         let erp = pull_one(&bus, "erp").await;
         bus.dead_letter(&erp, DeadQueue::Review, "no order")
             .await
@@ -317,12 +329,11 @@ async fn concurrent_appends_are_all_durable_and_deduplicated(engine: Engine) {
 async fn dead_letters_can_be_replayed_and_discarded(engine: Engine) {
     let place = Place::new(engine).await;
     let bus = place.open(Duration::from_secs(60)).await;
-    bus.append(&event("evt_1", "customer.created"))
-        .await
-        .unwrap();
-    bus.append(&event("evt_2", "customer.updated"))
-        .await
-        .unwrap();
+    store(
+        &*bus,
+        &[("evt_1", "customer.created"), ("evt_2", "customer.updated")],
+    )
+    .await;
     for _ in 0..2 {
         let delivery = pull_one(&bus, "crm").await;
         bus.dead_letter(&delivery, DeadQueue::DeadLetter, "gave up: 500")
@@ -563,15 +574,15 @@ async fn failed_commits_answer_errors_and_keep_nothing() {
 async fn compaction_deletes_only_settled_events_past_the_retention() {
     let dir = tempfile::tempdir().unwrap();
     let bus = open_with_retention(dir.path(), Duration::from_secs(60), Duration::ZERO);
-    bus.append(&event("evt_1", "customer.created"))
-        .await
-        .unwrap();
-    bus.append(&event("evt_2", "customer.updated"))
-        .await
-        .unwrap();
-    bus.append(&event("evt_3", "payment_intent.created"))
-        .await
-        .unwrap();
+    store(
+        &bus,
+        &[
+            ("evt_1", "customer.created"),
+            ("evt_2", "customer.updated"),
+            ("evt_3", "payment_intent.created"),
+        ],
+    )
+    .await;
     let first = bus
         .pull("crm", Lane::Live, 1, NO_WAIT)
         .await
