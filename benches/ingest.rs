@@ -73,7 +73,7 @@ fn appends(c: &mut Criterion) {
     let mut next_id = 0u64;
     let mut group = c.benchmark_group("durable_append_2KiB");
     group.sample_size(20);
-    for concurrency in [1usize, 64] {
+    for concurrency in [1usize, 16, 64, 256] {
         group.throughput(Throughput::Elements(concurrency as u64));
         group.bench_with_input(
             BenchmarkId::from_parameter(concurrency),
