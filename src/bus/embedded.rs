@@ -641,13 +641,7 @@ impl Bus for EmbeddedBus {
         for row in events.iter().map_err(storage)? {
             let (seq, bytes) = row.map_err(storage)?;
             let envelope = Envelope::decode(bytes.value())?;
-            // Forced replays' copies are not history: the original is.
-            if envelope.generation.is_none()
-                && envelope.source == source
-                && pattern.matches(&envelope.event_type)
-                && envelope.received_at_ms >= since_ms
-                && envelope.received_at_ms < until_ms
-            {
+            if in_history(&envelope, source, pattern, since_ms, until_ms) {
                 seqs.push(seq.value());
             }
         }

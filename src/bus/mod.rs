@@ -84,6 +84,22 @@ impl Subscriber {
     }
 }
 
+/// Whether `envelope` is part of a history replay of `source` events whose
+/// type matches `pattern`, received in `[since_ms, until_ms)`. Copies made by
+/// forced replays are not history: their original is.
+pub(crate) fn in_history(
+    envelope: &Envelope,
+    source: &str,
+    pattern: &EventPattern,
+    since_ms: u64,
+    until_ms: u64,
+) -> bool {
+    envelope.generation.is_none()
+        && envelope.source == source
+        && pattern.matches(&envelope.event_type)
+        && (since_ms..until_ms).contains(&envelope.received_at_ms)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
     /// First time this `<source>:<event id>` was seen: now durable.

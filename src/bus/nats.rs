@@ -923,10 +923,7 @@ impl Bus for NatsBus {
         while let Some(message) = Self::next_message(&self.events, &subject, from).await? {
             from = message.sequence + 1;
             let envelope = envelope_from(Some(&message.headers), &message.payload)?;
-            if envelope.received_at_ms >= since_ms
-                && envelope.received_at_ms < until_ms
-                && probe.matches(&envelope)
-            {
+            if in_history(&envelope, source, pattern, since_ms, until_ms) {
                 seqs.push(message.sequence);
             }
         }
