@@ -10,6 +10,7 @@
 //! routes.toml can be committed and shared.
 
 pub mod raw;
+pub mod reference;
 pub mod units;
 mod validate;
 
@@ -410,22 +411,35 @@ impl Config {
         } else {
             base_dir
         };
-        Config::parse(&text, &base_dir).map_err(|err| match err {
-            ParseError::Syntax(message) => ConfigError::Syntax {
-                path: path.to_owned(),
-                message,
-            },
-            ParseError::Invalid(issues) => ConfigError::Invalid {
-                path: path.to_owned(),
-                issues,
-            },
+        Config::parse_with_env(&text, &base_dir, |name| std::env::var(name).ok()).map_err(|err| {
+            match err {
+                ParseError::Syntax(message) => ConfigError::Syntax {
+                    path: path.to_owned(),
+                    message,
+                },
+                ParseError::Invalid(issues) => ConfigError::Invalid {
+                    path: path.to_owned(),
+                    issues,
+                },
+            }
         })
     }
 
     /// Parses and validates TOML text; relative paths resolve against `base_dir`.
     pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ParseError> {
-        let raw: raw::RawConfig =
+        Config::parse_with_env(text, base_dir, |_| None)
+    }
+
+    /// [`Config::parse`] with the `SWITCHYARD_*` overrides of
+    /// [`raw::ENV_OVERRIDES`] that `lookup` finds applied on top of the file.
+    pub fn parse_with_env(
+        text: &str,
+        base_dir: &Path,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ParseError> {
+        let mut raw: raw::RawConfig =
             toml::from_str(text).map_err(|err| ParseError::Syntax(err.to_string()))?;
+        raw.override_from(lookup);
         let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_owned());
         validate(raw, &base_dir).map_err(ParseError::Invalid)
     }

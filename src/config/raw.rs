@@ -4,172 +4,289 @@
 //! interpretation (durations, sizes, secret references, patterns) stay strings
 //! so that validation can report every bad value at once.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Default, Deserialize)]
+/// `routes.toml`: which webhooks switchyard takes, where it keeps them, and
+/// which consumers get them with what policy.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// The public webhook listener.
     #[serde(default)]
     pub server: RawServer,
+    /// Where events are made durable before 2xx: the embedded log or NATS JetStream.
     #[serde(default)]
     pub bus: RawBus,
+    /// The admin API (status, pause/resume, queues, replay, metrics) on its own listener. Off when absent.
     pub admin: Option<RawAdmin>,
+    /// Where per-consumer idempotency keys live.
     #[serde(default)]
     pub idempotency: RawIdempotency,
+    /// Trace export over OTLP/HTTP.
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    /// Webhook senders, by name: `[sources.<name>]`.
     #[serde(default)]
     pub sources: BTreeMap<String, RawSource>,
+    /// The only places plugins can reach, by name: `[connections.<name>]`. The host owns base URL, timeout and credentials.
     #[serde(default)]
     pub connections: BTreeMap<String, RawConnection>,
+    /// Consumers, by name: `[consumers.<name>]`, each a WebAssembly plugin with its own policies.
     #[serde(default)]
     pub consumers: BTreeMap<String, RawConsumer>,
+    /// Which events of which source go to which consumers: `[[routes]]`, one table per rule.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
+    /// Address of the webhook listener, `ip:port`. Default `"127.0.0.1:8080"`. Env override: `SWITCHYARD_LISTEN`. Restart to change.
     pub listen: Option<String>,
+    /// Largest webhook body; larger ones are answered 413. Size, e.g. `"1MiB"`. Default `"1MiB"`. Restart to change.
     pub max_body: Option<String>,
+    /// On SIGTERM, how long in-flight deliveries may take to finish; the rest stay in the bus. Duration. Default `"30s"`.
     pub shutdown_grace: Option<String>,
+    /// Reload when routes.toml changes on disk (SIGHUP and `switchyard reload` work either way). Default `true`.
     pub watch_config: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
+    /// Address of the admin listener, `ip:port`. Default `"127.0.0.1:8081"`. Env override: `SWITCHYARD_ADMIN_LISTEN`.
     pub listen: Option<String>,
+    /// Bearer token callers must present: a secret reference (`env:NAME` or `file:PATH`). Required.
     pub token: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBus {
+    /// `"embedded"` (a redb log under `path`, one process) or `"nats"` (JetStream, several processes). Default `"embedded"`. Env override: `SWITCHYARD_BUS_KIND`.
     pub kind: Option<String>,
+    /// Embedded only: directory of the log, relative to routes.toml. Default `"data/bus"`. Env override: `SWITCHYARD_BUS_PATH`.
     pub path: Option<String>,
+    /// How long a delivery stays leased before it is redelivered if its worker died. Duration. Default `"5m"`.
     pub visibility_timeout: Option<String>,
+    /// How long an event id is remembered for ingest dedup. Duration. Default `"7d"`.
     pub dedup_window: Option<String>,
+    /// How long events stay in the log for replay. Duration. Default `"7d"`.
     pub retention: Option<String>,
+    /// NATS only: comma-separated seed URLs; a URL with credentials in it is refused. Default `"nats://127.0.0.1:4222"`. Env override: `SWITCHYARD_BUS_URL`.
     pub url: Option<String>,
+    /// NATS only: stream name, created or updated at start; `<stream>_DEAD` holds dead letters. Default `"SWITCHYARD"`.
     pub stream: Option<String>,
+    /// NATS only: first subject token, e.g. `switchyard.events.<source>.<type>`. Default `"switchyard"`.
     pub subject_prefix: Option<String>,
+    /// NATS only: stream replicas, 1 to 5 (3 in a cluster). Default `1`.
     pub replicas: Option<i64>,
+    /// NATS only: the contents of a `.creds` file, as a secret reference. Default: none.
     pub credentials: Option<String>,
+    /// NATS only: a server authorization token, as a secret reference. Not with `credentials`. Default: none.
     pub token: Option<String>,
+    /// NATS only: how long ingest waits for JetStream's publish ack before answering 503. Duration. Default `"5s"`.
     pub ack_timeout: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTelemetry {
+    /// OTLP/HTTP base URL, e.g. `"http://127.0.0.1:4318"`; no export when unset. `OTEL_EXPORTER_OTLP_ENDPOINT` takes precedence.
     pub otlp_endpoint: Option<String>,
+    /// `service.name` of exported spans. Default `"switchyard"`; `OTEL_SERVICE_NAME` takes precedence.
     pub service_name: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawIdempotency {
+    /// `"embedded"` (a redb file, one process) or `"redis"` (shared by several processes). Default `"embedded"`.
     pub kind: Option<String>,
+    /// Embedded only: directory of the key store, relative to routes.toml. Default `"data/idempotency"`.
     pub path: Option<String>,
+    /// Redis only (required): `redis://` or `rediss://` URL. Env override: `SWITCHYARD_REDIS_URL`.
     pub url: Option<String>,
+    /// Redis only: prefix of every key. Default `"switchyard:"`.
     pub key_prefix: Option<String>,
+    /// How long a `done` key is remembered; longer than the provider's retry window. Duration. Default `"7d"`.
     pub ttl: Option<String>,
+    /// How long a `processing` key holds if its worker dies. Duration. Default `"5m"`.
     pub lease: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
+    /// Signature scheme of the sender. `"stripe"`. Default `"stripe"`.
     pub kind: Option<String>,
+    /// URL path the sender posts to. Default `"/webhooks/<name>"`.
     pub path: Option<String>,
+    /// Signing secrets as references (`env:NAME`, `file:PATH`); any may match, so list the new one first during a rotation. Required, at least one.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Largest age (and clock skew into the future) of a signature timestamp. Duration. Default `"5m"`.
     pub tolerance: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConnection {
+    /// `http://` or `https://` base URL; plugins append a path to it. Required.
     pub base_url: Option<String>,
+    /// Credentials the host adds to every call; the plugin never sees them. Default: none.
     pub auth: Option<RawAuth>,
+    /// Timeout of one call, connect to last byte. Duration. Default `"10s"`.
     pub timeout: Option<String>,
+    /// A limit shared by every consumer calling through this connection. Default: none.
     pub rate_limit: Option<RawRateLimit>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Exactly one of: `bearer`; `basic_user` + `basic_password`; `header` + `value`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
+    /// `Authorization: Bearer <secret>`: a secret reference.
     pub bearer: Option<String>,
+    /// HTTP basic auth user name (with `basic_password`).
     pub basic_user: Option<String>,
+    /// HTTP basic auth password: a secret reference.
     pub basic_password: Option<String>,
+    /// Name of a custom credential header (with `value`).
     pub header: Option<String>,
+    /// Value of the custom credential header: a secret reference.
     pub value: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConsumer {
+    /// Path of the plugin (`.wasm` component or core module with a component-type section), relative to routes.toml. Required.
     pub plugin: Option<String>,
+    /// Connections this plugin may call. Default: none.
     #[serde(default)]
     pub connections: Vec<String>,
+    /// Live events delivered at once, 1 to 1024. Default `4`.
     pub concurrency: Option<i64>,
+    /// Replayed events delivered at once, on the replay lane apart from live traffic, 1 to 1024. Default `1`.
     pub replay_concurrency: Option<i64>,
+    /// Retry schedule of transient failures (exponential with jitter).
     pub retry: Option<RawRetry>,
+    /// Sandbox budgets of one plugin call.
     pub limits: Option<RawLimits>,
+    /// Deliveries per second or minute; waiting for a permit is not a failed attempt. Default: none.
     pub rate_limit: Option<RawRateLimit>,
+    /// Stops calling a failing downstream for a while. On by default with the defaults below.
     pub circuit_breaker: Option<RawBreaker>,
+    /// Non-secret strings the plugin reads with `config(key)`. Default: none.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A rate limit: exactly one of `per_second` or `per_minute`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
+    /// Permits per second (give this or `per_minute`).
     pub per_second: Option<f64>,
+    /// Permits per minute (give this or `per_second`).
     pub per_minute: Option<f64>,
+    /// Permits that may be taken at once. Default: the per-period count rounded up.
     pub burst: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBreaker {
+    /// `false` turns the breaker off. Default `true`.
     pub enabled: Option<bool>,
+    /// Opens when this share of calls in `window` failed, 0 to 1. Default `0.5`.
     pub failure_ratio: Option<f64>,
+    /// Calls in `window` before `failure_ratio` applies. Default `20`.
     pub min_calls: Option<i64>,
+    /// Sliding window of the failure ratio. Duration. Default `"30s"`.
     pub window: Option<String>,
+    /// Opens after this many failures in a row. Default `10`.
     pub consecutive_failures: Option<i64>,
+    /// How long it stays open before probing. Duration. Default `"15s"`.
     pub open_for: Option<String>,
+    /// Calls let through to probe when half-open. Default `1`.
     pub half_open_probes: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
+    /// Delay before the first retry; doubles each time, with jitter. Duration. Default `"1s"`.
     pub first: Option<String>,
+    /// Longest delay between retries. Duration. Default `"1h"`.
     pub max: Option<String>,
+    /// Attempts before the event is dead-lettered, first delivery included. Default `25`.
     pub attempts: Option<i64>,
+    /// Longest downstream `Retry-After` honoured. Duration. Default `"1h"`.
     pub max_retry_after: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
+    /// CPU time of one call (guest code only). Duration. Default `"100ms"`.
     pub cpu: Option<String>,
+    /// Wall-clock time of one call, outbound calls included; shorter than `bus.visibility_timeout`. Duration. Default `"30s"`.
     pub wall: Option<String>,
+    /// Linear memory of one instance. Size. Default `"32MiB"`.
     pub memory: Option<String>,
+    /// Outbound calls per event. Default `10`.
     pub http_calls: Option<i64>,
+    /// Largest downstream response body a plugin may read. Size. Default `"1MiB"`.
     pub response_body: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
+    /// Name of a source. Required.
     pub source: Option<String>,
+    /// Event type patterns: `*`, `prefix.*` (any depth) or an exact type. Required.
     #[serde(default)]
     pub events: Vec<String>,
+    /// Consumers that get these events. Required.
     #[serde(default)]
     pub consumers: Vec<String>,
+}
+
+/// Environment variables that override routes.toml keys, so one file serves
+/// every container of a deployment: `(variable, table.key)`.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("SWITCHYARD_LISTEN", "server.listen"),
+    ("SWITCHYARD_ADMIN_LISTEN", "admin.listen"),
+    ("SWITCHYARD_BUS_KIND", "bus.kind"),
+    ("SWITCHYARD_BUS_PATH", "bus.path"),
+    ("SWITCHYARD_BUS_URL", "bus.url"),
+    ("SWITCHYARD_REDIS_URL", "idempotency.url"),
+];
+
+impl RawConfig {
+    /// Applies [`ENV_OVERRIDES`] found by `lookup` (the process environment
+    /// in `Config::load`). Values are validated like the file's own.
+    pub fn override_from(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        for (variable, key) in ENV_OVERRIDES {
+            let Some(value) = lookup(variable) else {
+                continue;
+            };
+            let slot = match *key {
+                "server.listen" => &mut self.server.listen,
+                "admin.listen" => &mut self.admin.get_or_insert_with(Default::default).listen,
+                "bus.kind" => &mut self.bus.kind,
+                "bus.path" => &mut self.bus.path,
+                "bus.url" => &mut self.bus.url,
+                "idempotency.url" => &mut self.idempotency.url,
+                other => unreachable!("no slot for `{other}`"),
+            };
+            *slot = Some(value);
+        }
+    }
 }

@@ -1,0 +1,238 @@
+//! What a deployer touches: the config reference and schema, the container
+//! files, and the `SWITCHYARD_*` environment overrides.
+
+use crate::harness::repo_root;
+use std::path::Path;
+use std::process::Command;
+use switchyard::config::{BusEngine, Config, IdempotencyBackend};
+
+fn switchyard(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// docs/CONFIG.md is what `switchyard config reference` prints: generated
+/// from the config structs and their docs, so it cannot drift.
+/// `SWITCHYARD_BLESS=1` rewrites it.
+#[test]
+fn the_config_reference_is_generated_from_the_code() {
+    let output = switchyard(&["config", "reference"]);
+    assert!(output.status.success());
+    let generated = String::from_utf8(output.stdout).unwrap();
+    let path = repo_root().join("docs/CONFIG.md");
+    if std::env::var_os("SWITCHYARD_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/CONFIG.md is stale: run `SWITCHYARD_BLESS=1 cargo test --test it packaging`"
+    );
+    // Every key of the shipped routes.toml is documented, with a default
+    // where it has one.
+    let shipped: toml::Table =
+        toml::from_str(&std::fs::read_to_string(repo_root().join("routes.toml")).unwrap()).unwrap();
+    for (table, value) in &shipped {
+        let Some(keys) = value.as_table() else {
+            continue;
+        };
+        for key in keys.keys() {
+            if ["sources", "connections", "consumers"].contains(&table.as_str()) {
+                continue; // names, not keys
+            }
+            assert!(
+                generated.contains(&format!("| `{key}` |")),
+                "`{table}.{key}` is not in the reference"
+            );
+        }
+    }
+    for documented in [
+        "`[consumers.<name>.retry]`",
+        "`[[routes]]`",
+        "SWITCHYARD_BUS_URL",
+    ] {
+        assert!(generated.contains(documented), "{documented} missing");
+    }
+}
+
+#[test]
+fn config_schema_describes_every_table_and_refuses_unknown_keys() {
+    let output = switchyard(&["config", "schema"]);
+    assert!(output.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        schema["$schema"]
+            .as_str()
+            .unwrap()
+            .contains("json-schema.org")
+    );
+    let properties = schema["properties"].as_object().unwrap();
+    for table in [
+        "server",
+        "bus",
+        "admin",
+        "idempotency",
+        "telemetry",
+        "sources",
+        "connections",
+        "consumers",
+        "routes",
+    ] {
+        assert!(properties.contains_key(table), "{table} missing");
+    }
+    assert_eq!(schema["additionalProperties"], false);
+    let server = &schema["$defs"]["RawServer"];
+    assert_eq!(server["additionalProperties"], false);
+    assert!(
+        server["properties"]["listen"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("Default")
+    );
+}
+
+fn parse_with(path: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+    let path = repo_root().join(path);
+    let text = std::fs::read_to_string(&path).unwrap();
+    Config::parse_with_env(&text, path.parent().unwrap(), |name| {
+        env.iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.to_string())
+    })
+    .map_err(|err| err.to_string())
+}
+
+#[test]
+fn environment_overrides_replace_file_values_and_are_validated() {
+    let config = parse_with(
+        "routes.toml",
+        &[
+            ("SWITCHYARD_LISTEN", "0.0.0.0:9000"),
+            ("SWITCHYARD_BUS_PATH", "/var/lib/switchyard/bus"),
+            ("SWITCHYARD_ADMIN_LISTEN", "127.0.0.1:9001"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.admin.unwrap().listen.to_string(), "127.0.0.1:9001");
+    assert_eq!(config.server.listen.to_string(), "0.0.0.0:9000");
+    match &config.bus.engine {
+        BusEngine::Embedded { path } => assert_eq!(path, Path::new("/var/lib/switchyard/bus")),
+        other => panic!("{other:?}"),
+    }
+    // A bad value from the environment is reported under its key.
+    let err = parse_with("routes.toml", &[("SWITCHYARD_LISTEN", "everywhere")]).unwrap_err();
+    assert!(err.contains("server.listen"), "{err}");
+}
+
+#[test]
+fn the_container_configs_validate() {
+    let image = parse_with(
+        "docker/routes.toml",
+        &[("SWITCHYARD_LISTEN", "0.0.0.0:8080")],
+    )
+    .unwrap();
+    assert_eq!(image.consumers.len(), 3);
+    assert!(matches!(image.bus.engine, BusEngine::Embedded { .. }));
+
+    let compose = parse_with(
+        "docker/compose.routes.toml",
+        &[
+            ("SWITCHYARD_BUS_URL", "nats://nats:4222"),
+            ("SWITCHYARD_REDIS_URL", "redis://redis:6379"),
+            ("SWITCHYARD_LISTEN", "0.0.0.0:8080"),
+        ],
+    )
+    .unwrap();
+    match &compose.bus.engine {
+        BusEngine::Nats(nats) => assert_eq!(nats.urls, ["nats://nats:4222"]),
+        other => panic!("{other:?}"),
+    }
+    match &compose.idempotency.backend {
+        IdempotencyBackend::Redis { url, .. } => assert_eq!(url, "redis://redis:6379"),
+        other => panic!("{other:?}"),
+    }
+    // The image ships exactly the plugins its config names.
+    let dockerfile = std::fs::read_to_string(repo_root().join("docker/Dockerfile")).unwrap();
+    for consumer in image.consumers.values() {
+        let name = consumer.plugin.file_name().unwrap().to_str().unwrap();
+        assert!(
+            dockerfile.contains(&format!("plugins/dist/{name}")),
+            "{name}"
+        );
+    }
+    assert!(
+        dockerfile.contains("\nUSER 10001"),
+        "the image must not run as root"
+    );
+    assert!(
+        dockerfile.contains("\nHEALTHCHECK"),
+        "the image needs a healthcheck"
+    );
+}
+
+/// `docker compose config` validates the compose file without an engine.
+/// Runs wherever a docker client exists; tests/run.sh installs Debian's
+/// docker-compose beside it so CI always runs it.
+#[test]
+fn the_compose_file_validates() {
+    let has = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    let compose: Vec<&str> = if has("docker", &["compose", "version"]) {
+        vec!["docker", "compose"]
+    } else if has("docker-compose", &["version"]) {
+        vec!["docker-compose"]
+    } else {
+        assert!(
+            !has("docker", &["--version"]),
+            "a docker client but no compose: install docker-compose (tests/run.sh does)"
+        );
+        eprintln!("no docker client on this machine: compose file not validated");
+        return;
+    };
+    let file = repo_root().join("docker/compose.yaml");
+    let run = |env: &[(&str, &str)]| {
+        let mut command = Command::new(compose[0]);
+        command
+            .args(&compose[1..])
+            .arg("-f")
+            .arg(&file)
+            .arg("config")
+            .env_remove("STRIPE_WEBHOOK_SECRET")
+            .env_remove("SWITCHYARD_ADMIN_TOKEN");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().unwrap()
+    };
+    let ok = run(&[
+        ("STRIPE_WEBHOOK_SECRET", "whsec_x"),
+        ("SWITCHYARD_ADMIN_TOKEN", "t"),
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let rendered = String::from_utf8_lossy(&ok.stdout);
+    for expected in [
+        "service_healthy",
+        "appendonly",
+        "nats.conf",
+        "SWITCHYARD_BUS_URL",
+    ] {
+        assert!(
+            rendered.contains(expected),
+            "{expected} missing:\n{rendered}"
+        );
+    }
+    // Secrets come from the environment: without them the file refuses.
+    let missing = run(&[]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("STRIPE_WEBHOOK_SECRET"));
+}
