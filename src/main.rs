@@ -107,6 +107,22 @@ enum Command {
         #[command(subcommand)]
         action: JobAction,
     },
+    /// Write, build and try consumer plugins.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+    },
+    /// routes.toml tooling: its JSON Schema and its reference.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Exit 0 when the hub answers `GET /readyz` (a container healthcheck).
+    Health {
+        /// Base URL of the hub instead of `http://<server.listen>`.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Sign an event JSON file like Stripe does; print curl-ready headers, or send it.
     Sign {
         /// The event JSON file (the exact bytes are signed).
@@ -127,6 +143,63 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum PluginAction {
+    /// Write a new plugin crate from the template.
+    New {
+        /// Crate name (lowercase, digits, `-`, `_`).
+        name: String,
+        /// Folder to create the crate in.
+        #[arg(long, default_value = ".")]
+        path: PathBuf,
+        /// The SDK (`plugins/sdk` of a switchyard checkout); found in this
+        /// folder or its parents when not given.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Build a plugin crate for the wasm target and write `<dir>/<name>.wasm`,
+    /// a component checked against the host's contract.
+    Build {
+        dir: PathBuf,
+        /// Cargo target dir (default `<dir>/target`).
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+    },
+    /// Run one event through a plugin with stand-in connections; print the
+    /// outcome, every outbound request, time and memory. Exit 1 unless done.
+    Test {
+        /// A `.wasm` plugin, or a crate folder after `plugin build`.
+        plugin: PathBuf,
+        /// The event JSON file (a webhook body).
+        #[arg(long)]
+        event: PathBuf,
+        /// `<connection>=<status>[:<body file>]`: grant the connection and
+        /// answer every call on it so. Repeatable.
+        #[arg(long)]
+        respond: Vec<switchyard::plugin::devkit::Respond>,
+        /// `<key>=<value>`: a setting the plugin reads with `config(key)`. Repeatable.
+        #[arg(long, value_parser = parse_setting)]
+        setting: Vec<(String, String)>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print the JSON Schema of routes.toml (for editor completion).
+    Schema,
+    /// Print the Markdown reference of every routes.toml key (docs/CONFIG.md).
+    Reference,
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("`{text}`: expected <key>=<value>"))
 }
 
 /// Where the admin API is and how to authenticate.
@@ -338,6 +411,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Plugin { action } => plugin_action(action).await,
+        Command::Config { action } => {
+            match action {
+                ConfigAction::Schema => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&switchyard::config::reference::json_schema())?
+                ),
+                ConfigAction::Reference => print!("{}", switchyard::config::reference::markdown()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Health { url } => health(&cli.config, url).await,
         Command::Sign {
             event,
             source,
@@ -384,6 +469,103 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+async fn plugin_action(action: PluginAction) -> Result<ExitCode> {
+    use switchyard::plugin::devkit;
+    match action {
+        PluginAction::New { name, path, sdk } => {
+            let sdk = match sdk {
+                Some(sdk) => sdk,
+                None => find_sdk(&path).context(
+                    "no switchyard SDK (`plugins/sdk`) in this folder or its parents: pass --sdk",
+                )?,
+            };
+            let dir = devkit::scaffold(&name, &path, &sdk)?;
+            println!("created {}", dir.display());
+            println!("next: switchyard plugin build {}", dir.display());
+            println!(
+                "      switchyard plugin test {0} --event {0}/events/customer.created.json --respond api=200",
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginAction::Build { dir, target_dir } => {
+            let out = devkit::build(&dir, target_dir.as_deref())?;
+            let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "built {} ({} KiB), loads in this host",
+                out.display(),
+                size / 1024
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginAction::Test {
+            plugin,
+            event,
+            respond,
+            setting,
+            json,
+        } => {
+            let settings = setting.into_iter().collect();
+            let run = devkit::run_test(&plugin, &event, &respond, &settings).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&run)?);
+            } else {
+                print!("{}", run.render());
+            }
+            Ok(if run.done() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+/// `plugins/sdk` in `start` or one of its parents (or the current folder's).
+fn find_sdk(start: &std::path::Path) -> Option<PathBuf> {
+    let start = std::path::absolute(start).ok()?;
+    let cwd = std::env::current_dir().ok()?;
+    [start, cwd].into_iter().find_map(|from| {
+        from.ancestors()
+            .map(|dir| dir.join("plugins/sdk"))
+            .find(|sdk| sdk.join("Cargo.toml").is_file())
+    })
+}
+
+async fn health(config_path: &std::path::Path, url: Option<String>) -> Result<ExitCode> {
+    let base = match url {
+        Some(url) => url,
+        None => {
+            let config = Config::load(config_path)?;
+            let mut listen = config.server.listen;
+            if listen.ip().is_unspecified() {
+                listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{listen}")
+        }
+    };
+    let answer = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()?
+        .get(format!("{}/readyz", base.trim_end_matches('/')))
+        .send()
+        .await;
+    match answer {
+        Ok(response) if response.status().is_success() => {
+            println!("ready");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(response) => {
+            println!("not ready: {}", response.status());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(err) => {
+            println!("not ready: {err}");
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 

@@ -143,6 +143,8 @@ pub struct HostState {
     pub limits: StoreLimits,
     /// Set when the guest tried to grow memory past its cap.
     pub memory_refused: bool,
+    /// Largest linear memory granted so far, in bytes.
+    pub peak_memory: usize,
 }
 
 impl HostState {
@@ -170,6 +172,7 @@ impl HostState {
             log_lines: 0,
             limits,
             memory_refused: false,
+            peak_memory: 0,
         }
     }
 
@@ -441,7 +444,9 @@ impl ResourceLimiter for HostState {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
-        if !allowed {
+        if allowed {
+            self.peak_memory = self.peak_memory.max(desired);
+        } else {
             self.memory_refused = true;
         }
         Ok(allowed)

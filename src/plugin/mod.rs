@@ -13,6 +13,7 @@
 //!
 //! The contract is the WIT package in `plugins/wit/`.
 
+pub mod devkit;
 pub mod host;
 
 use crate::config::{ConnectionConfig, ConsumerConfig, PluginLimits};
@@ -85,6 +86,8 @@ pub struct CallReport {
     pub calls: Vec<CallRecord>,
     pub wall: Duration,
     pub cpu_ticks: u64,
+    /// Largest linear memory the instance had, in bytes.
+    pub peak_memory: u64,
 }
 
 /// The engine shared by all consumers, and its epoch ticker.
@@ -321,6 +324,7 @@ impl ConsumerPlugin {
             calls: state.calls.clone(),
             wall: started.elapsed(),
             cpu_ticks: state.cpu_ticks,
+            peak_memory: state.peak_memory as u64,
         }
     }
 }
