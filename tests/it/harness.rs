@@ -118,6 +118,8 @@ impl Answer {
 #[derive(Default)]
 struct MockState {
     received: Vec<Received>,
+    /// Requests that have arrived, answered or not yet.
+    arrived: usize,
     script: VecDeque<Answer>,
     default: Option<Answer>,
 }
@@ -146,6 +148,7 @@ impl MockDownstream {
                     async move {
                         let answer = {
                             let mut state = state.lock().unwrap();
+                            state.arrived += 1;
                             state
                                 .script
                                 .pop_front()
@@ -198,6 +201,11 @@ impl MockDownstream {
     /// Every unscripted request gets `answer` (200 when unset).
     pub fn set_default(&self, answer: Answer) {
         self.state.lock().unwrap().default = Some(answer);
+    }
+
+    /// Requests that have arrived, including those still being answered.
+    pub fn arrived(&self) -> usize {
+        self.state.lock().unwrap().arrived
     }
 
     pub fn received(&self) -> Vec<Received> {
