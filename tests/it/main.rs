@@ -7,10 +7,12 @@ mod harness;
 mod natsd;
 
 mod admin;
+mod bad_requests;
 mod bus;
 mod cli;
 mod config_errors;
 mod crash;
+mod edge_guards;
 mod end_to_end;
 mod idempotency;
 mod ingest_edge;
@@ -21,4 +23,5 @@ mod plugin_dist;
 mod reload;
 mod resilience;
 mod sandbox;
+mod signature_schemes;
 mod stripe_sdk;
