@@ -13,7 +13,9 @@ use crate::config::{BusEngine, Config, IdempotencyBackend};
 use crate::dispatch::idempotency::{EmbeddedStore, IdempotencyError, IdempotencyStore, RedisStore};
 use crate::dispatch::layers::BreakerHandle;
 use crate::dispatch::{ConsumerLoop, ConsumerStats, StackParts, consumer_stack, plugin_call};
-use crate::ingest::{Clock, Ingest, SourceEndpoint, system_clock};
+use crate::ingest::edge::{Allowlist, LimitSettings, Limits};
+use crate::ingest::signature::SigningKey;
+use crate::ingest::{Clock, EdgeSettings, Ingest, SourceEndpoint, system_clock};
 use crate::limiter::RateLimiter;
 use crate::plugin::{ConsumerPlugin, PluginError, PluginHost, build_connections};
 use crate::telemetry::metrics::{ConsumerLabel, Metrics};
@@ -31,6 +33,8 @@ use tokio::task::JoinSet;
 pub enum HubError {
     #[error("{at}: {message}")]
     Secret { at: String, message: String },
+    #[error("{at}: {message}")]
+    Source { at: String, message: String },
     #[error("bus: {0}")]
     Bus(#[from] BusError),
     #[error("idempotency store: {0}")]
@@ -46,28 +50,45 @@ pub enum HubError {
     },
 }
 
-/// Resolves every source secret; errors name `sources.<name>.secrets[i]`.
+/// Resolves every source secret into a key of the source's scheme and reads
+/// every allowlist file; errors name `sources.<name>.<key>`.
 fn resolve_sources(config: &Config) -> Result<HashMap<String, SourceEndpoint>, Vec<HubError>> {
     let mut endpoints = HashMap::new();
     let mut errors = Vec::new();
     for (name, source) in &config.sources {
-        let mut secrets = Vec::new();
+        let mut keys = Vec::new();
         for (index, secret) in source.secrets.iter().enumerate() {
-            match secret.resolve() {
-                Ok(value) => secrets.push(value),
+            let key = secret
+                .resolve()
+                .and_then(|value| SigningKey::new(source.kind, &value));
+            match key {
+                Ok(key) => keys.push(key),
                 Err(message) => errors.push(HubError::Secret {
                     at: format!("sources.{name}.secrets[{index}]"),
                     message,
                 }),
             }
         }
+        let allowlist = Allowlist::load(&source.allow_ips, source.allow_ips_file.as_deref())
+            .unwrap_or_else(|message| {
+                errors.push(HubError::Source {
+                    at: format!("sources.{name}.allow_ips_file"),
+                    message,
+                });
+                None
+            });
         endpoints.insert(
             source.path.clone(),
             SourceEndpoint {
                 name: name.clone(),
                 kind: source.kind,
-                secrets,
+                keys,
                 tolerance: source.tolerance,
+                allowlist,
+                limits: Arc::new(Limits::new(LimitSettings {
+                    max_concurrency: source.max_concurrency,
+                    rate_limit: source.rate_limit,
+                })),
             },
         );
     }
@@ -418,8 +439,24 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.server.listen != new.server.listen {
         changed.push("server.listen".to_owned());
     }
-    if old.server.max_body != new.server.max_body {
-        changed.push("server.max_body".to_owned());
+    let server = |config: &Config| {
+        let s = &config.server;
+        [
+            ("max_body", format!("{:?}", s.max_body)),
+            (
+                "header_read_timeout",
+                format!("{:?}", s.header_read_timeout),
+            ),
+            ("body_read_timeout", format!("{:?}", s.body_read_timeout)),
+            ("trusted_proxies", format!("{:?}", s.trusted_proxies)),
+            ("max_concurrency", format!("{:?}", s.max_concurrency)),
+            ("rate_limit", format!("{:?}", s.rate_limit)),
+        ]
+    };
+    for ((key, a), (_, b)) in server(old).into_iter().zip(server(new)) {
+        if a != b {
+            changed.push(format!("server.{key}"));
+        }
     }
     for (table, a, b) in [
         (
@@ -600,7 +637,15 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         Arc::clone(&metrics),
         std::mem::take(&mut prepared.sources),
         Arc::clone(&bus),
-        config.server.max_body,
+        EdgeSettings {
+            max_body: config.server.max_body,
+            body_read_timeout: config.server.body_read_timeout,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            limits: Limits::new(LimitSettings {
+                max_concurrency: Some(config.server.max_concurrency),
+                rate_limit: config.server.rate_limit,
+            }),
+        },
         options.clock.unwrap_or_else(system_clock),
         tracer.clone(),
     ));
@@ -630,13 +675,15 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
     tasks.spawn(supervisor.run(reload_requests, shutdown_rx.clone()));
 
     let mut stop_serving = shutdown_rx.clone();
-    let server = warp::serve(crate::ingest::routes(ingest))
-        .incoming(listener)
-        .graceful(async move {
+    let header_read_timeout = prepared.config.server.header_read_timeout;
+    tasks.spawn(crate::ingest::server::serve(
+        listener,
+        warp::service(crate::ingest::routes(ingest)),
+        header_read_timeout,
+        async move {
             let _ = stop_serving.wait_for(|stop| *stop).await;
-        })
-        .run();
-    tasks.spawn(server);
+        },
+    ));
     let config = &prepared.config;
     let admin_addr = match &config.admin {
         None => None,
@@ -663,14 +710,14 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
                 }]
             })?;
             let mut stop_admin = shutdown_rx.clone();
-            tasks.spawn(
-                warp::serve(crate::admin::api::routes(Arc::clone(&control), token))
-                    .incoming(listener)
-                    .graceful(async move {
-                        let _ = stop_admin.wait_for(|stop| *stop).await;
-                    })
-                    .run(),
-            );
+            tasks.spawn(crate::ingest::server::serve(
+                listener,
+                warp::service(crate::admin::api::routes(Arc::clone(&control), token)),
+                header_read_timeout,
+                async move {
+                    let _ = stop_admin.wait_for(|stop| *stop).await;
+                },
+            ));
             tracing::info!(addr = %admin_addr, "admin api listening");
             Some(admin_addr)
         }

@@ -46,6 +46,16 @@ pub struct ServerConfig {
     /// Reload when routes.toml changes on disk (SIGHUP and the admin call
     /// reload either way).
     pub watch_config: bool,
+    /// Time allowed for a request's headers to arrive.
+    pub header_read_timeout: Duration,
+    /// Time allowed for a webhook body to arrive after its headers.
+    pub body_read_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Webhook requests handled at once over all sources.
+    pub max_concurrency: usize,
+    /// Webhook request rate over all sources.
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,10 +130,43 @@ pub enum IdempotencyBackend {
     Redis { url: String, key_prefix: String },
 }
 
-/// The signature schemes a source may use. Closed set: a new scheme is code.
+/// The signature schemes a source may use. Closed set: a new scheme is code
+/// in `ingest::signature`; a new provider using a known scheme is config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
+    /// `Stripe-Signature: t=…,v1=<hex>`; id and type from the body.
     Stripe,
+    /// Standard Webhooks / Svix: `webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature: v1,<base64>`; type from the body.
+    StandardWebhooks,
+    /// `X-Hub-Signature-256: sha256=<hex>`; id and type from headers.
+    GitHub,
+    /// `X-Shopify-Hmac-Sha256: <base64>`; id and type from headers.
+    Shopify,
+}
+
+impl SourceKind {
+    pub const ALL: [SourceKind; 4] = [
+        SourceKind::Stripe,
+        SourceKind::StandardWebhooks,
+        SourceKind::GitHub,
+        SourceKind::Shopify,
+    ];
+
+    /// The name used for `kind` in routes.toml.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Stripe => "stripe",
+            SourceKind::StandardWebhooks => "standard-webhooks",
+            SourceKind::GitHub => "github",
+            SourceKind::Shopify => "shopify",
+        }
+    }
+
+    /// Whether the scheme signs a timestamp (so `tolerance` applies).
+    pub fn signs_timestamp(self) -> bool {
+        matches!(self, SourceKind::Stripe | SourceKind::StandardWebhooks)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +178,23 @@ pub struct SourceConfig {
     pub secrets: Vec<SecretRef>,
     /// Largest accepted age of a signature timestamp.
     pub tolerance: Duration,
+    /// Allowed client networks from `allow_ips`.
+    pub allow_ips: Vec<ipnet::IpNet>,
+    /// More allowed networks, read from this file at start and reload.
+    pub allow_ips_file: Option<PathBuf>,
+    /// Requests to this source handled at once.
+    pub max_concurrency: Option<usize>,
+    /// Request rate of this source.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A CIDR (`10.0.0.0/8`) or a bare address (one host).
+pub fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .map(|net| net.trunc())
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{text}` is not an address or CIDR like `10.0.0.0/8`"))
 }
 
 #[derive(Debug, Clone)]

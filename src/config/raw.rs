@@ -52,6 +52,32 @@ pub struct RawServer {
     pub shutdown_grace: Option<String>,
     /// Reload when routes.toml changes on disk (SIGHUP and `switchyard reload` work either way). Default `true`.
     pub watch_config: Option<bool>,
+    /// Longest time a client may take to send the request line and headers
+    /// of a request on the public listener (and the admin listener); the
+    /// connection is closed when it runs out. A duration like `"10s"`.
+    /// Default `"10s"`. Takes a restart to change.
+    pub header_read_timeout: Option<String>,
+    /// Longest time a client may take to send a webhook body once its
+    /// headers are in; the answer is 408 and the connection is closed when
+    /// it runs out. A duration like `"30s"`. Default `"30s"`.
+    pub body_read_timeout: Option<String>,
+    /// Proxies whose `X-Forwarded-For` is believed: a list of CIDRs or bare
+    /// addresses, e.g. `["10.0.0.0/8", "127.0.0.1"]`. The client address of
+    /// a request is the peer address unless the peer is in this list; then
+    /// it is the right-most `X-Forwarded-For` entry that is not. Default
+    /// `[]` (the header is ignored). Takes a restart to change.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Most webhook requests handled at once over all sources; more are
+    /// shed with 503 and `Retry-After: 1` before their body is read. An
+    /// integer from 1 to 1000000. Default `1024`. Takes a restart to change.
+    pub max_concurrency: Option<i64>,
+    /// Rate of webhook requests over all sources, e.g.
+    /// `{ per_second = 500, burst = 1000 }` (or `per_minute`; `burst`
+    /// defaults to the rate rounded up); above it requests are shed with
+    /// 429 and `Retry-After`. Default: no global rate limit. Takes a
+    /// restart to change.
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -121,15 +147,42 @@ pub struct RawIdempotency {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
-    /// Signature scheme of the sender. `"stripe"`. Default `"stripe"`.
+    /// The signature scheme of the provider: `"stripe"` (`Stripe-Signature`),
+    /// `"standard-webhooks"` (Standard Webhooks / Svix: `webhook-id`,
+    /// `webhook-timestamp`, `webhook-signature`), `"github"`
+    /// (`X-Hub-Signature-256`) or `"shopify"` (`X-Shopify-Hmac-Sha256`).
+    /// It also says where the event id and type come from. Default
+    /// `"stripe"`.
     pub kind: Option<String>,
     /// URL path the sender posts to. Default `"/webhooks/<name>"`.
     pub path: Option<String>,
     /// Signing secrets as references (`env:NAME`, `file:PATH`); any may match, so list the new one first during a rotation. Required, at least one.
     #[serde(default)]
     pub secrets: Vec<String>,
-    /// Largest age (and clock skew into the future) of a signature timestamp. Duration. Default `"5m"`.
+    /// Largest age (and future skew) of a signed timestamp, for the schemes
+    /// that sign one (`stripe`, `standard-webhooks`). A duration like
+    /// `"5m"`. Default `"5m"`.
     pub tolerance: Option<String>,
+    /// Client addresses allowed to post to this source: CIDRs or bare
+    /// addresses, e.g. `["54.187.174.169/32", "2001:db8::/32"]`. Combined
+    /// with `allow_ips_file`; when both are absent every address may post.
+    /// Refused addresses get 403. The signature stays the real check.
+    /// Default `[]`.
+    #[serde(default)]
+    pub allow_ips: Vec<String>,
+    /// A file of allowed client addresses, one CIDR or address a line (`#`
+    /// starts a comment), read at start and at every reload, e.g.
+    /// `"data/stripe-webhook-ips.txt"` (shipped). Relative to routes.toml.
+    /// Default: none.
+    pub allow_ips_file: Option<String>,
+    /// Most requests to this source handled at once; more are shed with 503
+    /// and `Retry-After: 1`. An integer from 1 to 1000000. Default: no
+    /// per-source limit (the global `server.max_concurrency` still holds).
+    pub max_concurrency: Option<i64>,
+    /// Rate of requests to this source, e.g. `{ per_second = 100, burst =
+    /// 200 }` (or `per_minute`); above it requests are shed with 429 and
+    /// `Retry-After`. Default: no per-source rate limit.
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -171,7 +171,43 @@ impl Checker<'_> {
                 Duration::from_secs(30),
             ),
             watch_config: raw.watch_config.unwrap_or(true),
+            header_read_timeout: self.duration(
+                "server.header_read_timeout".into(),
+                raw.header_read_timeout.as_ref(),
+                Duration::from_secs(10),
+            ),
+            body_read_timeout: self.duration(
+                "server.body_read_timeout".into(),
+                raw.body_read_timeout.as_ref(),
+                Duration::from_secs(30),
+            ),
+            trusted_proxies: self.nets("server.trusted_proxies", &raw.trusted_proxies),
+            max_concurrency: self.count(
+                "server.max_concurrency".into(),
+                raw.max_concurrency,
+                (1, 1_000_000),
+                1024,
+            ) as usize,
+            rate_limit: raw
+                .rate_limit
+                .as_ref()
+                .and_then(|limit| self.rate_limit("server.rate_limit".into(), limit)),
         }
+    }
+
+    /// A list of CIDRs or addresses; each bad entry is reported at `at[i]`.
+    fn nets(&mut self, at: &str, texts: &[String]) -> Vec<ipnet::IpNet> {
+        texts
+            .iter()
+            .enumerate()
+            .filter_map(|(index, text)| match parse_net(text) {
+                Ok(net) => Some(net),
+                Err(message) => {
+                    self.issue(format!("{at}[{index}]"), message);
+                    None
+                }
+            })
+            .collect()
     }
 
     fn admin(&mut self, raw: &RawAdmin) -> Option<AdminConfig> {
@@ -435,7 +471,18 @@ impl Checker<'_> {
     fn source(&mut self, name: &str, raw: &RawSource) -> SourceConfig {
         self.name("sources", name);
         let at = |key: &str| format!("sources.{name}.{key}");
-        self.one_of(at("kind"), raw.kind.as_ref(), &["stripe"]);
+        let names = SourceKind::ALL.map(SourceKind::name);
+        let kind_name = self.one_of(at("kind"), raw.kind.as_ref(), &names);
+        let kind = SourceKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == kind_name)
+            .unwrap_or(SourceKind::Stripe);
+        if raw.tolerance.is_some() && !kind.signs_timestamp() {
+            self.issue(
+                at("tolerance"),
+                format!("`kind = \"{kind_name}\"` signs no timestamp: remove `tolerance`"),
+            );
+        }
         let path = raw
             .path
             .clone()
@@ -459,7 +506,7 @@ impl Checker<'_> {
             .filter_map(|(index, text)| self.secret(format!("{}[{index}]", at("secrets")), text))
             .collect();
         SourceConfig {
-            kind: SourceKind::Stripe,
+            kind,
             path,
             secrets,
             tolerance: self.duration(
@@ -467,6 +514,27 @@ impl Checker<'_> {
                 raw.tolerance.as_ref(),
                 Duration::from_secs(300),
             ),
+            allow_ips: self.nets(&at("allow_ips"), &raw.allow_ips),
+            allow_ips_file: match raw.allow_ips_file.as_deref() {
+                Some("") => {
+                    self.issue(at("allow_ips_file"), "needs a path");
+                    None
+                }
+                Some(path) => Some(self.base_dir.join(path)),
+                None => None,
+            },
+            max_concurrency: raw.max_concurrency.map(|_| {
+                self.count(
+                    at("max_concurrency"),
+                    raw.max_concurrency,
+                    (1, 1_000_000),
+                    1,
+                ) as usize
+            }),
+            rate_limit: raw
+                .rate_limit
+                .as_ref()
+                .and_then(|limit| self.rate_limit(at("rate_limit"), limit)),
         }
     }
 

@@ -1,9 +1,13 @@
 //! Ingest: the HTTP edge where webhooks arrive.
 //!
-//! Owns the public listener's request handling, in this order: body-size cap
-//! → content type → signature on the raw bytes → minimal parse (id, type,
-//! created, livemode, account) → bus append (dedup on `<source>:<event id>`)
-//! → answer. It never runs business logic and never calls a consumer.
+//! Owns the public listener and its request handling, in this order: client
+//! address allowlist → load shedding (concurrency and rate, global and per
+//! source) → body-size cap → content type → body read (with a timeout) →
+//! signature on the raw bytes, by the source's scheme → minimal parse (id,
+//! type, created, livemode, account; from headers or body as the scheme
+//! says) → bus append (dedup on `<source>:<event id>`) → answer. It never
+//! runs business logic and never calls a consumer. Nothing is appended
+//! before every check has passed.
 //!
 //! Invariant: **2xx only after the bus confirmed the event is durable.** If
 //! the bus cannot persist, the answer is 503 with `Retry-After`, so the
@@ -13,15 +17,18 @@
 //! Only [`verify_and_parse`] turns raw bytes into a [`VerifiedEvent`]; nothing
 //! downstream can hold an unverified event by mistake.
 
+pub mod edge;
+pub mod server;
 pub mod signature;
 
 use crate::bus::{Appended, Bus, Envelope};
-use crate::config::{Secret, SourceKind, is_event_type};
+use crate::config::{SourceKind, is_event_type};
 use crate::telemetry::otlp::{self, SpanKind, SpanRecord, TraceContext, Tracer};
 use bytes::{Bytes, BytesMut};
+use edge::{Admission, Allowlist, Limits, PeerAddr, Shed};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
-use signature::SignatureError;
+use signature::{SignatureError, SigningKey};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +39,9 @@ use warp::{Filter, Reply};
 const RETRY_AFTER_SECS: u64 = 5;
 /// Longest accepted event id.
 const MAX_EVENT_ID: usize = 255;
+/// Deepest accepted JSON nesting: serde_json's own default limit, so every
+/// accepted event can be decoded by consumers using it.
+const MAX_DEPTH: usize = 128;
 
 /// Why a request was refused. One place ([`IngestError::status`]) maps these
 /// to HTTP; messages never contain secrets or echo the body.
@@ -51,6 +61,12 @@ pub enum IngestError {
     BadEvent(String),
     #[error("could not read the request body")]
     BodyRead,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    #[error("this address may not post to this source")]
+    AddressNotAllowed,
+    #[error("too many requests; retry later")]
+    Shed(Shed),
     #[error("event could not be persisted; retry later")]
     Unavailable,
 }
@@ -65,7 +81,20 @@ impl IngestError {
             IngestError::Signature(_) | IngestError::BadEvent(_) | IngestError::BodyRead => {
                 StatusCode::BAD_REQUEST
             }
-            IngestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            IngestError::AddressNotAllowed => StatusCode::FORBIDDEN,
+            // A rate says "you, slow down"; a full house says "us, later".
+            IngestError::Shed(shed) if shed.reason.is_rate() => StatusCode::TOO_MANY_REQUESTS,
+            IngestError::Shed(_) | IngestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Seconds to put in `Retry-After`, for the answers that ask for a retry.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            IngestError::Unavailable => Some(RETRY_AFTER_SECS),
+            IngestError::Shed(shed) => Some(shed.retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            _ => None,
         }
     }
 
@@ -78,6 +107,9 @@ impl IngestError {
             IngestError::Signature(_) => "bad_signature",
             IngestError::BadEvent(_) => "bad_event",
             IngestError::BodyRead => "bad_body",
+            IngestError::BodyTimeout => "body_timeout",
+            IngestError::AddressNotAllowed => "address_not_allowed",
+            IngestError::Shed(_) => "shed",
             IngestError::Unavailable => "unavailable",
         }
     }
@@ -86,10 +118,17 @@ impl IngestError {
         let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
         let mut response =
             warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
-        if matches!(self, IngestError::Unavailable) {
+        if let Some(seconds) = self.retry_after() {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+                .insert(header::RETRY_AFTER, seconds.into());
+        }
+        if matches!(self, IngestError::BodyTimeout) {
+            // The rest of the body may still come; do not wait for it.
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
         }
         response
     }
@@ -114,8 +153,21 @@ impl VerifiedEvent {
 pub struct SourceEndpoint {
     pub name: String,
     pub kind: SourceKind,
-    pub secrets: Vec<Secret>,
+    /// One per configured secret, newest first.
+    pub keys: Vec<SigningKey>,
     pub tolerance: Duration,
+    /// `None`: every address may post.
+    pub allowlist: Option<Allowlist>,
+    pub limits: Arc<Limits>,
+}
+
+/// Listener-wide settings of the edge (restart to change).
+pub struct EdgeSettings {
+    pub max_body: u64,
+    pub body_read_timeout: Duration,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Over all sources.
+    pub limits: Limits,
 }
 
 /// Unix seconds; injectable so tests can pin signature time.
@@ -143,7 +195,7 @@ pub struct Ingest {
     /// snapshot they started with).
     sources: std::sync::RwLock<Arc<HashMap<String, SourceEndpoint>>>,
     bus: Arc<dyn Bus>,
-    max_body: u64,
+    edge: EdgeSettings,
     clock: Clock,
     tracer: Tracer,
 }
@@ -154,7 +206,7 @@ impl Ingest {
         metrics: Arc<crate::telemetry::metrics::Metrics>,
         sources: HashMap<String, SourceEndpoint>,
         bus: Arc<dyn Bus>,
-        max_body: u64,
+        edge: EdgeSettings,
         clock: Clock,
         tracer: Tracer,
     ) -> Ingest {
@@ -163,14 +215,25 @@ impl Ingest {
             metrics,
             sources: std::sync::RwLock::new(Arc::new(sources)),
             bus,
-            max_body,
+            edge,
             clock,
             tracer,
         }
     }
 
-    pub fn set_sources(&self, sources: HashMap<String, SourceEndpoint>) {
-        *self.sources.write().expect("sources lock") = Arc::new(sources);
+    /// Switches to reloaded sources. A source whose limits did not change
+    /// keeps the running ones, so a reload neither refills its rate bucket
+    /// nor forgets the requests in flight.
+    pub fn set_sources(&self, mut sources: HashMap<String, SourceEndpoint>) {
+        let mut current = self.sources.write().expect("sources lock");
+        for source in sources.values_mut() {
+            if let Some(old) = current.values().find(|old| old.name == source.name)
+                && old.limits.settings == source.limits.settings
+            {
+                source.limits = Arc::clone(&old.limits);
+            }
+        }
+        *current = Arc::new(sources);
     }
 
     /// The ingest span of an accepted (or refused-as-unavailable) event.
@@ -219,8 +282,9 @@ impl Ingest {
     }
 }
 
+/// The fields of a Stripe event routing needs.
 #[derive(Deserialize)]
-struct MinimalEvent {
+struct StripeEvent {
     id: String,
     #[serde(rename = "type")]
     event_type: String,
@@ -232,6 +296,143 @@ struct MinimalEvent {
     account: Option<String>,
 }
 
+/// Standard Webhooks payloads carry their type in the body.
+#[derive(Deserialize)]
+struct TypedEvent {
+    #[serde(rename = "type")]
+    event_type: String,
+}
+
+/// Where a scheme's event id and type come from, when not from the body.
+struct IdentityHeaders {
+    id: &'static str,
+    event_type: &'static str,
+}
+
+fn identity_headers(kind: SourceKind) -> Option<IdentityHeaders> {
+    match kind {
+        SourceKind::Stripe | SourceKind::StandardWebhooks => None,
+        SourceKind::GitHub => Some(IdentityHeaders {
+            id: "X-GitHub-Delivery",
+            event_type: "X-GitHub-Event",
+        }),
+        SourceKind::Shopify => Some(IdentityHeaders {
+            id: "X-Shopify-Webhook-Id",
+            event_type: "X-Shopify-Topic",
+        }),
+    }
+}
+
+/// The routing facts of a verified body, before their shape is checked.
+struct Facts {
+    id: String,
+    event_type: String,
+    created: i64,
+    livemode: bool,
+    account: Option<String>,
+}
+
+fn header_text(headers: &HeaderMap, name: &'static str) -> Result<String, IngestError> {
+    match signature::single_header(headers, name) {
+        Ok(Some(value)) => Ok(value.trim().to_owned()),
+        Ok(None) => Err(IngestError::BadEvent(format!("missing `{name}` header"))),
+        Err(err) => Err(IngestError::BadEvent(err.to_string())),
+    }
+}
+
+/// Whether JSON `body` nests deeper than `limit` (strings are skipped, so a
+/// `[` inside one does not count). Linear, no recursion.
+fn nests_deeper_than(body: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in body {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Reads id, type and the rest from the body and headers, as the source's
+/// scheme says. Every body must be a JSON object.
+fn facts(
+    kind: SourceKind,
+    headers: &HeaderMap,
+    body: &[u8],
+    signed: &signature::Signed,
+) -> Result<Facts, IngestError> {
+    // JSON is UTF-8 (RFC 8259), but serde_json does not check the strings it
+    // skips; plugins receive the payload as text and would see it altered.
+    if std::str::from_utf8(body).is_err() {
+        return Err(IngestError::BadEvent("body is not UTF-8".into()));
+    }
+    // serde would also read a struct from a JSON array; only objects are events.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(IngestError::BadEvent("expected a JSON object".into()));
+    }
+    if nests_deeper_than(body, MAX_DEPTH) {
+        return Err(IngestError::BadEvent(format!(
+            "JSON nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    let bad_json = |err: serde_json::Error| IngestError::BadEvent(format!("{err}"));
+    let created = signed.timestamp.unwrap_or(0);
+    match kind {
+        SourceKind::Stripe => {
+            let event: StripeEvent = serde_json::from_slice(body).map_err(bad_json)?;
+            Ok(Facts {
+                id: event.id,
+                event_type: event.event_type,
+                created: event.created.unwrap_or(0),
+                livemode: event.livemode.unwrap_or(false),
+                account: event.account,
+            })
+        }
+        SourceKind::StandardWebhooks => {
+            let event: TypedEvent = serde_json::from_slice(body).map_err(bad_json)?;
+            Ok(Facts {
+                id: signed.id.clone().unwrap_or_default(),
+                event_type: event.event_type,
+                created,
+                livemode: false,
+                account: None,
+            })
+        }
+        SourceKind::GitHub | SourceKind::Shopify => {
+            let names = identity_headers(kind).expect("header identity");
+            serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(bad_json)?;
+            // Shopify topics are `orders/create`: dots make them event types
+            // that route patterns like `orders.*` match.
+            let event_type = header_text(headers, names.event_type)?.replace('/', ".");
+            Ok(Facts {
+                id: header_text(headers, names.id)?,
+                event_type,
+                created,
+                livemode: false,
+                account: None,
+            })
+        }
+    }
+}
+
 /// Checks the signature on the raw bytes, then reads the few fields routing
 /// needs. The body is kept byte for byte.
 pub fn verify_and_parse(
@@ -240,31 +441,15 @@ pub fn verify_and_parse(
     body: Bytes,
     now: i64,
 ) -> Result<VerifiedEvent, IngestError> {
-    match source.kind {
-        SourceKind::Stripe => {
-            let header = headers
-                .get("stripe-signature")
-                .map(|value| {
-                    value
-                        .to_str()
-                        .map_err(|_| SignatureError::Malformed("not ASCII"))
-                })
-                .transpose()?;
-            signature::verify(
-                header,
-                &body,
-                &source.secrets,
-                source.tolerance.as_secs() as i64,
-                now,
-            )?;
-        }
-    }
-    // serde would also read a struct from a JSON array; only objects are events.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(IngestError::BadEvent("expected a JSON object".into()));
-    }
-    let event: MinimalEvent =
-        serde_json::from_slice(&body).map_err(|err| IngestError::BadEvent(format!("{err}")))?;
+    let signed = signature::verify_request(
+        source.kind,
+        headers,
+        &body,
+        &source.keys,
+        source.tolerance.as_secs() as i64,
+        now,
+    )?;
+    let event = facts(source.kind, headers, &body, &signed)?;
     if event.id.is_empty()
         || event.id.len() > MAX_EVENT_ID
         || !event.id.bytes().all(|b| b.is_ascii_graphic())
@@ -299,8 +484,8 @@ pub fn verify_and_parse(
             source: source.name.clone(),
             event_id: event.id,
             event_type: event.event_type,
-            created: event.created.unwrap_or(0),
-            livemode: event.livemode.unwrap_or(false),
+            created: event.created,
+            livemode: event.livemode,
             account: event.account,
             received_at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -364,6 +549,7 @@ impl Ingest {
         &self,
         method: Method,
         path: &str,
+        peer: Option<PeerAddr>,
         headers: HeaderMap,
         body: S,
     ) -> Result<(&'static str, warp::reply::Response), IngestError>
@@ -376,17 +562,45 @@ impl Ingest {
         if method != Method::POST {
             return Err(IngestError::MethodNotAllowed);
         }
+        if let Some(allowlist) = &source.allowlist {
+            let client = peer.and_then(|peer| {
+                edge::client_ip(peer.0.ip(), &headers, &self.edge.trusted_proxies)
+            });
+            if !allowlist.allows(client) {
+                tracing::warn!(
+                    source = %source.name,
+                    client = %client.map_or("unknown".to_owned(), |ip| ip.to_string()),
+                    "webhook refused: address not allowed"
+                );
+                return Err(IngestError::AddressNotAllowed);
+            }
+        }
+        // Held until the answer is ready: the bus append counts as in flight.
+        let _admission: Admission =
+            Limits::admit(&source.limits, &self.edge.limits).map_err(|shed| {
+                self.metrics
+                    .ingest_shed
+                    .get_or_create(&crate::telemetry::metrics::SourceReason {
+                        source: source.name.clone(),
+                        reason: shed.reason.label().to_owned(),
+                    })
+                    .inc();
+                IngestError::Shed(shed)
+            })?;
+        let max_body = self.edge.max_body;
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.max_body) {
-            return Err(IngestError::TooLarge(self.max_body));
+        if declared.is_some_and(|len| len > max_body) {
+            return Err(IngestError::TooLarge(max_body));
         }
         if !is_json(&headers) {
             return Err(IngestError::UnsupportedMediaType);
         }
-        let body = read_capped(body, self.max_body).await?;
+        let body = tokio::time::timeout(self.edge.body_read_timeout, read_capped(body, max_body))
+            .await
+            .map_err(|_| IngestError::BodyTimeout)??;
         let verified = match verify_and_parse(source, &headers, body, (self.clock)()) {
             Ok(verified) => verified,
             Err(err) => {
@@ -463,26 +677,31 @@ pub fn routes(
     };
     let webhooks = warp::method()
         .and(warp::path::full())
+        .and(warp::ext::optional::<PeerAddr>())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .then(move |method, path: warp::path::FullPath, headers, body| {
-            let ingest = Arc::clone(&ingest);
-            async move {
-                let started = std::time::Instant::now();
-                let body = Box::pin(body);
-                let sources = ingest.sources();
-                let source = sources
-                    .get(path.as_str())
-                    .map_or("unknown", |s| s.name.as_str());
-                let (outcome, response) =
-                    match ingest.handle(method, path.as_str(), headers, body).await {
+        .then(
+            move |method, path: warp::path::FullPath, peer, headers, body| {
+                let ingest = Arc::clone(&ingest);
+                async move {
+                    let started = std::time::Instant::now();
+                    let body = Box::pin(body);
+                    let sources = ingest.sources();
+                    let source = sources
+                        .get(path.as_str())
+                        .map_or("unknown", |s| s.name.as_str());
+                    let (outcome, response) = match ingest
+                        .handle(method, path.as_str(), peer, headers, body)
+                        .await
+                    {
                         Ok((outcome, response)) => (outcome, response),
                         Err(err) => (err.code(), err.into_response()),
                     };
-                ingest.metrics.ingest(source, outcome, started.elapsed());
-                response
-            }
-        });
+                    ingest.metrics.ingest(source, outcome, started.elapsed());
+                    response
+                }
+            },
+        );
     health
         .or(ready)
         .unify()

@@ -1,18 +1,39 @@
-//! Stripe webhook signatures, verified exactly as Stripe's own libraries do.
+//! Webhook signatures, one function per scheme, each verified exactly as the
+//! provider's own libraries do. The scheme of a source is config
+//! ([`SourceKind`]); a provider that uses a known scheme needs no code.
 //!
-//! `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>…][,v0=<hex>]`. The signed
-//! payload is `"{t}.{raw body}"`, HMAC-SHA256 keyed by the whole secret string
-//! (`whsec_…` as UTF-8 bytes). Any `v1` may match any configured secret (a
-//! rotation sends several), every comparison is constant-time, `v0` is ignored.
+//! - **Stripe**: `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>…][,v0=<hex>]`.
+//!   The signed payload is `"{t}.{raw body}"`, HMAC-SHA256 keyed by the whole
+//!   secret string (`whsec_…` as UTF-8 bytes); any `v1` may match, `v0` is
+//!   ignored.
+//! - **Standard Webhooks / Svix**: `webhook-id`, `webhook-timestamp` and
+//!   `webhook-signature: v1,<base64> [v1,<base64> …]` (or the `svix-`
+//!   prefixed names). The signed payload is `"{id}.{timestamp}.{raw body}"`,
+//!   HMAC-SHA256 keyed by the base64-decoded secret (its `whsec_` prefix
+//!   removed); entries of other versions (`v1a`) are ignored.
+//! - **GitHub**: `X-Hub-Signature-256: sha256=<hex>`, HMAC-SHA256 of the raw
+//!   body keyed by the secret string.
+//! - **Shopify**: `X-Shopify-Hmac-Sha256: <base64>`, HMAC-SHA256 of the raw
+//!   body keyed by the app's secret string.
+//!
+//! Every configured secret is tried against every signature (a rotation sends
+//! several), without an early exit and with constant-time comparisons. A
+//! signature header sent twice is refused rather than guessed at.
 //!
 //! One deliberate difference from the official libraries: they only reject
 //! timestamps older than the tolerance; we also reject timestamps more than the
 //! tolerance in the future, which no honest sender with a sane clock produces.
+//! GitHub and Shopify sign no timestamp and not their id headers: a captured
+//! request can be replayed, and is then deduplicated by its delivery id.
 
-use crate::config::Secret;
+use crate::config::{Secret, SourceKind};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use std::fmt;
 use subtle::ConstantTimeEq;
+use warp::http::HeaderMap;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -20,10 +41,15 @@ type HmacSha256 = Hmac<Sha256>;
 /// they never contain a secret or an expected signature.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
-    #[error("missing `Stripe-Signature` header")]
-    MissingHeader,
-    #[error("malformed `Stripe-Signature` header: {0}")]
-    Malformed(&'static str),
+    #[error("missing `{0}` header")]
+    MissingHeader(&'static str),
+    #[error("`{0}` header sent more than once")]
+    DuplicateHeader(&'static str),
+    #[error("malformed `{header}` header: {reason}")]
+    Malformed {
+        header: &'static str,
+        reason: &'static str,
+    },
     #[error("timestamp outside the tolerance zone")]
     StaleTimestamp,
     #[error("timestamp is in the future beyond the tolerance")]
@@ -36,8 +62,9 @@ impl SignatureError {
     /// A bounded metric label.
     pub fn reason(&self) -> &'static str {
         match self {
-            SignatureError::MissingHeader => "missing_header",
-            SignatureError::Malformed(_) => "malformed_header",
+            SignatureError::MissingHeader(_) => "missing_header",
+            SignatureError::DuplicateHeader(_) => "duplicate_header",
+            SignatureError::Malformed { .. } => "malformed_header",
             SignatureError::StaleTimestamp => "stale_timestamp",
             SignatureError::FutureTimestamp => "future_timestamp",
             SignatureError::NoMatch => "no_match",
@@ -45,11 +72,175 @@ impl SignatureError {
     }
 }
 
+const STRIPE_HEADER: &str = "Stripe-Signature";
+const GITHUB_HEADER: &str = "X-Hub-Signature-256";
+const SHOPIFY_HEADER: &str = "X-Shopify-Hmac-Sha256";
+
+/// The HMAC key of one secret, as its scheme reads the secret. Built once
+/// at start (and reload), so a malformed key fails there, not per request.
+#[derive(Clone)]
+pub struct SigningKey(Vec<u8>);
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningKey([redacted])")
+    }
+}
+
+impl SigningKey {
+    /// Stripe, GitHub and Shopify key the HMAC with the secret's UTF-8
+    /// bytes; Standard Webhooks with the base64 after `whsec_`. The error
+    /// never contains the secret.
+    pub fn new(kind: SourceKind, secret: &Secret) -> Result<SigningKey, String> {
+        match kind {
+            SourceKind::Stripe | SourceKind::GitHub | SourceKind::Shopify => {
+                Ok(SigningKey(secret.expose().as_bytes().to_vec()))
+            }
+            SourceKind::StandardWebhooks => {
+                let text = secret.expose();
+                let encoded = text.strip_prefix("whsec_").unwrap_or(text);
+                match BASE64.decode(encoded) {
+                    Ok(key) if !key.is_empty() => Ok(SigningKey(key)),
+                    _ => Err(
+                        "secret is not a Standard Webhooks key (`whsec_` followed by base64)"
+                            .to_owned(),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// What a valid signature established besides the body.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Signed {
+    /// The event id the scheme signed (Standard Webhooks' `webhook-id`).
+    pub id: Option<String>,
+    /// The signed timestamp, unix seconds.
+    pub timestamp: Option<i64>,
+}
+
+/// Checks the request's signature with every key of the source, by the
+/// source's scheme. `now` is unix seconds, passed in so tests can pin it.
+pub fn verify_request(
+    kind: SourceKind,
+    headers: &HeaderMap,
+    payload: &[u8],
+    keys: &[SigningKey],
+    tolerance_secs: i64,
+    now: i64,
+) -> Result<Signed, SignatureError> {
+    let keys = || keys.iter().map(|key| key.0.as_slice());
+    match kind {
+        SourceKind::Stripe => {
+            let header = required(headers, STRIPE_HEADER)?;
+            let timestamp = verify_stripe(header, payload, keys(), tolerance_secs, now)?;
+            Ok(Signed {
+                id: None,
+                timestamp: Some(timestamp),
+            })
+        }
+        SourceKind::StandardWebhooks => {
+            standard_webhooks(headers, payload, keys(), tolerance_secs, now)
+        }
+        SourceKind::GitHub => {
+            let header = required(headers, GITHUB_HEADER)?;
+            let hex = header
+                .strip_prefix("sha256=")
+                .ok_or(SignatureError::Malformed {
+                    header: GITHUB_HEADER,
+                    reason: "expected `sha256=<hex>`",
+                })?;
+            let expected: Vec<String> = keys()
+                .map(|key| hex::encode(hmac(key, &[payload])))
+                .collect();
+            any_match(&expected, &[hex])
+                .then_some(Signed::default())
+                .ok_or(SignatureError::NoMatch)
+        }
+        SourceKind::Shopify => {
+            let header = required(headers, SHOPIFY_HEADER)?;
+            let expected: Vec<String> = keys()
+                .map(|key| BASE64.encode(hmac(key, &[payload])))
+                .collect();
+            any_match(&expected, &[header.trim()])
+                .then_some(Signed::default())
+                .ok_or(SignatureError::NoMatch)
+        }
+    }
+}
+
+/// The value of a header that must appear once, as text.
+pub fn single_header<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+) -> Result<Option<&'a str>, SignatureError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(SignatureError::DuplicateHeader(name));
+    }
+    value
+        .to_str()
+        .map(Some)
+        .map_err(|_| SignatureError::Malformed {
+            header: name,
+            reason: "not ASCII",
+        })
+}
+
+fn required<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, SignatureError> {
+    single_header(headers, name)?.ok_or(SignatureError::MissingHeader(name))
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(key).expect("hmac takes any key size");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Whether any candidate equals any expected value. Every pair is compared,
+/// in constant time, without an early exit: timing reveals neither which
+/// secret or entry matched nor how many were tried.
+fn any_match(expected: &[impl AsRef<[u8]>], candidates: &[&str]) -> bool {
+    let mut matched = subtle::Choice::from(0u8);
+    for expected in expected {
+        let expected = expected.as_ref();
+        for candidate in candidates {
+            if expected.len() == candidate.len() {
+                matched |= expected.ct_eq(candidate.as_bytes());
+            }
+        }
+    }
+    bool::from(matched)
+}
+
+fn check_timestamp(timestamp: i64, tolerance_secs: i64, now: i64) -> Result<(), SignatureError> {
+    if timestamp < now.saturating_sub(tolerance_secs) {
+        return Err(SignatureError::StaleTimestamp);
+    }
+    if timestamp > now.saturating_add(tolerance_secs) {
+        return Err(SignatureError::FutureTimestamp);
+    }
+    Ok(())
+}
+
 /// The parts of a `Stripe-Signature` header that matter.
 #[derive(Debug, PartialEq, Eq)]
 struct SignatureHeader<'a> {
     timestamp: i64,
     v1: Vec<&'a str>,
+}
+
+fn malformed(reason: &'static str) -> SignatureError {
+    SignatureError::Malformed {
+        header: STRIPE_HEADER,
+        reason,
+    }
 }
 
 fn parse_header(header: &str) -> Result<SignatureHeader<'_>, SignatureError> {
@@ -63,29 +254,26 @@ fn parse_header(header: &str) -> Result<SignatureHeader<'_>, SignatureError> {
             "t" => {
                 let parsed = value
                     .parse::<i64>()
-                    .map_err(|_| SignatureError::Malformed("timestamp is not a number"))?;
+                    .map_err(|_| malformed("timestamp is not a number"))?;
                 timestamp = Some(parsed);
             }
             "v1" => v1.push(value),
             _ => {}
         }
     }
-    let timestamp = timestamp.ok_or(SignatureError::Malformed("no timestamp"))?;
+    let timestamp = timestamp.ok_or(malformed("no timestamp"))?;
     if v1.is_empty() {
-        return Err(SignatureError::Malformed(
-            "no signatures found with expected scheme v1",
-        ));
+        return Err(malformed("no signatures found with expected scheme v1"));
     }
     Ok(SignatureHeader { timestamp, v1 })
 }
 
 /// Hex HMAC-SHA256 of `"{timestamp}.{payload}"`: the value of a `v1` entry.
 pub fn compute_signature(secret: &str, timestamp: i64, payload: &[u8]) -> String {
-    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("hmac takes any key size");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(payload);
-    hex::encode(mac.finalize().into_bytes())
+    hex::encode(hmac(
+        secret.as_bytes(),
+        &[timestamp.to_string().as_bytes(), b".", payload],
+    ))
 }
 
 /// A complete `Stripe-Signature` header value, as Stripe's test helpers make it.
@@ -96,7 +284,8 @@ pub fn signature_header(secret: &str, timestamp: i64, payload: &[u8]) -> String 
     )
 }
 
-/// Checks `header` against `payload` with every secret of the source.
+/// Checks a `Stripe-Signature` header against `payload` with every secret
+/// of the source.
 ///
 /// `now` is unix seconds, passed in so tests can pin the clock.
 pub fn verify(
@@ -106,27 +295,103 @@ pub fn verify(
     tolerance_secs: i64,
     now: i64,
 ) -> Result<(), SignatureError> {
-    let header = parse_header(header.ok_or(SignatureError::MissingHeader)?)?;
-    if header.timestamp < now.saturating_sub(tolerance_secs) {
-        return Err(SignatureError::StaleTimestamp);
+    let header = header.ok_or(SignatureError::MissingHeader(STRIPE_HEADER))?;
+    let keys = secrets.iter().map(|secret| secret.expose().as_bytes());
+    verify_stripe(header, payload, keys, tolerance_secs, now).map(drop)
+}
+
+/// Returns the signed timestamp.
+fn verify_stripe<'k>(
+    header: &str,
+    payload: &[u8],
+    keys: impl Iterator<Item = &'k [u8]>,
+    tolerance_secs: i64,
+    now: i64,
+) -> Result<i64, SignatureError> {
+    let header = parse_header(header)?;
+    check_timestamp(header.timestamp, tolerance_secs, now)?;
+    let timestamp = header.timestamp.to_string();
+    let expected: Vec<String> = keys
+        .map(|key| hex::encode(hmac(key, &[timestamp.as_bytes(), b".", payload])))
+        .collect();
+    if any_match(&expected, &header.v1) {
+        Ok(header.timestamp)
+    } else {
+        Err(SignatureError::NoMatch)
     }
-    if header.timestamp > now.saturating_add(tolerance_secs) {
-        return Err(SignatureError::FutureTimestamp);
+}
+
+/// The header names of Standard Webhooks; Svix sends the same under `svix-`.
+struct StandardNames {
+    id: &'static str,
+    timestamp: &'static str,
+    signature: &'static str,
+}
+
+const WEBHOOK_NAMES: StandardNames = StandardNames {
+    id: "webhook-id",
+    timestamp: "webhook-timestamp",
+    signature: "webhook-signature",
+};
+const SVIX_NAMES: StandardNames = StandardNames {
+    id: "svix-id",
+    timestamp: "svix-timestamp",
+    signature: "svix-signature",
+};
+
+fn standard_webhooks<'k>(
+    headers: &HeaderMap,
+    payload: &[u8],
+    keys: impl Iterator<Item = &'k [u8]>,
+    tolerance_secs: i64,
+    now: i64,
+) -> Result<Signed, SignatureError> {
+    let names = if headers.contains_key(WEBHOOK_NAMES.signature)
+        || !headers.contains_key(SVIX_NAMES.signature)
+    {
+        WEBHOOK_NAMES
+    } else {
+        SVIX_NAMES
+    };
+    let id = required(headers, names.id)?;
+    let timestamp_text = required(headers, names.timestamp)?;
+    let signature = required(headers, names.signature)?;
+    let timestamp = timestamp_text
+        .parse::<i64>()
+        .map_err(|_| SignatureError::Malformed {
+            header: names.timestamp,
+            reason: "not a number of seconds",
+        })?;
+    let candidates: Vec<&str> = signature
+        .split(' ')
+        .filter_map(|entry| entry.strip_prefix("v1,"))
+        .collect();
+    if candidates.is_empty() {
+        return Err(SignatureError::Malformed {
+            header: names.signature,
+            reason: "no `v1,<base64>` signature",
+        });
     }
-    // Evaluate every pair without an early exit: timing does not reveal which
-    // secret or which entry matched, or how many were tried.
-    let mut matched = subtle::Choice::from(0u8);
-    for secret in secrets {
-        let expected = compute_signature(secret.expose(), header.timestamp, payload);
-        for candidate in &header.v1 {
-            let same_length = expected.len() == candidate.len();
-            if same_length {
-                matched |= expected.as_bytes().ct_eq(candidate.as_bytes());
-            }
-        }
-    }
-    if bool::from(matched) {
-        Ok(())
+    check_timestamp(timestamp, tolerance_secs, now)?;
+    let expected: Vec<String> = keys
+        .map(|key| {
+            BASE64.encode(hmac(
+                key,
+                &[
+                    id.as_bytes(),
+                    b".",
+                    timestamp_text.as_bytes(),
+                    b".",
+                    payload,
+                ],
+            ))
+        })
+        .collect();
+    if any_match(&expected, &candidates) {
+        Ok(Signed {
+            id: Some(id.to_owned()),
+            timestamp: Some(timestamp),
+        })
     } else {
         Err(SignatureError::NoMatch)
     }
@@ -181,7 +446,7 @@ mod tests {
         let only_v0 = format!("t={NOW},v0={good}");
         assert!(matches!(
             check(Some(&only_v0), BODY, &[SECRET]),
-            Err(SignatureError::Malformed(_))
+            Err(SignatureError::Malformed { .. })
         ));
     }
 
@@ -239,7 +504,7 @@ mod tests {
     fn missing_and_malformed_headers_are_refused() {
         assert_eq!(
             check(None, BODY, &[SECRET]),
-            Err(SignatureError::MissingHeader)
+            Err(SignatureError::MissingHeader("Stripe-Signature"))
         );
         for header in [
             "",
@@ -252,7 +517,7 @@ mod tests {
             assert!(
                 matches!(
                     check(Some(header), BODY, &[SECRET]),
-                    Err(SignatureError::Malformed(_))
+                    Err(SignatureError::Malformed { .. })
                 ),
                 "{header:?}"
             );
@@ -280,5 +545,218 @@ mod tests {
         let err = check(Some(&header), BODY, &[SECRET]).unwrap_err();
         assert!(!err.to_string().contains(&expected));
         assert!(!err.to_string().contains(SECRET));
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                warp::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    fn keys(kind: SourceKind, values: &[&str]) -> Vec<SigningKey> {
+        values
+            .iter()
+            .map(|v| SigningKey::new(kind, &secret(v)).unwrap())
+            .collect()
+    }
+
+    const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const SW_ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+    const SW_TS: i64 = 1_614_265_330;
+    const SW_BODY: &[u8] = br#"{"test": 2432232314}"#;
+    /// The example of the Standard Webhooks specification (and Svix's docs).
+    const SW_SIGNATURE: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+
+    fn standard(
+        signature: &str,
+        ts: i64,
+        keys_: &[&str],
+        now: i64,
+    ) -> Result<Signed, SignatureError> {
+        let ts = ts.to_string();
+        let map = headers(&[
+            ("webhook-id", SW_ID),
+            ("webhook-timestamp", &ts),
+            ("webhook-signature", signature),
+        ]);
+        verify_request(
+            SourceKind::StandardWebhooks,
+            &map,
+            SW_BODY,
+            &keys(SourceKind::StandardWebhooks, keys_),
+            300,
+            now,
+        )
+    }
+
+    #[test]
+    fn standard_webhooks_matches_the_specification_example() {
+        let signed = standard(SW_SIGNATURE, SW_TS, &[SW_SECRET], SW_TS).unwrap();
+        assert_eq!(signed.id.as_deref(), Some(SW_ID));
+        assert_eq!(signed.timestamp, Some(SW_TS));
+        // Several space-separated entries, other versions ignored, rotation.
+        let many = format!("v1a,abcd v1,{} {SW_SIGNATURE}", BASE64.encode([0u8; 32]));
+        assert!(standard(&many, SW_TS, &["whsec_AAAA", SW_SECRET], SW_TS).is_ok());
+        // The same key without the prefix is the same key.
+        assert!(
+            standard(
+                SW_SIGNATURE,
+                SW_TS,
+                &["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+                SW_TS
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_refusals() {
+        assert_eq!(
+            standard(SW_SIGNATURE, SW_TS, &["whsec_AAAA"], SW_TS),
+            Err(SignatureError::NoMatch)
+        );
+        assert_eq!(
+            standard(SW_SIGNATURE, SW_TS, &[SW_SECRET], SW_TS + 301),
+            Err(SignatureError::StaleTimestamp)
+        );
+        assert_eq!(
+            standard(SW_SIGNATURE, SW_TS, &[SW_SECRET], SW_TS - 301),
+            Err(SignatureError::FutureTimestamp)
+        );
+        // A signature over another timestamp does not carry over.
+        assert_eq!(
+            standard(SW_SIGNATURE, SW_TS + 1, &[SW_SECRET], SW_TS),
+            Err(SignatureError::NoMatch)
+        );
+        assert!(matches!(
+            standard("v2,abc", SW_TS, &[SW_SECRET], SW_TS),
+            Err(SignatureError::Malformed { .. })
+        ));
+        let map = headers(&[("webhook-id", SW_ID), ("webhook-signature", SW_SIGNATURE)]);
+        assert_eq!(
+            verify_request(
+                SourceKind::StandardWebhooks,
+                &map,
+                SW_BODY,
+                &keys(SourceKind::StandardWebhooks, &[SW_SECRET]),
+                300,
+                SW_TS
+            ),
+            Err(SignatureError::MissingHeader("webhook-timestamp"))
+        );
+        assert!(
+            SigningKey::new(SourceKind::StandardWebhooks, &secret("whsec_not*base64")).is_err()
+        );
+        let err =
+            SigningKey::new(SourceKind::StandardWebhooks, &secret("whsec_not*base64")).unwrap_err();
+        assert!(!err.contains("not*base64"), "{err}");
+    }
+
+    #[test]
+    fn svix_prefixed_headers_are_read_too() {
+        let map = headers(&[
+            ("svix-id", SW_ID),
+            ("svix-timestamp", "1614265330"),
+            ("svix-signature", SW_SIGNATURE),
+        ]);
+        let signed = verify_request(
+            SourceKind::StandardWebhooks,
+            &map,
+            SW_BODY,
+            &keys(SourceKind::StandardWebhooks, &[SW_SECRET]),
+            300,
+            SW_TS,
+        )
+        .unwrap();
+        assert_eq!(signed.id.as_deref(), Some(SW_ID));
+    }
+
+    /// GitHub's documented example: secret `It's a Secret to Everybody`,
+    /// payload `Hello, World!`.
+    #[test]
+    fn github_matches_its_documented_example() {
+        let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        let github = |value: &str, body: &[u8], key: &str| {
+            verify_request(
+                SourceKind::GitHub,
+                &headers(&[("x-hub-signature-256", value)]),
+                body,
+                &keys(SourceKind::GitHub, &["old", key]),
+                0,
+                0,
+            )
+        };
+        assert!(github(good, b"Hello, World!", "It's a Secret to Everybody").is_ok());
+        assert_eq!(
+            github(good, b"Hello, World?", "It's a Secret to Everybody"),
+            Err(SignatureError::NoMatch)
+        );
+        assert_eq!(
+            github(good, b"Hello, World!", "other"),
+            Err(SignatureError::NoMatch)
+        );
+        assert!(matches!(
+            github(&good[7..], b"Hello, World!", "It's a Secret to Everybody"),
+            Err(SignatureError::Malformed { .. })
+        ));
+    }
+
+    /// Computed with Python's `hmac` and `base64` modules.
+    #[test]
+    fn shopify_matches_an_independent_vector() {
+        let body = br#"{"id":820982911946154508}"#;
+        let shopify = |value: &str, key: &str| {
+            verify_request(
+                SourceKind::Shopify,
+                &headers(&[("x-shopify-hmac-sha256", value)]),
+                body,
+                &keys(SourceKind::Shopify, &[key]),
+                0,
+                0,
+            )
+        };
+        let good = "AU5n5C4JV1EbE8g4yEzV+ZHbqkXpM29HXkzNAa5zicA=";
+        assert!(shopify(good, "shpss_test_secret").is_ok());
+        assert_eq!(shopify(good, "shpss_other"), Err(SignatureError::NoMatch));
+        assert_eq!(
+            shopify(&good[1..], "shpss_test_secret"),
+            Err(SignatureError::NoMatch)
+        );
+    }
+
+    #[test]
+    fn a_signature_header_sent_twice_is_refused() {
+        let value = signature_header(SECRET, NOW, BODY);
+        let map = headers(&[("stripe-signature", &value), ("stripe-signature", &value)]);
+        assert_eq!(
+            verify_request(
+                SourceKind::Stripe,
+                &map,
+                BODY,
+                &keys(SourceKind::Stripe, &[SECRET]),
+                300,
+                NOW
+            ),
+            Err(SignatureError::DuplicateHeader("Stripe-Signature"))
+        );
+        let map = headers(&[("stripe-signature", &value)]);
+        assert_eq!(
+            verify_request(
+                SourceKind::Stripe,
+                &map,
+                BODY,
+                &keys(SourceKind::Stripe, &[SECRET]),
+                300,
+                NOW
+            )
+            .unwrap()
+            .timestamp,
+            Some(NOW)
+        );
     }
 }

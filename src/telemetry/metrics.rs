@@ -49,6 +49,9 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     pub ingest_requests: Family<SourceOutcome, Counter>,
     pub verification_failures: Family<SourceReason, Counter>,
+    /// Webhook requests shed by a concurrency or rate limit, by source and
+    /// which limit.
+    pub ingest_shed: Family<SourceReason, Counter>,
     pub ingest_duration: Family<SourceLabel, Histogram, fn() -> Histogram>,
     pub bus_append_duration: Histogram,
     pub deliveries: Family<ConsumerOutcome, Counter>,
@@ -76,6 +79,7 @@ impl Metrics {
             registry: Mutex::new(Registry::with_prefix("switchyard")),
             ingest_requests: Family::default(),
             verification_failures: Family::default(),
+            ingest_shed: Family::default(),
             ingest_duration: Family::new_with_constructor(latency_histogram),
             bus_append_duration: latency_histogram(),
             deliveries: Family::default(),
@@ -99,6 +103,11 @@ impl Metrics {
                 "ingest_verification_failures",
                 "Refused signatures by source and reason",
                 metrics.verification_failures.clone(),
+            );
+            r.register(
+                "ingest_shed_requests",
+                "Webhook requests shed by a concurrency or rate limit, by source and limit",
+                metrics.ingest_shed.clone(),
             );
             r.register(
                 "ingest_duration_seconds",

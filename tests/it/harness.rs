@@ -243,6 +243,8 @@ pub struct HubOptions {
     pub max_body: &'static str,
     /// Signing secrets of the `stripe` source, newest first.
     pub secrets: Vec<String>,
+    /// Extra `[sources.stripe]` keys.
+    pub stripe_extra: String,
     /// Enable the admin API (token [`ADMIN_TOKEN`]) on a free port.
     pub admin: bool,
 }
@@ -259,6 +261,7 @@ impl HubOptions {
             dir: None,
             max_body: "64KiB",
             secrets: vec![SECRET.to_owned()],
+            stripe_extra: String::new(),
             admin: false,
         }
     }
@@ -381,6 +384,7 @@ shutdown_grace = "5s"
 [sources.stripe]
 kind = "stripe"
 secrets = [{secret_refs}]
+{stripe_extra}
 
 {routes}
 
@@ -394,6 +398,7 @@ secrets = [{secret_refs}]
             .unwrap_or("kind = \"embedded\"\npath = \"data/bus\""),
         bus_extra = options.bus_extra,
         server_extra = options.server_extra,
+        stripe_extra = options.stripe_extra,
     );
     let path = dir.join("routes.toml");
     std::fs::write(&path, text).unwrap();
@@ -492,6 +497,19 @@ impl TestHub {
             .await
     }
 
+    /// Like [`TestHub::send`], but hands back the whole response (headers
+    /// included).
+    pub async fn send_response(&self, body: &[u8]) -> reqwest::Response {
+        self.client
+            .post(self.url("/webhooks/stripe"))
+            .header("content-type", "application/json")
+            .header("stripe-signature", signature_header(SECRET, now(), body))
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("hub answers")
+    }
+
     pub async fn send_fixture(&self, name: &str) -> (u16, Value) {
         self.send(&fixture(name)).await
     }
@@ -519,6 +537,23 @@ impl TestHub {
             status.iter().all(|c| c.backlog == 0)
         })
         .await;
+    }
+
+    /// How many events of `source` the bus holds for `consumer`, whatever
+    /// their state: what ingest persisted.
+    pub async fn persisted(&self, consumer: &str, source: &str) -> usize {
+        self.hub
+            .bus()
+            .history(
+                consumer,
+                source,
+                &switchyard::config::EventPattern::Any,
+                0,
+                u64::MAX,
+            )
+            .await
+            .unwrap()
+            .len()
     }
 
     pub async fn status_of(&self, consumer: &str) -> switchyard::admin::ConsumerStatus {
@@ -690,4 +725,116 @@ consumers = ["crm"]
 "#,
         crm = crm.url()
     )
+}
+
+/// A signature header value made by an independent implementation:
+/// Python's `hmac`, `hashlib` and `base64` modules, in a subprocess.
+/// `scheme` is `standard-webhooks` (with `[id, timestamp]` in `extra`),
+/// `github` or `shopify`.
+pub fn python_signature(scheme: &str, secret: &str, body: &[u8], extra: &[&str]) -> String {
+    const SIGNER: &str = r#"
+import base64, hashlib, hmac, sys
+scheme, secret = sys.argv[1], sys.argv[2]
+body = sys.stdin.buffer.read()
+def mac(key, message):
+    return hmac.new(key, message, hashlib.sha256).digest()
+if scheme == "standard-webhooks":
+    msg_id, timestamp = sys.argv[3], sys.argv[4]
+    key = base64.b64decode(secret[len("whsec_"):] if secret.startswith("whsec_") else secret)
+    signed = msg_id.encode() + b"." + timestamp.encode() + b"." + body
+    print("v1," + base64.b64encode(mac(key, signed)).decode())
+elif scheme == "github":
+    print("sha256=" + mac(secret.encode(), body).hex())
+elif scheme == "shopify":
+    print(base64.b64encode(mac(secret.encode(), body)).decode())
+else:
+    sys.exit("unknown scheme " + scheme)
+"#;
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SIGNER, scheme, secret])
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "python signer failed");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// The head of a signed `POST /webhooks/stripe` for `body`, as raw HTTP/1.1.
+pub fn signed_head(body: &[u8]) -> String {
+    format!(
+        "POST /webhooks/stripe HTTP/1.1\r\nHost: switchyard\r\nContent-Type: application/json\r\n\
+         Stripe-Signature: {}\r\nContent-Length: {}\r\n\r\n",
+        signature_header(SECRET, now(), body),
+        body.len()
+    )
+}
+
+/// Opens a raw connection to the hub and writes `bytes`, leaving it open
+/// (a client that stalls).
+pub async fn raw_connection(addr: SocketAddr, bytes: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream
+}
+
+/// Reads what the server sends until it closes the connection; panics if it
+/// is still open after `within`.
+pub async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the server kept the connection open for {within:?}; received {:?}",
+        String::from_utf8_lossy(&received)
+    );
+    received
+}
+
+/// Reads one HTTP/1.1 response (with a `Content-Length` body) from a raw
+/// connection: its status and body.
+pub async fn read_response(stream: &mut tokio::net::TcpStream, within: Duration) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let parsed = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&received).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if received.len() >= end + 4 + length {
+                    let status = text[9..12].parse().unwrap();
+                    return (status, text[end + 4..end + 4 + length].to_owned());
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => panic!("connection closed before a full response: {text:?}"),
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    parsed.unwrap_or_else(|_| panic!("no response within {within:?}"))
 }
