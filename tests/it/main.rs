@@ -12,6 +12,7 @@ mod cli;
 mod config_errors;
 mod crash;
 mod end_to_end;
+mod faults;
 mod idempotency;
 mod ingest_edge;
 mod log_hygiene;
