@@ -622,13 +622,17 @@ async fn r2_redis_stopped_under_load_loses_and_duplicates_nothing() {
     load.acked_more(100, Duration::from_secs(60)).await;
 
     load.fault(true);
+    let calls = || -> Vec<usize> {
+        Downstream::ALL
+            .iter()
+            .map(|&d| mocks.get(d).received().len())
+            .collect()
+    };
+    let before = calls();
     redis.kill();
     // The outage lasts this long whatever happens meanwhile: it is the fault.
     tokio::time::sleep(by_form(Duration::from_secs(6), Duration::from_secs(30))).await;
-    let during: Vec<usize> = Downstream::ALL
-        .iter()
-        .map(|&d| mocks.get(d).received().len())
-        .collect();
+    let during: Vec<usize> = calls().iter().zip(&before).map(|(a, b)| a - b).collect();
     redis.launch().await;
     load.fault(false);
     load.acked_more(100, Duration::from_secs(60)).await;
@@ -636,7 +640,7 @@ async fn r2_redis_stopped_under_load_loses_and_duplicates_nothing() {
     // Everything acknowledged is on disk: it survives a SIGKILL too.
     kill(&mut child).await;
     let mut child = hub.spawn().await;
-    eprintln!("faults R2: calls downstream by the end of the outage {during:?}");
+    eprintln!("faults R2: calls to crm, erp, marketing during the outage {during:?}");
     ledger.verify("R2 redis stopped", &mocks).await;
     kill(&mut child).await;
 }
@@ -803,6 +807,10 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A real full disk rather than the `inject_commit_failures` seam: the seam
+/// fails commits before redb sees them, while a real ENOSPC makes redb
+/// refuse every later operation until the database is reopened, which is
+/// what this test found (see `durable.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r5_a_full_bus_disk_answers_503_and_recovers() {
     let mocks = Mocks::start().await;
