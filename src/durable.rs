@@ -8,11 +8,19 @@
 //!
 //! An operation's result is released only after its transaction committed:
 //! a caller that sees `Ok` from a durable operation knows the data is on disk.
+//!
+//! A failed commit (disk full, I/O error) makes redb refuse every later
+//! operation until the database is closed and opened again. So after one the
+//! writer closes the database and reopens it before its next batch (at most
+//! once per [`REOPEN_EVERY`]); until that succeeds every read and write fails
+//! and callers answer "unavailable". Space coming back is thus enough to
+//! recover, without a restart.
 
-use redb::{Database, Durability, WriteTransaction};
-use std::path::Path;
-use std::sync::Arc;
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most operations applied in one transaction; bounds commit latency.
@@ -20,6 +28,9 @@ const MAX_BATCH: usize = 4096;
 /// redb's page cache per database. Its default (1 GiB) lets resident memory
 /// grow with the data; the hot set here (recent events, queue heads) is small.
 const CACHE_BYTES: usize = 64 << 20;
+/// Least time between two attempts to reopen a failed database: opening may
+/// repair the file, which reads all of it.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DurableError {
@@ -33,6 +44,8 @@ pub enum DurableError {
     Closed,
     #[error("commit refused by fault injection")]
     Injected,
+    #[error("database closed after an i/o error and not reopened yet: {0}")]
+    Reopening(String),
 }
 
 impl From<redb::Error> for DurableError {
@@ -92,9 +105,63 @@ where
 /// A redb database with one group-committing writer.
 #[derive(Clone)]
 pub struct GroupCommit {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     writer: Arc<Writer>,
-    fail_commits: Arc<AtomicBool>,
+}
+
+/// What the writer thread and the readers share.
+struct Shared {
+    path: PathBuf,
+    /// `None` between an I/O failure and a successful reopen. Readers hold
+    /// the inner `Arc` only while they begin a read transaction, so the
+    /// writer can close the file right after taking it out.
+    db: RwLock<Option<Arc<Database>>>,
+    fail_commits: AtomicBool,
+}
+
+impl Shared {
+    fn current(&self) -> Result<Arc<Database>, DurableError> {
+        self.db
+            .read()
+            .expect("database lock")
+            .clone()
+            .ok_or_else(|| DurableError::Reopening("the last reopen failed".into()))
+    }
+
+    /// Takes the database out and closes it, once no reader holds it.
+    fn close(&self) {
+        let Some(mut db) = self.db.write().expect("database lock").take() else {
+            return;
+        };
+        let db = loop {
+            match Arc::try_unwrap(db) {
+                Ok(db) => break db,
+                Err(shared) => {
+                    db = shared;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        };
+        if let Err(err) = db.close() {
+            tracing::warn!(path = %self.path.display(), error = %err, "closing the failed database");
+        }
+    }
+
+    fn reopen(&self) -> Result<(), DurableError> {
+        let db = open_database(&self.path)?;
+        *self.db.write().expect("database lock") = Some(Arc::new(db));
+        Ok(())
+    }
+}
+
+fn open_database(path: &Path) -> Result<Database, DurableError> {
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|err| DurableError::Open {
+            path: path.display().to_string(),
+            message: err.to_string(),
+        })
 }
 
 /// The writer thread's channel. Dropping the last handle closes the channel
@@ -124,33 +191,41 @@ impl GroupCommit {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|err| open_error(err.to_string()))?;
         }
-        let db = Arc::new(
-            Database::builder()
-                .set_cache_size(CACHE_BYTES)
-                .create(path)
-                .map_err(|err| open_error(err.to_string()))?,
-        );
+        let shared = Arc::new(Shared {
+            path: path.to_owned(),
+            db: RwLock::new(Some(Arc::new(open_database(path)?))),
+            fail_commits: AtomicBool::new(false),
+        });
         let (jobs, receiver) = mpsc::unbounded_channel();
-        let fail_commits = Arc::new(AtomicBool::new(false));
-        let writer_db = Arc::clone(&db);
-        let writer_fail = Arc::clone(&fail_commits);
+        let writer_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("redb-writer".into())
-            .spawn(move || writer_loop(&writer_db, receiver, &writer_fail))
+            .spawn(move || writer_loop(&writer_shared, receiver))
             .map_err(|err| open_error(err.to_string()))?;
         Ok(GroupCommit {
-            db,
+            shared,
             writer: Arc::new(Writer {
                 jobs: Some(jobs),
                 thread: Some(thread),
             }),
-            fail_commits,
         })
     }
 
-    /// The database, for read transactions (which never block the writer).
-    pub fn database(&self) -> &Database {
-        &self.db
+    /// A read transaction (which never blocks the writer).
+    pub fn read(&self) -> Result<ReadTransaction, DurableError> {
+        self.shared
+            .current()?
+            .begin_read()
+            .map_err(|err| DurableError::Storage(err.to_string()))
+    }
+
+    /// A write transaction outside the group commit, for set-up before any
+    /// other write (creating tables at open).
+    pub fn begin_setup(&self) -> Result<WriteTransaction, DurableError> {
+        self.shared
+            .current()?
+            .begin_write()
+            .map_err(|err| DurableError::Storage(err.to_string()))
     }
 
     /// Runs `op` in the next group transaction and answers after the commit.
@@ -178,16 +253,13 @@ impl GroupCommit {
     /// Fault-injection seam for tests of the "never 2xx without persistence"
     /// rule: while on, every commit fails as a full or broken disk would.
     pub fn inject_commit_failures(&self, on: bool) {
-        self.fail_commits.store(on, Ordering::SeqCst);
+        self.shared.fail_commits.store(on, Ordering::SeqCst);
     }
 }
 
-fn writer_loop(
-    db: &Database,
-    mut receiver: mpsc::UnboundedReceiver<Box<dyn Job>>,
-    fail_commits: &AtomicBool,
-) {
+fn writer_loop(shared: &Shared, mut receiver: mpsc::UnboundedReceiver<Box<dyn Job>>) {
     let mut batch: Vec<Box<dyn Job>> = Vec::new();
+    let mut last_reopen: Option<Instant> = None;
     while let Some(first) = receiver.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -204,11 +276,40 @@ fn writer_loop(
             if group.is_empty() {
                 continue;
             }
-            let committed = commit_batch(db, group, fail_commits);
+            let committed = match ensure_open(shared, &mut last_reopen) {
+                Ok(db) => commit_batch(&db, group, &shared.fail_commits),
+                Err(err) => Err(err),
+            };
+            if let Err(err @ (DurableError::Storage(_) | DurableError::Commit(_))) = &committed {
+                tracing::error!(path = %shared.path.display(), error = %err, "commit failed; closing the database to reopen it");
+                shared.close();
+            }
             for job in group.drain(..) {
                 job.finish(committed.clone());
             }
         }
+    }
+}
+
+/// The open database, reopening it first if a failure closed it (at most
+/// once per [`REOPEN_EVERY`]).
+fn ensure_open(
+    shared: &Shared,
+    last_reopen: &mut Option<Instant>,
+) -> Result<Arc<Database>, DurableError> {
+    if let Ok(db) = shared.current() {
+        return Ok(db);
+    }
+    if last_reopen.is_some_and(|at| at.elapsed() < REOPEN_EVERY) {
+        return Err(DurableError::Reopening("waiting to try again".into()));
+    }
+    *last_reopen = Some(Instant::now());
+    match shared.reopen() {
+        Ok(()) => {
+            tracing::warn!(path = %shared.path.display(), "database reopened after an i/o error");
+            shared.current()
+        }
+        Err(err) => Err(DurableError::Reopening(err.to_string())),
     }
 }
 

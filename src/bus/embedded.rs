@@ -22,7 +22,7 @@
 
 use super::*;
 use crate::durable::{DurableError, GroupCommit, Persist};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::RwLock;
@@ -104,7 +104,7 @@ impl EmbeddedBus {
         settings: EmbeddedSettings,
     ) -> Result<EmbeddedBus, BusError> {
         let store = GroupCommit::open(&dir.join("bus.redb")).map_err(unavailable)?;
-        let txn = store.database().begin_write().map_err(storage)?;
+        let txn = store.begin_setup().map_err(unavailable)?;
         {
             // Create every table up front so readers never meet a missing one.
             txn.open_table(EVENTS).map_err(storage)?;
@@ -195,7 +195,7 @@ impl EmbeddedBus {
 
     /// When the next row of `consumer` comes due, if it has any.
     fn next_due(&self, consumer: &str) -> Result<Option<u64>, BusError> {
-        let txn = self.store.database().begin_read().map_err(storage)?;
+        let txn = self.store.read().map_err(unavailable)?;
         let schedule = txn.open_table(SCHEDULE).map_err(storage)?;
         let first = schedule
             .range((consumer, 0, 0)..=(consumer, u64::MAX, u64::MAX))
@@ -516,7 +516,7 @@ impl Bus for EmbeddedBus {
     }
 
     async fn parked_count(&self, consumer: &str, queue: DeadQueue) -> Result<u64, BusError> {
-        let txn = self.store.database().begin_read().map_err(storage)?;
+        let txn = self.store.read().map_err(unavailable)?;
         let dead = txn.open_table(DEAD).map_err(storage)?;
         let code = queue_code(queue);
         let mut count = 0;
@@ -535,7 +535,7 @@ impl Bus for EmbeddedBus {
         consumer: &str,
         queue: DeadQueue,
     ) -> Result<Vec<DeadLetter>, BusError> {
-        let txn = self.store.database().begin_read().map_err(storage)?;
+        let txn = self.store.read().map_err(unavailable)?;
         let dead = txn.open_table(DEAD).map_err(storage)?;
         let code = queue_code(queue);
         let mut out = Vec::new();
@@ -561,7 +561,7 @@ impl Bus for EmbeddedBus {
     async fn oldest_pending_age(&self, consumer: &str) -> Result<Option<Duration>, BusError> {
         // The live lane only: replayed events are old on purpose.
         self.waker(consumer, Lane::Live)?;
-        let txn = self.store.database().begin_read().map_err(storage)?;
+        let txn = self.store.read().map_err(unavailable)?;
         let schedule = txn.open_table(SCHEDULE).map_err(storage)?;
         let events = txn.open_table(EVENTS).map_err(storage)?;
         // The lowest seq waiting is the oldest arrival.
@@ -635,7 +635,7 @@ impl Bus for EmbeddedBus {
         self.waker(consumer, Lane::Live)?;
         // A read transaction: the log can be large and the writer must not
         // stall behind the scan.
-        let txn = self.store.database().begin_read().map_err(storage)?;
+        let txn = self.store.read().map_err(unavailable)?;
         let events = txn.open_table(EVENTS).map_err(storage)?;
         let mut seqs = Vec::new();
         for row in events.iter().map_err(storage)? {
@@ -730,14 +730,14 @@ impl Bus for EmbeddedBus {
     }
 
     async fn ping(&self) -> Result<(), BusError> {
-        let txn = self.store.database().begin_read().map_err(storage)?;
+        let txn = self.store.read().map_err(unavailable)?;
         txn.open_table(META).map_err(storage)?;
         Ok(())
     }
 
     async fn backlog(&self, consumer: &str) -> Result<u64, BusError> {
         self.waker(consumer, Lane::Live)?;
-        let txn = self.store.database().begin_read().map_err(storage)?;
+        let txn = self.store.read().map_err(unavailable)?;
         let schedule = txn.open_table(SCHEDULE).map_err(storage)?;
         let mut count = 0;
         for lane in Lane::ALL {

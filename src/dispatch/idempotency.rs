@@ -244,12 +244,7 @@ impl IdempotencyStore for EmbeddedStore {
     }
 
     async fn ping(&self) -> Result<(), IdempotencyError> {
-        use redb::ReadableDatabase;
-        self.store
-            .database()
-            .begin_read()
-            .map(drop)
-            .map_err(|err| IdempotencyError::Unavailable(err.to_string()))
+        self.store.read().map(drop).map_err(durable_error)
     }
 
     async fn claim(&self, key: &str, lease: Duration) -> Result<Claim, IdempotencyError> {

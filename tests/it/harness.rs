@@ -122,6 +122,8 @@ struct MockState {
     arrived: usize,
     script: VecDeque<Answer>,
     default: Option<Answer>,
+    /// Stops the listener (see [`MockDownstream::stop`]).
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// A local stand-in for a third-party API (CRM, ERP, marketing).
@@ -133,8 +135,39 @@ pub struct MockDownstream {
 
 impl MockDownstream {
     pub async fn start() -> MockDownstream {
-        let state = Arc::new(Mutex::new(MockState::default()));
-        let shared = Arc::clone(&state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mock = MockDownstream {
+            addr: listener.local_addr().unwrap(),
+            state: Arc::default(),
+        };
+        mock.serve(listener);
+        mock
+    }
+
+    /// Stops listening: new connections are refused and idle keep-alive
+    /// ones are closed (requests in progress still get their answer).
+    pub async fn stop(&self) {
+        let shutdown = self.state.lock().unwrap().shutdown.take();
+        if let Some(shutdown) = shutdown {
+            let _ = shutdown.send(());
+        }
+        let addr = self.addr;
+        eventually(
+            Duration::from_secs(10),
+            "the mock refuses connections",
+            || async move { tokio::net::TcpStream::connect(addr).await.is_err() },
+        )
+        .await;
+    }
+
+    /// Listens again on the same port, with what it recorded so far.
+    pub async fn restart(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let shared = Arc::clone(&self.state);
         let route = warp::method()
             .and(warp::path::full())
             .and(warp::header::headers_cloned())
@@ -180,10 +213,16 @@ impl MockDownstream {
                     }
                 },
             );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(warp::serve(route).incoming(listener).run());
-        MockDownstream { addr, state }
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        self.state.lock().unwrap().shutdown = Some(shutdown);
+        tokio::spawn(
+            warp::serve(route)
+                .incoming(listener)
+                .graceful(async move {
+                    let _ = stopped.await;
+                })
+                .run(),
+        );
     }
 
     pub fn url(&self) -> String {
@@ -227,9 +266,15 @@ pub struct HubOptions {
     /// TOML for `[connections.*]`, `[consumers.*]` and `[[routes]]`, where
     /// `{plugin:NAME}` becomes the path of a freshly built plugin.
     pub routes: String,
-    /// Use Redis (127.0.0.1:6379) with this key prefix instead of the
+    /// Use Redis (at `redis_url`) with this key prefix instead of the
     /// embedded idempotency store.
     pub redis_prefix: Option<String>,
+    pub redis_url: String,
+    /// How long an idempotency lease lasts (`[idempotency] lease`).
+    pub idempotency_lease: &'static str,
+    /// Listen on this port instead of port 0 (for child processes, which
+    /// cannot hand back the port they got).
+    pub listen_port: Option<u16>,
     /// The `[bus]` engine keys; the embedded bus under `data/bus` if `None`.
     pub bus: Option<String>,
     /// Extra `[bus]` keys.
@@ -254,6 +299,9 @@ impl HubOptions {
         HubOptions {
             routes: routes.into(),
             redis_prefix: None,
+            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            idempotency_lease: "2m",
+            listen_port: None,
             bus: None,
             bus_extra: String::new(),
             server_extra: String::new(),
@@ -352,11 +400,13 @@ pub fn write_config(dir: &Path, options: &HubOptions) -> PathBuf {
     } else {
         ""
     };
+    let lease = options.idempotency_lease;
     let idempotency = match &options.redis_prefix {
         Some(prefix) => format!(
-            "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\nlease = \"2m\""
+            "kind = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\nlease = \"{lease}\"",
+            url = options.redis_url
         ),
-        None => "kind = \"embedded\"\npath = \"data/idempotency\"\nlease = \"2m\"".to_owned(),
+        None => format!("kind = \"embedded\"\npath = \"data/idempotency\"\nlease = \"{lease}\""),
     };
     let mut routes = options.routes.clone();
     while let Some(start) = routes.find("{plugin:") {
@@ -368,7 +418,7 @@ pub fn write_config(dir: &Path, options: &HubOptions) -> PathBuf {
     let text = format!(
         r#"
 [server]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{port}"
 max_body = "{max_body}"
 shutdown_grace = "5s"
 {server_extra}
@@ -391,6 +441,7 @@ secrets = [{secret_refs}]
 {extra_tables}
 "#,
         extra_tables = options.extra_tables,
+        port = options.listen_port.unwrap_or(0),
         max_body = options.max_body,
         bus = options
             .bus
@@ -600,12 +651,24 @@ pub fn free_port() -> u16 {
 /// `switchyard serve` as a child process (killed when dropped); returns once
 /// it answers `/healthz` on `port`.
 pub async fn spawn_hub(config: &Path, port: u16) -> tokio::process::Child {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    command
         .args(["serve", "--config"])
         .arg(config)
+        .stderr(std::process::Stdio::null());
+    spawn_command(command, port).await
+}
+
+/// Spawns `command` (a `switchyard serve`, perhaps behind a wrapper such as
+/// `nsenter`; its stderr is the caller's choice) and returns once it answers
+/// `/healthz` on `port`. Killed when dropped.
+pub async fn spawn_command(
+    mut command: tokio::process::Command,
+    port: u16,
+) -> tokio::process::Child {
+    let child = command
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();

@@ -14,6 +14,7 @@ mod config_errors;
 mod crash;
 mod edge_guards;
 mod end_to_end;
+mod faults;
 mod idempotency;
 mod ingest_edge;
 mod log_hygiene;
