@@ -204,6 +204,8 @@ pub struct ConnectionConfig {
     pub timeout: Duration,
     /// Shared by every consumer calling through this connection.
     pub rate_limit: Option<RateLimit>,
+    /// May reach loopback, private and link-local addresses.
+    pub allow_private: bool,
 }
 
 /// A GCRA rate: one permit every `period`, at most `burst` at once.

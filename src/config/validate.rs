@@ -565,6 +565,7 @@ impl Checker<'_> {
                 .rate_limit
                 .as_ref()
                 .and_then(|limit| self.rate_limit(at("rate_limit"), limit)),
+            allow_private: raw.allow_private.unwrap_or(false),
         }
     }
 

@@ -7,7 +7,7 @@ use super::{DispatchError, Verdict};
 use crate::bus::Delivery;
 use crate::limiter::RateLimiter;
 use crate::plugin::{CallOutcome, ConsumerPlugin, PluginEvent};
-use crate::telemetry::metrics::{ConsumerLabel, Metrics};
+use crate::telemetry::metrics::{ConsumerLabel, ConsumerReason, Metrics};
 use futures::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use std::future::Future;
@@ -162,6 +162,15 @@ impl Service<Delivery> for PluginCall {
                     consumer: delivery.consumer.to_string(),
                 })
                 .observe(report.wall.as_secs_f64());
+            for stop in &report.stops {
+                metrics
+                    .sandbox_stops
+                    .get_or_create(&ConsumerReason {
+                        consumer: delivery.consumer.to_string(),
+                        reason: stop.label().to_owned(),
+                    })
+                    .inc();
+            }
             Ok(match report.outcome {
                 CallOutcome::Done => Verdict::Delivered {
                     called_downstream: !report.calls.is_empty(),

@@ -5,7 +5,9 @@
 //! path), injects credentials and the `Idempotency-Key`, and drops headers a
 //! guest must not set. The guest never sees a secret.
 
+use super::SandboxStop;
 use super::bindings::switchyard::plugin::{host, http, types};
+use super::egress::{self, AddressPolicy, AddressRefused, GuardedResolver, Lookup};
 use crate::config::{AuthConfig, ConnectionConfig, PluginLimits};
 use crate::limiter::RateLimiter;
 use crate::telemetry::otlp::{SpanKind, SpanRecord, TraceContext};
@@ -16,8 +18,9 @@ use std::time::Duration;
 use wasmtime::{ResourceLimiter, StoreLimits};
 
 /// Most log lines one event may write; the rest are counted, not written,
-/// so a chatty plugin cannot flood the operator's logs.
-const MAX_LOG_LINES: u32 = 100;
+/// so a chatty plugin cannot flood the operator's logs. The plugin is not
+/// stopped for it: chattiness harms nobody once it is cut off.
+pub(super) const MAX_LOG_LINES: u32 = 100;
 /// Longest log line kept, in bytes.
 const MAX_LOG_LINE: usize = 2048;
 
@@ -45,16 +48,47 @@ pub struct Connection {
     client: reqwest::Client,
     authorization: Option<(HeaderName, HeaderValue)>,
     limiter: Option<RateLimiter>,
+    /// Set when the base URL names an address the policy refuses: every call
+    /// fails with it (the resolver never sees a literal IP).
+    refused: Option<AddressRefused>,
 }
 
 impl Connection {
     /// Resolves the connection's credentials. Errors name no secret value.
     pub fn build(name: &str, config: &ConnectionConfig) -> Result<Connection, String> {
+        Connection::build_with(name, config, Lookup::System)
+    }
+
+    fn build_with(
+        name: &str,
+        config: &ConnectionConfig,
+        lookup: Lookup,
+    ) -> Result<Connection, String> {
         let base = reqwest::Url::parse(&config.base_url)
             .map_err(|err| format!("connection `{name}`: bad base_url: {err}"))?;
+        let policy = AddressPolicy {
+            allow_private: config.allow_private,
+        };
+        // The URL parser has normalised IP literals (`[::1]`, `2130706433`).
+        let host = base.host_str().unwrap_or_default();
+        let refused = match host.trim_start_matches('[').trim_end_matches(']').parse() {
+            Ok(ip) => policy.check_literal(ip).err(),
+            Err(_) => egress::check_host_name(host).err(),
+        };
+        if let Some(refused) = &refused {
+            tracing::warn!(
+                connection = name,
+                "every call through this connection will be refused: {refused}"
+            );
+        }
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
+            // A redirect could lead anywhere: the plugin gets the 3xx answer
+            // instead (see `exchange`).
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve the name itself, past the address policy.
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver { policy, lookup }))
             .build()
             .map_err(|err| format!("connection `{name}`: cannot build http client: {err}"))?;
         let authorization = match &config.auth {
@@ -68,6 +102,7 @@ impl Connection {
             client,
             authorization,
             limiter: config.rate_limit.map(RateLimiter::new),
+            refused,
         })
     }
 }
@@ -140,6 +175,8 @@ pub struct HostState {
     /// Epoch ticks spent running guest code.
     pub cpu_ticks: u64,
     pub log_lines: u32,
+    /// What the sandbox stopped or refused during this event, each kind once.
+    pub stops: Vec<SandboxStop>,
     pub limits: StoreLimits,
     /// Set when the guest tried to grow memory past its cap.
     pub memory_refused: bool,
@@ -170,6 +207,7 @@ impl HostState {
             call_in_flight: false,
             cpu_ticks: 0,
             log_lines: 0,
+            stops: Vec::new(),
             limits,
             memory_refused: false,
             peak_memory: 0,
@@ -178,6 +216,22 @@ impl HostState {
 
     fn consumer(&self) -> &str {
         &self.context.consumer
+    }
+
+    /// Notes and logs what the sandbox stopped or refused, once per kind and
+    /// event: a plugin that retries a refused call in a loop costs one line.
+    pub(super) fn stopped(&mut self, stop: SandboxStop, detail: &str) {
+        if self.stops.contains(&stop) {
+            return;
+        }
+        self.stops.push(stop);
+        tracing::warn!(
+            consumer = self.consumer(),
+            event_id = self.event_id.as_str(),
+            reason = stop.label(),
+            "{}: {detail}",
+            stop.what()
+        );
     }
 
     async fn send_checked(
@@ -190,17 +244,26 @@ impl HostState {
             .get(&request.connection)
             .cloned()
             .ok_or_else(|| {
-                http::Error::NotGranted(format!(
+                let message = format!(
                     "connection `{}` is not granted to consumer `{}`",
                     request.connection,
                     self.consumer()
-                ))
+                );
+                self.stopped(SandboxStop::NotGranted, &message);
+                http::Error::NotGranted(message)
             })?;
+        if let Some(refused) = &connection.refused {
+            let message = format!("connection `{}`: {refused}", request.connection);
+            self.stopped(SandboxStop::Address, &message);
+            return Err(http::Error::NotGranted(message));
+        }
         if self.calls.len() as u32 >= self.context.limits.http_calls {
-            return Err(http::Error::LimitExceeded(format!(
+            let message = format!(
                 "at most {} outbound calls per event",
                 self.context.limits.http_calls
-            )));
+            );
+            self.stopped(SandboxStop::HttpCalls, &message);
+            return Err(http::Error::LimitExceeded(message));
         }
         let method = match request.method.as_str() {
             "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" => {
@@ -310,16 +373,39 @@ impl HostState {
         if let Some(limiter) = &connection.limiter {
             limiter.acquire().await;
         }
-        let mut response = builder.send().await.map_err(|err| {
-            if err.is_timeout() {
-                http::Error::Timeout
-            } else {
-                http::Error::Connect(format!("`{name}` unreachable"))
+        let mut response = match builder.send().await {
+            Ok(response) => response,
+            Err(err) => {
+                return Err(if let Some(refused) = AddressRefused::find_in(&err) {
+                    let message = format!("connection `{name}`: {refused}");
+                    self.stopped(SandboxStop::Address, &message);
+                    http::Error::NotGranted(message)
+                } else if err.is_timeout() {
+                    http::Error::Timeout
+                } else {
+                    http::Error::Connect(format!("`{name}` unreachable"))
+                });
             }
-        })?;
+        };
         let status = response.status().as_u16();
         if let Some(last) = self.calls.last_mut() {
             last.status = Some(status);
+        }
+        if response.status().is_redirection()
+            && let Some(target) = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|location| location.to_str().ok())
+                .and_then(|location| connection.base.join(location).ok())
+            && target.origin() != connection.base.origin()
+        {
+            // Only the origin: a redirect URL may carry a token in its query.
+            let message = format!(
+                "connection `{name}` answered HTTP {status} with a redirect to another host (`{}`); redirects are not followed",
+                target.origin().ascii_serialization()
+            );
+            self.stopped(SandboxStop::Redirect, &message);
+            return Err(http::Error::NotGranted(message));
         }
         if (status == 429 || status == 503)
             && let Some(after) = retry_after(response.headers())
@@ -334,6 +420,11 @@ impl HostState {
             })
             .collect();
         let cap = self.context.limits.response_body;
+        let too_large = format!("response body larger than {cap} bytes");
+        if response.content_length().is_some_and(|length| length > cap) {
+            self.stopped(SandboxStop::ResponseBody, &too_large);
+            return Err(http::Error::LimitExceeded(too_large));
+        }
         let mut body = Vec::new();
         loop {
             let chunk = response.chunk().await.map_err(|err| {
@@ -345,9 +436,8 @@ impl HostState {
             })?;
             let Some(chunk) = chunk else { break };
             if (body.len() + chunk.len()) as u64 > cap {
-                return Err(http::Error::LimitExceeded(format!(
-                    "response body larger than {cap} bytes"
-                )));
+                self.stopped(SandboxStop::ResponseBody, &too_large);
+                return Err(http::Error::LimitExceeded(too_large));
             }
             body.extend_from_slice(&chunk);
         }
@@ -405,7 +495,8 @@ impl http::Host for HostState {
 
 impl host::Host for HostState {
     async fn log(&mut self, level: host::Level, message: String) {
-        self.log_lines += 1;
+        // Counted on past the cap: the call reports how many were dropped.
+        self.log_lines = self.log_lines.saturating_add(1);
         if self.log_lines > MAX_LOG_LINES {
             return;
         }
@@ -494,6 +585,68 @@ mod tests {
             "/\\evil",
         ] {
             assert!(join_path(&base, bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The resolver's verdict reaches the caller through reqwest, for every
+    /// name, at connect time. A fixed table stands in for DNS.
+    #[tokio::test]
+    async fn names_are_checked_against_the_policy_when_connecting() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buffer = [0u8; 1024];
+                let _ = socket.read(&mut buffer).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let table: BTreeMap<String, Vec<std::net::IpAddr>> = [
+            ("inside.test", "10.1.2.3"),
+            ("rebound.test", "169.254.169.254"),
+            ("here.test", "127.0.0.1"),
+        ]
+        .into_iter()
+        .map(|(name, ip)| (name.to_owned(), vec![ip.parse().unwrap()]))
+        .collect();
+        let strict = "refused unless the connection sets `allow_private = true`";
+        for (host, allow_private, expected) in [
+            (
+                "inside.test",
+                false,
+                Err(format!("`inside.test` resolves to `10.1.2.3`, a private address: {strict}")),
+            ),
+            (
+                "here.test",
+                false,
+                Err(format!("`here.test` resolves to `127.0.0.1`, a loopback address: {strict}")),
+            ),
+            ("here.test", true, Ok(200)),
+            (
+                "rebound.test",
+                true,
+                Err("`rebound.test` resolves to `169.254.169.254`, a cloud metadata address: never reachable".to_owned()),
+            ),
+        ] {
+            let base_url = format!("http://{host}:{port}");
+            let config = ConnectionConfig {
+                base_url: base_url.clone(),
+                auth: None,
+                timeout: Duration::from_secs(5),
+                rate_limit: None,
+                allow_private,
+            };
+            let connection =
+                Connection::build_with("c", &config, Lookup::Fixed(table.clone())).unwrap();
+            let answer = connection.client.get(format!("{base_url}/x")).send().await;
+            let got = answer.map(|r| r.status().as_u16()).map_err(|err| {
+                AddressRefused::find_in(&err)
+                    .map_or_else(|| format!("not refused: {err:?}"), ToString::to_string)
+            });
+            assert_eq!(got, expected, "{host}, allow_private = {allow_private}");
         }
     }
 

@@ -14,6 +14,7 @@
 //! The contract is the WIT package in `plugins/wit/`.
 
 pub mod devkit;
+pub mod egress;
 pub mod host;
 
 use crate::config::{ConnectionConfig, ConsumerConfig, PluginLimits};
@@ -88,6 +89,71 @@ pub struct CallReport {
     pub cpu_ticks: u64,
     /// Largest linear memory the instance had, in bytes.
     pub peak_memory: u64,
+    /// What the sandbox stopped or refused, each kind once (already logged).
+    pub stops: Vec<SandboxStop>,
+}
+
+/// Why the sandbox stopped a plugin, refused it something or cut it short:
+/// the `reason` label of `switchyard_plugin_sandbox_stops_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxStop {
+    /// CPU budget (epoch ticks) spent.
+    Cpu,
+    /// Wall-clock budget spent, host calls included.
+    Wall,
+    /// Memory growth past the cap.
+    Memory,
+    /// The guest's call stack overflowed (deep recursion).
+    Stack,
+    /// Any other trap: a panic, `unreachable`, a bad memory access.
+    Trap,
+    /// A call on a connection not granted to the consumer.
+    NotGranted,
+    /// More outbound calls than `limits.http_calls`.
+    HttpCalls,
+    /// A downstream answer larger than `limits.response_body`.
+    ResponseBody,
+    /// More log lines than one event may write (the rest are dropped).
+    LogLines,
+    /// A connection's address refused by its address policy.
+    Address,
+    /// A downstream redirected to another host.
+    Redirect,
+}
+
+impl SandboxStop {
+    pub fn label(self) -> &'static str {
+        match self {
+            SandboxStop::Cpu => "cpu",
+            SandboxStop::Wall => "wall_clock",
+            SandboxStop::Memory => "memory",
+            SandboxStop::Stack => "stack",
+            SandboxStop::Trap => "trap",
+            SandboxStop::NotGranted => "not_granted",
+            SandboxStop::HttpCalls => "http_calls",
+            SandboxStop::ResponseBody => "response_body",
+            SandboxStop::LogLines => "log_lines",
+            SandboxStop::Address => "address",
+            SandboxStop::Redirect => "redirect",
+        }
+    }
+
+    /// The start of the log line that reports it.
+    fn what(self) -> &'static str {
+        match self {
+            SandboxStop::Cpu
+            | SandboxStop::Wall
+            | SandboxStop::Memory
+            | SandboxStop::Stack
+            | SandboxStop::Trap => "plugin stopped by its sandbox",
+            SandboxStop::LogLines => "plugin logs cut by its sandbox",
+            SandboxStop::NotGranted
+            | SandboxStop::HttpCalls
+            | SandboxStop::ResponseBody
+            | SandboxStop::Address
+            | SandboxStop::Redirect => "outbound call refused by the sandbox",
+        }
+    }
 }
 
 /// The engine shared by all consumers, and its epoch ticker.
@@ -293,18 +359,44 @@ impl ConsumerPlugin {
             instance.call_handle(&mut store, &event).await
         };
         let result = tokio::time::timeout(limits.wall, run).await;
+        let state = store.data_mut();
+        if state.log_lines > host::MAX_LOG_LINES {
+            let detail = format!(
+                "{} log lines in one event, {} dropped (at most {} are written)",
+                state.log_lines,
+                state.log_lines - host::MAX_LOG_LINES,
+                host::MAX_LOG_LINES
+            );
+            state.stopped(SandboxStop::LogLines, &detail);
+        }
+        let stop = match &result {
+            Err(_) => Some((
+                SandboxStop::Wall,
+                format!(
+                    "wall-clock budget of {} exceeded",
+                    humantime::format_duration(limits.wall)
+                ),
+            )),
+            Ok(Err(trap)) => Some(trap_reason(trap, state, cpu_budget_ticks)),
+            Ok(Ok(_)) => None,
+        };
+        if let Some((stop, reason)) = &stop {
+            state.stopped(*stop, reason);
+        }
         let state = store.data();
         let retry = |reason: String, downstream_unwell: bool| CallOutcome::Retry {
             reason,
             after: state.retry_after,
             downstream_unwell,
         };
+        let stop_reason = || {
+            stop.as_ref()
+                .map(|(_, reason)| reason.clone())
+                .unwrap_or_default()
+        };
         let outcome = match result {
             Err(_) => retry(
-                format!(
-                    "wall-clock budget of {} exceeded",
-                    humantime::format_duration(limits.wall)
-                ),
+                stop_reason(),
                 // Cut off while waiting on a downstream: that downstream is slow.
                 state.call_in_flight || state.downstream_unwell,
             ),
@@ -317,7 +409,7 @@ impl ConsumerPlugin {
             Ok(Ok(Err(Failure::Retry(reason)))) => retry(reason, state.downstream_unwell),
             Ok(Ok(Err(Failure::Reject(reason)))) => CallOutcome::Reject(reason),
             Ok(Ok(Err(Failure::Review(reason)))) => CallOutcome::Review(reason),
-            Ok(Err(trap)) => retry(trap_reason(&trap, state, cpu_budget_ticks), false),
+            Ok(Err(_)) => retry(stop_reason(), false),
         };
         CallReport {
             outcome,
@@ -325,20 +417,31 @@ impl ConsumerPlugin {
             wall: started.elapsed(),
             cpu_ticks: state.cpu_ticks,
             peak_memory: state.peak_memory as u64,
+            stops: state.stops.clone(),
         }
     }
 }
 
 /// A short, operator-facing reason for a trap: which budget, or which trap.
-fn trap_reason(error: &wasmtime::Error, state: &HostState, cpu_budget_ticks: u64) -> String {
+fn trap_reason(
+    error: &wasmtime::Error,
+    state: &HostState,
+    cpu_budget_ticks: u64,
+) -> (SandboxStop, String) {
     if state.cpu_ticks > cpu_budget_ticks {
-        return "cpu budget exceeded".to_owned();
+        return (SandboxStop::Cpu, "cpu budget exceeded".to_owned());
     }
     if state.memory_refused {
-        return "memory limit exceeded".to_owned();
+        return (SandboxStop::Memory, "memory limit exceeded".to_owned());
     }
-    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
-        return format!("plugin trapped: {trap}");
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap @ wasmtime::Trap::StackOverflow) => {
+            (SandboxStop::Stack, format!("plugin trapped: {trap}"))
+        }
+        Some(trap) => (SandboxStop::Trap, format!("plugin trapped: {trap}")),
+        None => (
+            SandboxStop::Trap,
+            format!("plugin failed: {}", error.root_cause()),
+        ),
     }
-    format!("plugin failed: {}", error.root_cause())
 }

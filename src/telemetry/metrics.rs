@@ -35,6 +35,12 @@ pub struct ConsumerOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerReason {
+    pub consumer: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConsumerLabel {
     pub consumer: String,
 }
@@ -65,6 +71,9 @@ pub struct Metrics {
     pub attempts: Family<ConsumerLabel, Counter>,
     /// Times a consumer waited for its rate limiter before pulling.
     pub rate_limit_waits: Family<ConsumerLabel, Counter>,
+    /// Plugin calls the sandbox stopped, cut short or refused something, by
+    /// reason (`plugin::SandboxStop` labels).
+    pub sandbox_stops: Family<ConsumerReason, Counter>,
 }
 
 impl Default for Metrics {
@@ -91,6 +100,7 @@ impl Metrics {
             reviews: Family::default(),
             attempts: Family::default(),
             rate_limit_waits: Family::default(),
+            sandbox_stops: Family::default(),
         };
         {
             let mut r = metrics.registry.lock().expect("registry lock");
@@ -163,6 +173,11 @@ impl Metrics {
                 "rate_limit_waits",
                 "Times a consumer waited for its rate limit before pulling",
                 metrics.rate_limit_waits.clone(),
+            );
+            r.register(
+                "plugin_sandbox_stops",
+                "Plugin calls the sandbox stopped or refused something, by consumer and reason",
+                metrics.sandbox_stops.clone(),
             );
         }
         metrics

@@ -64,6 +64,61 @@ where
     }
 }
 
+/// Warnings and errors logged by switchyard in this test process, as JSON
+/// objects. A global subscriber, installed by the first call: call it before
+/// starting the hub whose lines a test wants, and pick them out by a
+/// consumer name no other test uses.
+pub fn captured_logs() -> Vec<Value> {
+    static LINES: std::sync::OnceLock<Arc<Mutex<Vec<String>>>> = std::sync::OnceLock::new();
+    let lines = LINES.get_or_init(|| {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        let installed = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("switchyard=warn")
+            .with_writer(move || LogLine {
+                buffer: Vec::new(),
+                sink: Arc::clone(&sink),
+            })
+            .try_init();
+        assert!(installed.is_ok(), "another global subscriber is installed");
+        lines
+    });
+    lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// One formatted log event on its way into [`captured_logs`].
+struct LogLine {
+    buffer: Vec<u8>,
+    sink: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        // Bounded: every test in the binary logs here once it is installed.
+        let mut sink = self.sink.lock().unwrap();
+        if sink.len() < 200_000 {
+            sink.push(String::from_utf8_lossy(&self.buffer).into_owned());
+        }
+    }
+}
+
 /// One request a mock downstream received.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -93,6 +148,8 @@ pub struct Answer {
     pub status: u16,
     pub delay: Duration,
     pub headers: Vec<(String, String)>,
+    /// `{}` when unset.
+    pub body: Option<Bytes>,
 }
 
 impl Answer {
@@ -101,7 +158,13 @@ impl Answer {
             status,
             delay: Duration::ZERO,
             headers: Vec::new(),
+            body: None,
         }
+    }
+
+    pub fn body(mut self, body: impl Into<Bytes>) -> Answer {
+        self.body = Some(body.into());
+        self
     }
 
     pub fn delayed(mut self, delay: Duration) -> Answer {
@@ -209,7 +272,8 @@ impl MockDownstream {
                         for (name, value) in &answer.headers {
                             response = response.header(name, value);
                         }
-                        response.body("{}").unwrap()
+                        let body = answer.body.unwrap_or_else(|| Bytes::from_static(b"{}"));
+                        response.body(body).unwrap()
                     }
                 },
             );

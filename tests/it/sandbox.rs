@@ -1,10 +1,16 @@
 //! Plugins are sandboxed: a plugin that loops, eats memory, recurses, traps,
-//! overstays its wall clock or reaches for a connection it was not granted
-//! fails only its own delivery, with a clear reason, and nobody else notices.
+//! overstays its wall clock, reaches for a connection it was not granted,
+//! floods the logs, calls out too often or reads a huge answer fails only its
+//! own delivery, with a clear reason in the logs and in
+//! `switchyard_plugin_sandbox_stops_total`, and nobody else notices.
+//! Connections reach no private, link-local or metadata address unless
+//! allowed, and follow no redirect to another host.
 
 use crate::harness::*;
-use std::time::Duration;
+use serde_json::Value;
+use std::time::{Duration, Instant};
 use switchyard::bus::DeadQueue;
+use switchyard::hub::RunningHub;
 
 /// A `good` crm consumer beside a `bad` hostile one in `mode`, both routed
 /// `customer.*`. The hostile one gets 2 attempts.
@@ -39,8 +45,29 @@ consumers = ["good", "bad"]
 
 const TIGHT: &str = r#"{ cpu = "50ms", wall = "5s", memory = "8MiB" }"#;
 
+/// How often the sandbox stopped `consumer` for `reason`, from `/metrics`.
+async fn sandbox_stops(hub: &RunningHub, consumer: &str, reason: &str) -> u64 {
+    let metrics = hub.control().metrics_text().await.unwrap();
+    let series = format!(
+        "switchyard_plugin_sandbox_stops_total{{consumer=\"{consumer}\",reason=\"{reason}\"}} "
+    );
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+/// The captured warnings about `consumer` with the `reason` field `reason`.
+fn sandbox_log_lines(consumer: &str, reason: &str) -> Vec<Value> {
+    captured_logs()
+        .into_iter()
+        .filter(|line| line["fields"]["consumer"] == consumer && line["fields"]["reason"] == reason)
+        .collect()
+}
+
 /// Runs one event through a hostile consumer; returns its dead-letter reason.
-async fn dead_letter_reason(mode: &str, limits: &str) -> String {
+/// The sandbox must have counted a stop for `stop`.
+async fn dead_letter_reason(mode: &str, limits: &str, stop: &str) -> String {
     let good = MockDownstream::start().await;
     let hub = TestHub::start(HubOptions::new(routes(&good, mode, limits))).await;
     assert_eq!(hub.send_fixture("customer.created.json").await.0, 200);
@@ -59,25 +86,29 @@ async fn dead_letter_reason(mode: &str, limits: &str) -> String {
         .await
         .unwrap();
     assert_eq!(dead.len(), 1, "`{mode}` ends in the dead-letter queue");
+    assert!(
+        sandbox_stops(&hub.hub, "bad", stop).await >= 1,
+        "`{mode}` counted as a `{stop}` stop"
+    );
     hub.hub.shutdown().await;
     dead[0].reason.clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infinite_loop_is_stopped_by_the_cpu_budget() {
-    let reason = dead_letter_reason("loop", TIGHT).await;
+    let reason = dead_letter_reason("loop", TIGHT, "cpu").await;
     assert_eq!(reason, "gave up after 2 attempts: cpu budget exceeded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_is_stopped_by_the_memory_cap() {
-    let reason = dead_letter_reason("memory", TIGHT).await;
+    let reason = dead_letter_reason("memory", TIGHT, "memory").await;
     assert_eq!(reason, "gave up after 2 attempts: memory limit exceeded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_traps_only_its_own_instance() {
-    let reason = dead_letter_reason("trap", TIGHT).await;
+    let reason = dead_letter_reason("trap", TIGHT, "trap").await;
     assert!(
         reason.starts_with("gave up after 2 attempts: plugin trapped:"),
         "{reason}"
@@ -86,16 +117,23 @@ async fn a_panic_traps_only_its_own_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbounded_recursion_traps() {
-    let reason = dead_letter_reason("recurse", TIGHT).await;
-    assert!(
-        reason.starts_with("gave up after 2 attempts: plugin trapped:"),
-        "{reason}"
+    let reason = dead_letter_reason("recurse", TIGHT, "stack").await;
+    assert_eq!(
+        reason,
+        "gave up after 2 attempts: plugin trapped: wasm trap: call stack exhausted"
+    );
+    // Big frames overrun the guest's own stack in linear memory first: to
+    // the host that is an out-of-bounds access like any other.
+    let reason = dead_letter_reason("recurse_frames", TIGHT, "trap").await;
+    assert_eq!(
+        reason,
+        "gave up after 2 attempts: plugin trapped: wasm trap: out of bounds memory access"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_was_not_granted_cannot_be_reached() {
-    let reason = dead_letter_reason("ungranted", TIGHT).await;
+    let reason = dead_letter_reason("ungranted", TIGHT, "not_granted").await;
     assert_eq!(
         reason,
         "connection `forbidden` is not granted to consumer `bad`"
@@ -141,6 +179,7 @@ consumers = ["stuck"]
         dead[0].reason,
         "gave up after 1 attempts: wall-clock budget of 1s exceeded"
     );
+    assert_eq!(sandbox_stops(&hub.hub, "stuck", "wall_clock").await, 1);
     hub.hub.shutdown().await;
 }
 
@@ -205,6 +244,7 @@ async fn outbound_calls_per_event_are_capped() {
             .dead_letters("bad", DeadQueue::DeadLetter)
             .await
             .unwrap();
+        assert_eq!(sandbox_stops(&hub.hub, "bad", "http_calls").await, 1);
         hub.hub.shutdown().await;
         dead[0].reason.clone()
     };
@@ -218,4 +258,467 @@ async fn outbound_calls_per_event_are_capped() {
         .filter(|r| r.path == "/call")
         .count();
     assert_eq!(calls, 3);
+}
+
+/// One consumer per hostile mode in `modes` beside a healthy `good` one;
+/// `customer.created` goes to `good` alone (the baseline), `customer.updated`
+/// to everyone. Each hostile consumer `h_<mode>` gets 2 attempts.
+fn zoo_routes(good: &MockDownstream, spare: &MockDownstream, huge: &MockDownstream) -> String {
+    let mut text = format!(
+        r#"
+[connections.crm]
+base_url = "{good}"
+
+[connections.spare]
+base_url = "{spare}"
+
+[connections.huge]
+base_url = "{huge}"
+
+[consumers.good]
+plugin = "{{plugin:crm}}"
+connections = ["crm"]
+"#,
+        good = good.url(),
+        spare = spare.url(),
+        huge = huge.url(),
+    );
+    let mut hostile = Vec::new();
+    for (name, settings) in ZOO {
+        text.push_str(&format!(
+            r#"
+[consumers.{name}]
+plugin = "{{plugin:hostile}}"
+connections = ["spare", "huge"]
+retry = {{ first = "10ms", max = "20ms", attempts = 2 }}
+limits = {{ cpu = "50ms", wall = "5s", memory = "8MiB", http_calls = 3, response_body = "64KiB" }}
+settings = {settings}
+"#
+        ));
+        hostile.push(format!("\"{name}\""));
+    }
+    text.push_str(&format!(
+        r#"
+[[routes]]
+source = "stripe"
+events = ["customer.created"]
+consumers = ["good"]
+
+[[routes]]
+source = "stripe"
+events = ["customer.updated"]
+consumers = ["good", {}]
+"#,
+        hostile.join(", ")
+    ));
+    text
+}
+
+/// The hostile consumers of the zoo: name, settings, the stop reason each
+/// must be counted under, and how many stops one event makes (one per
+/// attempt for what fails the call, one per event for what the plugin
+/// turns into a rejection).
+const ZOO: [(&str, &str); 8] = [
+    ("h_loop", r#"{ mode = "loop" }"#),
+    ("h_memory", r#"{ mode = "memory" }"#),
+    ("h_recurse", r#"{ mode = "recurse" }"#),
+    ("h_trap", r#"{ mode = "trap" }"#),
+    ("h_ungranted", r#"{ mode = "ungranted" }"#),
+    ("h_logs", r#"{ mode = "logs" }"#),
+    ("h_calls", r#"{ mode = "calls" }"#),
+    (
+        "h_huge",
+        r#"{ mode = "get", connection = "huge", path = "/huge" }"#,
+    ),
+];
+
+/// Sends `count` customer events of `event_type` and returns how long it
+/// took until `good` had applied every one of them.
+async fn good_batch(
+    hub: &TestHub,
+    good: &MockDownstream,
+    run: &str,
+    event_type: &str,
+    count: usize,
+) -> Duration {
+    let started = Instant::now();
+    let mut paths = Vec::new();
+    for n in 0..count {
+        let customer = format!("cus_{run}_{n}");
+        let body = synthetic_event(
+            &format!("evt_{customer}_{event_type}"),
+            event_type,
+            serde_json::json!({"id": customer, "object": "customer", "email": null, "name": null}),
+        );
+        assert_eq!(hub.send(&body).await.0, 200);
+        paths.push(format!("/contacts/{customer}"));
+    }
+    eventually(
+        Duration::from_secs(120),
+        &format!("`good` applied every {event_type}"),
+        || async {
+            let effects = good.effects();
+            paths
+                .iter()
+                .all(|path| effects.iter().any(|r| &r.path == path))
+        },
+    )
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_are_stopped_and_leave_a_healthy_neighbour_unaffected() {
+    const BATCH: usize = 12;
+    captured_logs();
+    let good = MockDownstream::start().await;
+    let spare = MockDownstream::start().await;
+    let huge = MockDownstream::start().await;
+    huge.set_default(Answer::status(200).body(vec![b'x'; 4 << 20]));
+    let hub = TestHub::start(HubOptions::new(zoo_routes(&good, &spare, &huge))).await;
+
+    // Baseline: the healthy consumer alone.
+    let baseline = good_batch(&hub, &good, "base", "customer.created", BATCH).await;
+    // The same batch size again, now with every hostile consumer at work.
+    let hostile = good_batch(&hub, &good, "zoo", "customer.updated", BATCH).await;
+    hub.drained(Duration::from_secs(120)).await;
+    eprintln!(
+        "good consumer, {BATCH} events: baseline {baseline:?}, beside 8 hostile consumers {hostile:?}"
+    );
+
+    // The neighbour: everything, once, and no slower than a generous bound
+    // (the hostile ones share its two CPU cores, so some slowdown is fair;
+    // starvation is not).
+    assert_eq!(good.effects().len(), 2 * BATCH);
+    assert_one_key_per_effect(&good, crm_effect);
+    let status = hub.status_of("good").await;
+    assert_eq!(
+        (status.stats.delivered, status.dead_letters),
+        (2 * BATCH as u64, 0)
+    );
+    assert!(
+        hostile <= baseline * 10 + Duration::from_secs(15),
+        "the healthy consumer took {hostile:?} beside hostile ones, {baseline:?} alone"
+    );
+
+    // Each hostile consumer: every event ended where its policy says, each
+    // stop counted under its reason and logged with it.
+    let expected = [
+        ("h_loop", "cpu", 2 * BATCH),
+        ("h_memory", "memory", 2 * BATCH),
+        ("h_recurse", "stack", 2 * BATCH),
+        ("h_trap", "trap", 2 * BATCH),
+        ("h_ungranted", "not_granted", BATCH),
+        ("h_logs", "log_lines", BATCH),
+        ("h_calls", "http_calls", BATCH),
+        ("h_huge", "response_body", BATCH),
+    ];
+    for (name, reason, stops) in expected {
+        let status = hub.status_of(name).await;
+        if name == "h_logs" {
+            // Chattiness is cut off, not punished: the events are delivered.
+            assert_eq!(
+                (status.stats.delivered, status.dead_letters),
+                (BATCH as u64, 0),
+                "{name}"
+            );
+        } else {
+            assert_eq!(
+                (status.stats.delivered, status.dead_letters),
+                (0, BATCH as u64),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            sandbox_stops(&hub.hub, name, reason).await,
+            stops as u64,
+            "{name} stopped for `{reason}`"
+        );
+        assert_eq!(
+            sandbox_log_lines(name, reason).len(),
+            stops,
+            "{name}: one `{reason}` warning per stop"
+        );
+    }
+    // The log flood reached the logs as 100 lines per event, not 10 000.
+    let flood = captured_logs()
+        .into_iter()
+        .filter(|line| line["fields"]["consumer"] == "h_logs" && line["fields"]["plugin"] == true)
+        .count();
+    assert_eq!(flood, 100 * BATCH);
+    let cut = &sandbox_log_lines("h_logs", "log_lines")[0];
+    assert_eq!(
+        cut["fields"]["message"],
+        "plugin logs cut by its sandbox: 10000 log lines in one event, 9900 dropped (at most 100 are written)"
+    );
+    let huge_reason = &hub
+        .hub
+        .bus()
+        .dead_letters("h_huge", DeadQueue::DeadLetter)
+        .await
+        .unwrap()[0]
+        .reason;
+    assert_eq!(
+        huge_reason,
+        "huge GET /huge: limit exceeded: response body larger than 65536 bytes"
+    );
+    // The call cap held for every event: 3 calls each reached `spare`.
+    let calls = spare
+        .received()
+        .iter()
+        .filter(|r| r.path == "/call")
+        .count();
+    assert_eq!(calls, 3 * BATCH);
+    hub.hub.shutdown().await;
+}
+
+/// A downstream that answers 200 with a chunked body that never ends, and
+/// counts the bytes it managed to write before the client hung up.
+async fn endless_body_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let written = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = std::sync::Arc::clone(&written);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counter = std::sync::Arc::clone(&counter);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 16 << 10];
+                let framed = [
+                    format!("{:x}\r\n", chunk.len()).into_bytes(),
+                    chunk,
+                    b"\r\n".to_vec(),
+                ]
+                .concat();
+                // Stops at the first failed write: the client has gone. A
+                // client reading without a cap would keep this going until
+                // the plugin's wall clock ran out.
+                while socket.write_all(&framed).await.is_ok() {
+                    counter.fetch_add(16 << 10, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (url, written)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_response_body_is_cut_off_at_the_cap() {
+    let (endless, written) = endless_body_server().await;
+    let good = MockDownstream::start().await;
+    let text = routes(&good, "get", TIGHT)
+        .replace(
+            &format!("[connections.spare]\nbase_url = \"{}\"", good.url()),
+            &format!("[connections.spare]\nbase_url = \"{endless}\""),
+        )
+        .replace(
+            r#"memory = "8MiB" }"#,
+            r#"memory = "8MiB", response_body = "64KiB" }"#,
+        );
+    let hub = TestHub::start(HubOptions::new(text)).await;
+    assert_eq!(hub.send_fixture("customer.created.json").await.0, 200);
+    hub.drained(Duration::from_secs(30)).await;
+    let dead = hub
+        .hub
+        .bus()
+        .dead_letters("bad", DeadQueue::DeadLetter)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].reason,
+        "spare GET /: limit exceeded: response body larger than 65536 bytes"
+    );
+    assert_eq!(sandbox_stops(&hub.hub, "bad", "response_body").await, 1);
+    assert_eq!(good.effects().len(), 1, "the neighbour delivered");
+    hub.hub.shutdown().await;
+    // The host stopped reading near the cap; what the server got written
+    // beyond it sat in socket buffers.
+    let written = written.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(written < 64 << 20, "{written} bytes written to the host");
+}
+
+/// One `get` consumer per connection in `connections` (name, extra keys),
+/// each connection's base URL given; `customer.*` goes to all of them.
+fn address_routes(connections: &[(&str, String, &str)]) -> String {
+    let mut text = String::new();
+    let mut names = Vec::new();
+    for (name, base_url, extra) in connections {
+        text.push_str(&format!(
+            r#"
+[connections.{name}]
+base_url = "{base_url}"
+timeout = "2s"
+{extra}
+
+[consumers.{name}]
+plugin = "{{plugin:hostile}}"
+connections = ["{name}"]
+retry = {{ first = "10ms", max = "20ms", attempts = 2 }}
+settings = {{ mode = "get", connection = "{name}", path = "/probe" }}
+"#
+        ));
+        names.push(format!("\"{name}\""));
+    }
+    text.push_str(&format!(
+        "\n[[routes]]\nsource = \"stripe\"\nevents = [\"customer.*\"]\nconsumers = [{}]\n",
+        names.join(", ")
+    ));
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_refuse_loopback_private_and_metadata_addresses_unless_allowed() {
+    captured_logs();
+    let target = MockDownstream::start().await;
+    let port = target.addr.port();
+    let hub = TestHub::start(HubOptions::new(address_routes(&[
+        // The configured literal loopback address: reachable.
+        ("a_configured", format!("http://127.0.0.1:{port}"), ""),
+        // The same server by a name that resolves to loopback: refused...
+        ("a_localhost", format!("http://localhost:{port}"), ""),
+        // ...unless the connection allows it.
+        (
+            "a_localhost_allowed",
+            format!("http://localhost:{port}"),
+            "allow_private = true",
+        ),
+        ("a_private", format!("http://10.255.255.1:{port}"), ""),
+        ("a_link_local", format!("http://169.254.10.10:{port}"), ""),
+        // Metadata stays refused even with `allow_private`.
+        (
+            "a_metadata",
+            "http://169.254.169.254".to_owned(),
+            "allow_private = true",
+        ),
+        (
+            "a_metadata_name",
+            "http://metadata.google.internal".to_owned(),
+            "allow_private = true",
+        ),
+    ])))
+    .await;
+    assert_eq!(hub.send_fixture("customer.created.json").await.0, 200);
+    hub.drained(Duration::from_secs(30)).await;
+
+    for delivered in ["a_configured", "a_localhost_allowed"] {
+        let status = hub.status_of(delivered).await;
+        assert_eq!(
+            (status.stats.delivered, status.dead_letters),
+            (1, 0),
+            "{delivered}"
+        );
+    }
+    assert_eq!(target.received().len(), 2, "only the allowed two arrived");
+
+    let refused = [
+        (
+            "a_localhost",
+            "`localhost` resolves to `",
+            "a loopback address: refused unless the connection sets `allow_private = true`",
+        ),
+        (
+            "a_private",
+            "`10.255.255.1` is",
+            "a private address: refused unless the connection sets `allow_private = true`",
+        ),
+        (
+            "a_link_local",
+            "`169.254.10.10` is",
+            "a link-local address: refused unless the connection sets `allow_private = true`",
+        ),
+        (
+            "a_metadata",
+            "`169.254.169.254` is",
+            "a cloud metadata address: never reachable",
+        ),
+        (
+            "a_metadata_name",
+            "`metadata.google.internal` is",
+            "a cloud metadata host: never reachable",
+        ),
+    ];
+    for (name, what, why) in refused {
+        // Refused is permanent: straight to the dead-letter queue, with the
+        // reason, after one attempt.
+        let status = hub.status_of(name).await;
+        assert_eq!(
+            (
+                status.stats.delivered,
+                status.stats.retried,
+                status.dead_letters
+            ),
+            (0, 0, 1),
+            "{name}"
+        );
+        let dead = hub
+            .hub
+            .bus()
+            .dead_letters(name, DeadQueue::DeadLetter)
+            .await
+            .unwrap();
+        let reason = &dead[0].reason;
+        let prefix = format!("{name} GET /probe: not granted: connection `{name}`: {what}");
+        assert!(
+            reason.starts_with(&prefix) && reason.ends_with(why),
+            "{name}: {reason}"
+        );
+        assert_eq!(sandbox_stops(&hub.hub, name, "address").await, 1, "{name}");
+        let logged = sandbox_log_lines(name, "address");
+        assert_eq!(logged.len(), 1, "{name}");
+        let message = logged[0]["fields"]["message"].as_str().unwrap();
+        assert!(message.ends_with(why), "{name}: {message}");
+    }
+    hub.hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_another_host_is_not_followed() {
+    captured_logs();
+    let elsewhere = MockDownstream::start().await;
+    let redirector = MockDownstream::start().await;
+    redirector.set_default(
+        Answer::status(302).header("location", &format!("{}/stolen?token=abc", elsewhere.url())),
+    );
+    let hub = TestHub::start(HubOptions::new(address_routes(&[(
+        "r_redirected",
+        redirector.url(),
+        "allow_private = true",
+    )])))
+    .await;
+    assert_eq!(hub.send_fixture("customer.created.json").await.0, 200);
+    hub.drained(Duration::from_secs(30)).await;
+    assert!(elsewhere.received().is_empty(), "the redirect was followed");
+    assert_eq!(redirector.received().len(), 1);
+    let dead = hub
+        .hub
+        .bus()
+        .dead_letters("r_redirected", DeadQueue::DeadLetter)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].reason,
+        format!(
+            "r_redirected GET /probe: not granted: connection `r_redirected` answered HTTP 302 with a redirect to another host (`{}`); redirects are not followed",
+            elsewhere.url()
+        )
+    );
+    assert_eq!(sandbox_stops(&hub.hub, "r_redirected", "redirect").await, 1);
+    assert_eq!(sandbox_log_lines("r_redirected", "redirect").len(), 1);
+    hub.hub.shutdown().await;
 }
