@@ -229,11 +229,22 @@ fn check_timestamp(timestamp: i64, tolerance_secs: i64, now: i64) -> Result<(), 
     Ok(())
 }
 
-/// The parts of a `Stripe-Signature` header that matter.
-#[derive(Debug, PartialEq, Eq)]
-struct SignatureHeader<'a> {
-    timestamp: i64,
-    v1: Vec<&'a str>,
+/// The parts of a `Stripe-Signature` header that matter: the timestamp and
+/// every `v1` entry. Items of other schemes (`v0`), unknown keys and items
+/// without `=` are dropped; when `t` repeats, the last one counts.
+///
+/// Its `Display` writes the canonical header (`t=…,v1=…`), which parses back
+/// to an equal value (the fuzz target `signature` checks that).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureHeader<'a> {
+    pub timestamp: i64,
+    pub v1: Vec<&'a str>,
+}
+
+impl<'a> SignatureHeader<'a> {
+    pub fn parse(header: &'a str) -> Result<Self, SignatureError> {
+        parse_header(header)
+    }
 }
 
 fn malformed(reason: &'static str) -> SignatureError {
@@ -268,6 +279,16 @@ fn parse_header(header: &str) -> Result<SignatureHeader<'_>, SignatureError> {
     Ok(SignatureHeader { timestamp, v1 })
 }
 
+impl fmt::Display for SignatureHeader<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "t={}", self.timestamp)?;
+        for signature in &self.v1 {
+            write!(f, ",v1={signature}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Hex HMAC-SHA256 of `"{timestamp}.{payload}"`: the value of a `v1` entry.
 pub fn compute_signature(secret: &str, timestamp: i64, payload: &[u8]) -> String {
     hex::encode(hmac(
@@ -278,10 +299,12 @@ pub fn compute_signature(secret: &str, timestamp: i64, payload: &[u8]) -> String
 
 /// A complete `Stripe-Signature` header value, as Stripe's test helpers make it.
 pub fn signature_header(secret: &str, timestamp: i64, payload: &[u8]) -> String {
-    format!(
-        "t={timestamp},v1={}",
-        compute_signature(secret, timestamp, payload)
-    )
+    let signature = compute_signature(secret, timestamp, payload);
+    SignatureHeader {
+        timestamp,
+        v1: vec![&signature],
+    }
+    .to_string()
 }
 
 /// Checks a `Stripe-Signature` header against `payload` with every secret
@@ -536,6 +559,21 @@ mod tests {
             Err(SignatureError::NoMatch),
             "stripe libraries compare the lowercase hex text"
         );
+    }
+
+    #[test]
+    fn a_parsed_header_writes_back_to_an_equal_one() {
+        let text = " t=17 , v0=ab,junk,v1=aa=b, t=1700000000,v1=,x=1";
+        let parsed = SignatureHeader::parse(text).unwrap();
+        assert_eq!(
+            parsed,
+            SignatureHeader {
+                timestamp: NOW,
+                v1: vec!["aa=b", ""]
+            }
+        );
+        assert_eq!(parsed.to_string(), "t=1700000000,v1=aa=b,v1=");
+        assert_eq!(SignatureHeader::parse(&parsed.to_string()), Ok(parsed));
     }
 
     #[test]
