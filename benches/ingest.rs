@@ -1,8 +1,10 @@
 //! Ingest hot path: signature verification and durable appends.
 //!
 //! Each group has a baseline measured in the same run, so the figures to
-//! read are ratios: verification against one bare HMAC, and a group-committed
-//! append at concurrency 64 against one append alone (both fsync).
+//! read are ratios: verification against one bare HMAC, envelope encode and
+//! decode against one copy of the payload (the least any framing costs), and
+//! a group-committed append at concurrency 64 against one append alone (both
+//! fsync).
 //!
 //! `cargo bench --bench ingest`
 
@@ -48,6 +50,30 @@ fn signature(c: &mut Criterion) {
     group.bench_function("verify_stripe_header", |b| {
         b.iter(|| verify(Some(&header), &payload, &secrets, 300, now).unwrap())
     });
+    group.finish();
+}
+
+fn envelope(c: &mut Criterion) {
+    let envelope = Envelope {
+        source: "stripe".into(),
+        event_id: "evt_1PgBenchEnvelope0001".into(),
+        event_type: "invoice.paid".into(),
+        created: 1_722_470_400,
+        livemode: false,
+        account: Some("acct_1NxAcmeToolsTest".into()),
+        received_at_ms: 1_722_470_400_123,
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        generation: None,
+        payload: bytes::Bytes::from(body(2048)),
+    };
+    let encoded = envelope.encode();
+    let mut group = c.benchmark_group("envelope_2KiB");
+    group.throughput(Throughput::Bytes(encoded.len() as u64));
+    group.bench_function("baseline_payload_copy", |b| {
+        b.iter(|| bytes::Bytes::copy_from_slice(&envelope.payload))
+    });
+    group.bench_function("encode", |b| b.iter(|| envelope.encode()));
+    group.bench_function("decode", |b| b.iter(|| Envelope::decode(&encoded).unwrap()));
     group.finish();
 }
 
@@ -110,5 +136,5 @@ fn appends(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, signature, appends);
+criterion_group!(benches, signature, envelope, appends);
 criterion_main!(benches);

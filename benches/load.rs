@@ -3,9 +3,10 @@
 //! generator. Every figure that matters is a ratio.
 //!
 //! ```sh
-//! cargo bench --bench load                      # full run, ~1.5 min (+ npm install)
-//! cargo bench --bench load -- --quick           # 3 s per target
+//! cargo bench --bench load                      # full run, ~3 min (+ npm install)
+//! cargo bench --bench load -- --quick           # 3 s per target, 10 s of P5
 //! cargo bench --bench load -- --duration 20 --concurrency 64 --client-threads 1 --skip-node
+//! cargo bench --bench load -- --p5-only --p5-rate 3000 --p5-duration 20 --p5-concurrency 16
 //! ```
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) it is a smoke run
@@ -29,6 +30,15 @@
 //! - `switchyard +3 consumers`: the shipped crm/erp/marketing plugins from
 //!   `plugins/dist/`, their connections pointing at an in-process mock that
 //!   answers 200.
+//! - `switchyard e2e (P5)`: the same consumers with Redis idempotency
+//!   (127.0.0.1:6379, a key prefix of the run's own) and the admin API,
+//!   ingesting at a fixed rate (`--p5-rate`, default 5 100/s) for
+//!   `--p5-duration` (60 s; 1 s at 200/s in the smoke run) with
+//!   `--p5-concurrency` workers per consumer (default 32), then waiting for
+//!   every queue to drain. From the admin API's counts: events fully
+//!   delivered per second (all their consumers acked), deliveries acked,
+//!   the backlog over time, and the process's RSS (P7 under load). The smoke
+//!   run checks that every event came out of every queue and none was parked.
 //!
 //! The generator is a minimal keep-alive HTTP/1.1 client (one TCP connection
 //! per concurrent sender, no pipelining) so that its own cost per request is
@@ -77,6 +87,14 @@ struct Options {
     external: Option<SocketAddr>,
     /// With `external`: a fixed rate instead of max throughput.
     rate: Option<f64>,
+    /// P5: offered ingest rate (events/s) and how long it is held.
+    p5_rate: f64,
+    p5_duration: Duration,
+    /// P5: workers per consumer (`concurrency`); routes.toml's 4/4/2
+    /// cannot carry 5 000 events/s (see RESULTS.md).
+    p5_concurrency: usize,
+    /// Run only the P5 target (for profiling it).
+    p5_only: bool,
 }
 
 impl Options {
@@ -128,6 +146,17 @@ impl Options {
                     addr
                 }),
             rate: value("--rate"),
+            // A little above the target, so that a run that keeps up
+            // measures at least the target despite the last events' latency.
+            p5_rate: value("--p5-rate").unwrap_or(if full { 5_100.0 } else { 200.0 }),
+            p5_duration: match value("--p5-duration") {
+                Some(secs) => Duration::from_secs_f64(secs),
+                None if !full => Duration::from_secs(1),
+                None if quick => Duration::from_secs(10),
+                None => Duration::from_secs(60),
+            },
+            p5_concurrency: value("--p5-concurrency").map_or(32, |v| (v as usize).max(1)),
+            p5_only: args.iter().any(|a| a == "--p5-only"),
         }
     }
 }
@@ -883,13 +912,34 @@ fn write_secret(dir: &Path) -> PathBuf {
 /// shipped consumers and routes (as in the repo's routes.toml); without, one
 /// consumer routed to an event type the generator never sends, so every
 /// append is durable and nothing is dispatched.
+/// What a switchyard target runs with besides its bus and consumers.
+#[derive(Default)]
+struct Extras {
+    /// The body of `[idempotency]`; an embedded store in the target's dir
+    /// when `None`.
+    idempotency: Option<String>,
+    /// An `[admin]` listener, its token in `ADMIN_TOKEN`.
+    admin: Option<SocketAddr>,
+    /// Workers per consumer instead of routes.toml's 4/4/2.
+    concurrency: Option<usize>,
+}
+
+const ADMIN_TOKEN: &str = "load-harness-admin-token";
+
 fn write_config(
     dir: &Path,
     listen: SocketAddr,
     bus: &str,
     downstream: Option<SocketAddr>,
+    extras: &Extras,
 ) -> PathBuf {
     let secret = write_secret(dir);
+    let idempotency = extras.idempotency.clone().unwrap_or_else(|| {
+        format!(
+            "kind = \"embedded\"\npath = \"{}\"",
+            dir.join("idempotency").display()
+        )
+    });
     let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/dist");
     let mut toml = format!(
         r#"[server]
@@ -901,8 +951,7 @@ shutdown_grace = "1s"
 {bus}
 
 [idempotency]
-kind = "embedded"
-path = "{idem}"
+{idempotency}
 
 [sources.stripe]
 kind = "stripe"
@@ -910,9 +959,17 @@ path = "{WEBHOOK_PATH}"
 secrets = ["file:{secret}"]
 tolerance = "5m"
 "#,
-        idem = dir.join("idempotency").display(),
         secret = secret.display(),
     );
+    if let Some(admin) = extras.admin {
+        let token = dir.join("admin_token");
+        std::fs::write(&token, ADMIN_TOKEN).unwrap();
+        let _ = write!(
+            toml,
+            "\n[admin]\nlisten = \"{admin}\"\ntoken = \"file:{}\"\n",
+            token.display()
+        );
+    }
     match downstream {
         None => {
             let _ = write!(
@@ -946,17 +1003,17 @@ consumers = ["crm"]
 [consumers.crm]
 plugin = "{dist}/crm.wasm"
 connections = ["crm"]
-concurrency = 4
+concurrency = {big}
 
 [consumers.erp]
 plugin = "{dist}/erp.wasm"
 connections = ["erp"]
-concurrency = 4
+concurrency = {big}
 
 [consumers.marketing]
 plugin = "{dist}/marketing.wasm"
 connections = ["marketing"]
-concurrency = 2
+concurrency = {small}
 
 [[routes]]
 source = "stripe"
@@ -973,7 +1030,9 @@ source = "stripe"
 events = ["checkout.session.completed"]
 consumers = ["marketing"]
 "#,
-                dist = dist.display()
+                dist = dist.display(),
+                big = extras.concurrency.unwrap_or(4),
+                small = extras.concurrency.unwrap_or(2),
             );
         }
     }
@@ -1105,6 +1164,276 @@ fn start_switchyard(dir: &Path, config: &Path) -> ChildGuard {
         .env_remove("RUST_LOG")
         .env_remove("STRIPE_WEBHOOK_SECRET");
     ChildGuard::spawn("switchyard", command, dir.join("switchyard.log"))
+}
+
+// ----------------------------------------------------- P5: end to end --
+
+/// Sums over every consumer of the admin API's `GET /v1/consumers`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Flow {
+    /// Queue rows not yet settled, leased ones included: one per
+    /// (event, consumer) still to deliver.
+    backlog: u64,
+    /// Deliveries acked: delivered, or known done by the idempotency key.
+    acked: u64,
+    retried: u64,
+    /// Dead-lettered or parked for review.
+    parked: u64,
+    infra_errors: u64,
+}
+
+async fn flow(client: &reqwest::Client, admin: SocketAddr) -> Flow {
+    let consumers: serde_json::Value = client
+        .get(format!("http://{admin}/v1/consumers"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .expect("GET /v1/consumers")
+        .json()
+        .await
+        .expect("consumer status is JSON");
+    let mut flow = Flow::default();
+    for consumer in consumers.as_array().expect("a list of consumers") {
+        let n = |key: &str| {
+            consumer[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("consumer status without `{key}`: {consumer}"))
+        };
+        flow.backlog += n("backlog");
+        flow.acked += n("delivered") + n("skipped_done");
+        flow.retried += n("retried");
+        flow.parked += n("dead_letters") + n("reviews");
+        flow.infra_errors += n("infra_errors");
+    }
+    flow
+}
+
+/// What the P5 run saw.
+struct EndToEnd {
+    offered: f64,
+    ingest: Stats,
+    at_start: Flow,
+    /// (seconds into the load, backlog) while the load ran.
+    samples: Vec<(f64, u64)>,
+    at_end: Flow,
+    /// How long after the load every queue was empty, if within the limit.
+    drained_after: Option<Duration>,
+    drained: Flow,
+    idle_rss: f64,
+    usage: Usage,
+    workers: String,
+}
+
+impl EndToEnd {
+    /// Events acked by every consumer they were routed to, per second of
+    /// load: at the end, an event is fully delivered unless one of its
+    /// queue rows is still there, so `accepted - backlog` is a lower bound
+    /// (the backlog was 0 when the load began).
+    fn delivered_rate(&self) -> f64 {
+        let accepted = self.ingest.ok as f64;
+        (accepted - self.at_end.backlog as f64).max(0.0) / self.ingest.elapsed.as_secs_f64()
+    }
+
+    fn deliveries_rate(&self) -> f64 {
+        (self.at_end.acked - self.at_start.acked) as f64 / self.ingest.elapsed.as_secs_f64()
+    }
+
+    /// Backlog growth from the first sample to the end of the load, in
+    /// seconds of offered events.
+    fn backlog_growth_secs(&self) -> f64 {
+        let first = self.samples.first().map_or(0, |s| s.1) as f64;
+        (self.at_end.backlog as f64 - first) / self.offered
+    }
+}
+
+/// P5: switchyard with the three shipped consumers, Redis idempotency and a
+/// mock downstream answering 200, ingesting at a fixed rate; then waits for
+/// every queue to drain. Counts come from the admin API.
+async fn end_to_end(
+    root: &Path,
+    options: &Options,
+    factory: &Arc<Factory>,
+    ready_limit: Duration,
+) -> EndToEnd {
+    let dir = root.join("switchyard-e2e");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mock = BareServer::start(1, "mock");
+    let addr = free_port();
+    let admin = free_port();
+    let extras = Extras {
+        // A prefix of this run's own, and a short TTL: the keys leave the
+        // shared Redis on their own.
+        idempotency: Some(format!(
+            "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nkey_prefix = \"load-{}:\"\nttl = \"10m\"",
+            factory.run_tag
+        )),
+        admin: Some(admin),
+        concurrency: Some(options.p5_concurrency),
+    };
+    let workers = format!("{0}/{0}/{0}", options.p5_concurrency);
+    let config = write_config(&dir, addr, &embedded_bus(&dir), Some(mock.addr), &extras);
+    let mut child = start_switchyard(&dir, &config);
+    child.wait_ready(addr, "/healthz", ready_limit).await;
+    tokio::time::sleep(Duration::from_secs(if options.full { 2 } else { 0 })).await;
+    let idle_rss = rss_mib(child.pid()).unwrap_or(f64::NAN);
+    let client = reqwest::Client::new();
+    let at_start = flow(&client, admin).await;
+    assert_eq!(at_start.backlog, 0, "a fresh hub has an empty backlog");
+
+    let sampler = ProcSampler::start(child.pid());
+    let began = Instant::now();
+    let every = (options.p5_duration / 6).max(Duration::from_secs(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (client, stop) = (client.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut next = began + every;
+            loop {
+                tokio::time::sleep_until(next.into()).await;
+                if stop.load(Ordering::Relaxed) {
+                    return samples;
+                }
+                let backlog = flow(&client, admin).await.backlog;
+                samples.push((began.elapsed().as_secs_f64(), backlog));
+                next += every;
+            }
+        })
+    };
+    let ingest = Load {
+        addr,
+        target: 8,
+        // Headroom: a fixed rate needs senders free while others wait on fsync.
+        concurrency: options.concurrency.max(64),
+        warmup: Duration::ZERO,
+        duration: options.p5_duration,
+        pace: Pace::Fixed(options.p5_rate),
+        factory,
+    }
+    .run()
+    .await;
+    let at_end = flow(&client, admin).await;
+    let usage = sampler.finish();
+    stop.store(true, Ordering::Relaxed);
+    let samples = watcher.await.expect("backlog watcher");
+
+    let drain_from = Instant::now();
+    let limit = Duration::from_secs(if options.full { 120 } else { 60 });
+    let (drained_after, drained) = loop {
+        let now = flow(&client, admin).await;
+        if now.backlog == 0 {
+            break (Some(drain_from.elapsed()), now);
+        }
+        if drain_from.elapsed() > limit {
+            break (None, now);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drop(child);
+    drop(mock);
+    EndToEnd {
+        offered: options.p5_rate,
+        ingest,
+        at_start,
+        samples,
+        at_end,
+        drained_after,
+        drained,
+        idle_rss,
+        usage,
+        workers,
+    }
+}
+
+fn report_end_to_end(e2e: &EndToEnd, full: bool) {
+    let verdict = |ok: bool| match (full, ok) {
+        (false, _) => "(smoke: not judged)",
+        (true, true) => "met",
+        (true, false) => "MISSED",
+    };
+    let delivered = e2e.delivered_rate();
+    let growth = e2e.backlog_growth_secs();
+    let steady = growth <= 1.0;
+    println!(
+        "P5 end to end: offered {:.0} events/s for {:.0} s ({} workers crm/erp/marketing, Redis idempotency); \
+         ingest accepted {:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} non-2xx)",
+        e2e.offered,
+        e2e.ingest.elapsed.as_secs_f64(),
+        e2e.workers,
+        e2e.ingest.rate(),
+        e2e.ingest.quantile_ms(0.50),
+        e2e.ingest.quantile_ms(0.99),
+        e2e.ingest.non_2xx,
+    );
+    let samples: Vec<String> = e2e
+        .samples
+        .iter()
+        .map(|(at, backlog)| format!("{at:.0} s: {backlog}"))
+        .collect();
+    println!(
+        "P5 backlog (queue rows): start {}, during [{}], end {} (growth {growth:.2} s of offered events)",
+        e2e.at_start.backlog,
+        samples.join(", "),
+        e2e.at_end.backlog
+    );
+    println!(
+        "P5 events fully delivered during load   {delivered:>7.0}/s / >= 5000/s {}; backlog {} {}",
+        verdict(delivered >= 5000.0),
+        if steady { "steady" } else { "GROWING" },
+        verdict(steady)
+    );
+    println!(
+        "P5 deliveries acked during load: {:.0}/s; retried {}, parked {}, infra errors {}",
+        e2e.deliveries_rate(),
+        e2e.at_end.retried - e2e.at_start.retried,
+        e2e.at_end.parked - e2e.at_start.parked,
+        e2e.at_end.infra_errors - e2e.at_start.infra_errors,
+    );
+    match e2e.drained_after {
+        Some(after) => println!(
+            "P5 drain: queues empty {:.2} s after the load; {} deliveries acked for {} events; \
+             with the drain {:.0} events/s fully delivered",
+            after.as_secs_f64(),
+            e2e.drained.acked - e2e.at_start.acked,
+            e2e.ingest.ok,
+            e2e.ingest.ok as f64 / (e2e.ingest.elapsed + after).as_secs_f64()
+        ),
+        None => println!(
+            "P5 drain: NOT drained within the limit; {} rows left",
+            e2e.drained.backlog
+        ),
+    }
+    println!(
+        "P7 RSS under P5 load: idle {:.1} MiB, max {:.1} MiB / <= 250 MB {}; process used {:.2} cores",
+        e2e.idle_rss,
+        e2e.usage.max_rss,
+        verdict(e2e.usage.max_rss <= 250.0 * 1e6 / 1048576.0),
+        e2e.usage.cores
+    );
+}
+
+/// Smoke checks of P5 (no speed): every event was accepted and delivered,
+/// nothing failed.
+fn check_end_to_end(e2e: &EndToEnd) {
+    assert!(e2e.ingest.ok > 0, "P5: no event was accepted");
+    assert_eq!(e2e.ingest.non_2xx, 0, "P5: non-2xx answers");
+    assert!(
+        e2e.drained_after.is_some(),
+        "P5: the queues did not drain ({} rows left)",
+        e2e.drained.backlog
+    );
+    let acked = e2e.drained.acked - e2e.at_start.acked;
+    // Every event goes to one or two of the three consumers.
+    assert!(
+        (e2e.ingest.ok..=2 * e2e.ingest.ok).contains(&acked),
+        "P5: {acked} deliveries acked for {} events",
+        e2e.ingest.ok
+    );
+    assert_eq!(
+        e2e.drained.parked, e2e.at_start.parked,
+        "P5: events were parked"
+    );
 }
 
 const NODE_SERVER: &str = r#"
@@ -1263,6 +1592,19 @@ async fn run(options: Options) {
         return;
     }
 
+    if options.p5_only {
+        let e2e = end_to_end(
+            root.path(),
+            &options,
+            &factory,
+            Duration::from_secs(if options.full { 60 } else { 120 }),
+        )
+        .await;
+        report_end_to_end(&e2e, options.full);
+        check_end_to_end(&e2e);
+        return;
+    }
+
     // 1. Ceiling.
     {
         let server = BareServer::start(options.server_threads, "bare");
@@ -1316,7 +1658,7 @@ async fn run(options: Options) {
         let dir = root.path().join("switchyard-embedded");
         std::fs::create_dir_all(&dir).unwrap();
         let addr = free_port();
-        let config = write_config(&dir, addr, &embedded_bus(&dir), None);
+        let config = write_config(&dir, addr, &embedded_bus(&dir), None, &Extras::default());
         let mut child = start_switchyard(&dir, &config);
         child.wait_ready(addr, "/healthz", ready_limit).await;
         tokio::time::sleep(Duration::from_secs(if options.full { 2 } else { 0 })).await;
@@ -1370,7 +1712,7 @@ async fn run(options: Options) {
             let bus = format!(
                 "kind = \"nats\"\nurl = \"{url}\"\nstream = \"LOAD\"\nsubject_prefix = \"load\""
             );
-            let config = write_config(&dir, addr, &bus, None);
+            let config = write_config(&dir, addr, &bus, None, &Extras::default());
             let mut child = start_switchyard(&dir, &config);
             child.wait_ready(addr, "/healthz", ready_limit).await;
             let sampler = ProcSampler::start(child.pid());
@@ -1406,7 +1748,13 @@ async fn run(options: Options) {
         std::fs::create_dir_all(&dir).unwrap();
         let mock = BareServer::start(1, "mock");
         let addr = free_port();
-        let config = write_config(&dir, addr, &embedded_bus(&dir), Some(mock.addr));
+        let config = write_config(
+            &dir,
+            addr,
+            &embedded_bus(&dir),
+            Some(mock.addr),
+            &Extras::default(),
+        );
         let mut child = start_switchyard(&dir, &config);
         child.wait_ready(addr, "/healthz", ready_limit).await;
         tokio::time::sleep(Duration::from_secs(if options.full { 2 } else { 0 })).await;
@@ -1430,6 +1778,23 @@ async fn run(options: Options) {
         drop(mock);
         ((idle, under_load), call_rate)
     };
+
+    // 5. P5: end to end at a fixed rate until every queue is empty.
+    let e2e = end_to_end(root.path(), &options, &factory, ready_limit).await;
+    rows.push(Row {
+        target: format!("switchyard e2e @ {:.0}/s (P5)", e2e.offered),
+        note: format!(
+            "3 consumers, Redis idempotency, fixed rate; {:.0} events/s fully delivered",
+            e2e.delivered_rate()
+        ),
+        stats: Stats {
+            ok: e2e.ingest.ok,
+            non_2xx: e2e.ingest.non_2xx,
+            errors: e2e.ingest.errors,
+            elapsed: e2e.ingest.elapsed,
+            latencies_us: e2e.ingest.latencies_us.clone(),
+        },
+    });
 
     // The table.
     println!();
@@ -1511,6 +1876,7 @@ async fn run(options: Options) {
         "(downstream calls during the consumers run: {delivered:.0}/s; one call per event \
          is expected once the backlog drains)"
     );
+    report_end_to_end(&e2e, full);
     for note in &notes {
         println!("note: {note}");
     }
@@ -1525,4 +1891,5 @@ async fn run(options: Options) {
         );
         assert_eq!(row.stats.non_2xx, 0, "{}: non-2xx answers", row.target);
     }
+    check_end_to_end(&e2e);
 }

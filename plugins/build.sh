@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the plugin workspace for wasm32-unknown-unknown (release):
-#   target/wasm32-unknown-unknown/release/{crm,erp,marketing,hostile}.wasm
+#   target/wasm32-unknown-unknown/release/{crm,erp,marketing,hostile,noop,parse}.wasm
 #
 #   ./build.sh                     build
 #   ./build.sh --dist              build, then copy crm/erp/marketing to dist/ and
@@ -71,7 +71,7 @@ fi
 echo "build.sh: built in $((SECONDS - start)) s" >&2
 
 out="$here/target/$target/release"
-for plugin in crm erp marketing hostile; do
+for plugin in crm erp marketing hostile noop parse; do
     [[ -f "$out/$plugin.wasm" ]] || { echo "build.sh: missing $out/$plugin.wasm" >&2; exit 1; }
 done
 
@@ -84,4 +84,4 @@ if (( dist )); then
     echo "build.sh: dist/ updated (sources $(cat "$here/dist/SOURCES.sha256"))" >&2
 fi
 
-ls -l "$out"/{crm,erp,marketing,hostile}.wasm
+ls -l "$out"/{crm,erp,marketing,hostile,noop,parse}.wasm

@@ -8,7 +8,8 @@
 #        Cargo.toml  Cargo.lock  .cargo/config.toml
 #        {sdk,crm,erp,marketing}/Cargo.toml
 #        {sdk,crm,erp,marketing}/src/**/*.rs   (recursive)
-#      The hostile test fixture is deliberately not an input: it is not in dist/.
+#      The test and bench fixtures (fixtures/*) are deliberately not inputs:
+#      they are not in dist/.
 #   2. Sort the relative paths by bytes (LC_ALL=C sort).
 #   3. For each path, one listing line "<sha256 hex of the file>  <relpath>\n"
 #      (lower-case hex, two spaces: exactly what `sha256sum` prints).

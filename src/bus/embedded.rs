@@ -219,7 +219,12 @@ impl EmbeddedBus {
         };
         let queue_key = lane_queue(&delivery.consumer, delivery.lane);
         let consumer = delivery.consumer.to_string();
-        let envelope = delivery.envelope.encode();
+        // Only a parked entry keeps a copy of the envelope: an ack, a
+        // release or a retry need not pay for encoding it.
+        let envelope = match next {
+            Settle::Park(..) => delivery.envelope.encode(),
+            _ => Vec::new(),
+        };
         let attempts = delivery.attempt;
         let settled = self
             .store

@@ -606,6 +606,16 @@ impl Bus for NatsBus {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, BusError> {
+        // A waiting request for several messages holds the first one back
+        // until all `max` came or `wait` passed: take what is there now,
+        // and only when nothing is, wait for one.
+        if max > 1 && !wait.is_zero() {
+            let ready = self.pull(consumer, lane, max, Duration::ZERO).await?;
+            if !ready.is_empty() {
+                return Ok(ready);
+            }
+            return self.pull(consumer, lane, 1, wait).await;
+        }
         let entry = self.consumer(consumer)?;
         self.connected()?;
         let consumer_name: Arc<str> = Arc::from(consumer);

@@ -22,6 +22,7 @@ use crate::limiter::RateLimiter;
 use crate::plugin::ConsumerPlugin;
 use crate::telemetry::metrics::{ConsumerLabel, Metrics};
 use crate::telemetry::otlp::{SpanKind, SpanRecord, TraceContext, Tracer};
+use futures::FutureExt;
 use idempotency::{IdempotencyError, IdempotencyStore};
 use layers::{BreakerHandle, CircuitBreakerLayer, IdempotencyLayer, PluginCall, RateLimitLayer};
 use retry::{NextStep, RetrySchedule};
@@ -199,6 +200,8 @@ pub struct ConsumerLoop {
 
 /// How long one pull waits for work before the loop checks for shutdown.
 const PULL_WAIT: Duration = Duration::from_millis(500);
+/// Most deliveries one pull leases (each for a free, ready worker).
+const MAX_PULL: usize = 64;
 /// How often an empty replay lane looks for work again.
 const REPLAY_IDLE_POLL: Duration = Duration::from_millis(500);
 /// Pause after the bus itself failed, so a broken disk is not hammered.
@@ -245,14 +248,33 @@ impl ConsumerLoop {
                 Lane::Live => PULL_WAIT,
                 Lane::Replay => Duration::ZERO,
             };
+            // Other free workers whose stack is ready at once share this
+            // pull: one bus round trip leases work for all of them. Only
+            // ready services count, so the breaker and the limiter still
+            // decide before anything is pulled; a slot left without work
+            // gives its admission back when dropped.
+            let mut slots = vec![(permit, service)];
+            while slots.len() < MAX_PULL {
+                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                    break;
+                };
+                let mut service = this.service.clone();
+                match service.ready().now_or_never() {
+                    Some(Ok(_)) => slots.push((permit, service)),
+                    _ => break,
+                }
+            }
             // Not raced against shutdown: a pull dropped half-way could have
             // leased an event nobody then holds (it would wait out the
             // visibility timeout). The pull's wait is short anyway.
-            let pulled = this.bus.pull(&this.name, this.lane, 1, wait).await;
-            let delivery = match pulled {
-                Ok(mut deliveries) if !deliveries.is_empty() => deliveries.swap_remove(0),
+            let pulled = this
+                .bus
+                .pull(&this.name, this.lane, slots.len(), wait)
+                .await;
+            let deliveries = match pulled {
+                Ok(deliveries) if !deliveries.is_empty() => deliveries,
                 Ok(_) if this.lane == Lane::Replay => {
-                    drop(service);
+                    drop(slots);
                     tokio::select! {
                         _ = tokio::time::sleep(REPLAY_IDLE_POLL) => {}
                         _ = shutdown.wait_for(|stop| *stop) => break,
@@ -266,19 +288,23 @@ impl ConsumerLoop {
                     continue;
                 }
             };
-            // Paused or stopped while the pull waited: give the event back
+            // Paused or stopped while the pull waited: give the events back
             // untouched.
             if *paused.borrow() || *shutdown.borrow() {
-                if let Err(err) = this.bus.release(&delivery).await {
-                    tracing::warn!(consumer = %this.name, error = %err, "could not release a delivery; it returns after the visibility timeout");
+                for delivery in &deliveries {
+                    if let Err(err) = this.bus.release(delivery).await {
+                        tracing::warn!(consumer = %this.name, error = %err, "could not release a delivery; it returns after the visibility timeout");
+                    }
                 }
                 continue;
             }
-            let this = Arc::clone(&this);
-            in_flight.spawn(async move {
-                this.deliver(delivery, service, schedule).await;
-                drop(permit);
-            });
+            for (delivery, (permit, service)) in deliveries.into_iter().zip(slots) {
+                let this = Arc::clone(&this);
+                in_flight.spawn(async move {
+                    this.deliver(delivery, service, schedule).await;
+                    drop(permit);
+                });
+            }
         }
         let drained = tokio::time::timeout(grace, async {
             while in_flight.join_next().await.is_some() {}
