@@ -183,15 +183,6 @@ pub struct RawSource {
     /// 200 }` (or `per_minute`); above it requests are shed with 429 and
     /// `Retry-After`. Default: no per-source rate limit.
     pub rate_limit: Option<RawRateLimit>,
-    /// Whether the connection may reach loopback, private (RFC 1918,
-    /// `100.64.0.0/10`, `fc00::/7`) and link-local (`169.254.0.0/16`,
-    /// `fe80::/10`) addresses, e.g. `allow_private = true` for a downstream on
-    /// the internal network. Checked on every address the base URL's host
-    /// resolves to, at connect time. Cloud metadata addresses stay refused
-    /// either way. A base URL that is itself a literal loopback address
-    /// (`http://127.0.0.1:9101`) may reach that address without it.
-    /// Default: `false`.
-    pub allow_private: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -205,6 +196,15 @@ pub struct RawConnection {
     pub timeout: Option<String>,
     /// A limit shared by every consumer calling through this connection. Default: none.
     pub rate_limit: Option<RawRateLimit>,
+    /// Whether the connection may reach loopback, private (RFC 1918,
+    /// `100.64.0.0/10`, `fc00::/7`) and link-local (`169.254.0.0/16`,
+    /// `fe80::/10`) addresses, e.g. `allow_private = true` for a downstream on
+    /// the internal network. Checked on every address the base URL's host
+    /// resolves to, at connect time. Cloud metadata addresses stay refused
+    /// either way. A base URL that is itself a literal loopback address
+    /// (`http://127.0.0.1:9101`) may reach that address without it.
+    /// Default: `false`.
+    pub allow_private: Option<bool>,
 }
 
 /// Exactly one of: `bearer`; `basic_user` + `basic_password`; `header` + `value`.
