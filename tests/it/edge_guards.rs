@@ -130,10 +130,25 @@ async fn behind_a_trusted_proxy_the_forwarded_client_counts_and_the_list_file_re
 
 #[tokio::test]
 async fn a_source_at_its_concurrency_limit_sheds_with_503_and_persists_nothing() {
-    let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
-    options.admin = true;
+    let mut options = HubOptions::new(String::new());
     options.stripe_extra = "max_concurrency = 1".into();
+    sheds_while_one_request_is_held(options, "source_concurrency").await;
+}
+
+#[tokio::test]
+async fn the_hub_at_its_global_concurrency_limit_sheds_with_503_and_persists_nothing() {
+    let mut options = HubOptions::new(String::new());
+    options.server_extra = "max_concurrency = 1".into();
+    sheds_while_one_request_is_held(options, "global_concurrency").await;
+}
+
+/// With one request slot, holds it with a slow body and checks that others
+/// are shed (503, `Retry-After: 1`, counted under `reason`), persist
+/// nothing, and are accepted once the slot is free.
+async fn sheds_while_one_request_is_held(mut options: HubOptions, reason: &str) {
+    let mock = MockDownstream::start().await;
+    options.routes = crm_routes(&mock, "");
+    options.admin = true;
     let hub = TestHub::start(options).await;
 
     // A request takes the one slot and keeps it while its body trickles in.
@@ -169,9 +184,9 @@ async fn a_source_at_its_concurrency_limit_sheds_with_503_and_persists_nothing()
     );
     let text = metrics(&hub).await;
     assert!(
-        text.lines().any(|line| line.starts_with(
-            r#"switchyard_ingest_shed_requests_total{source="stripe",reason="source_concurrency"}"#
-        )),
+        text.lines().any(|line| line.starts_with(&format!(
+            r#"switchyard_ingest_shed_requests_total{{source="stripe",reason="{reason}"}}"#
+        ))),
         "{text}"
     );
 
