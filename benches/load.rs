@@ -580,7 +580,9 @@ async fn sender_loop(
                 began
             }
         };
-        if began >= end {
+        // A sender far behind schedule stops at the end too: the run lasts
+        // `duration` even when the target cannot take the offered rate.
+        if began >= end || Instant::now() >= end {
             break;
         }
         let request = factory.request(&host, target, sender, n);
