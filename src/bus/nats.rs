@@ -145,6 +145,10 @@ impl Drop for ProgressTicker {
     }
 }
 
+/// How long past its own expiry a pull may go unanswered before it is
+/// given up as lost.
+const PULL_ANSWER_GRACE: Duration = Duration::from_secs(5);
+
 fn unavailable(err: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(format!("nats: {err}"))
 }
@@ -575,47 +579,16 @@ impl NatsBus {
     }
 }
 
-#[async_trait]
-impl Bus for NatsBus {
-    async fn append(&self, envelope: &Envelope) -> Result<Appended, BusError> {
-        let subject = format!(
-            "{}.events.{}.{}",
-            self.prefix,
-            envelope.source,
-            type_tokens(&envelope.event_type)
-        );
-        let ack = self
-            .publish(
-                subject,
-                envelope_headers(envelope),
-                envelope.payload.clone(),
-                &envelope.dedup_key(),
-            )
-            .await?;
-        Ok(if ack.duplicate {
-            Appended::Duplicate
-        } else {
-            Appended::Stored
-        })
-    }
-
-    async fn pull(
+impl NatsBus {
+    /// One pull request: a no-wait fetch when `wait` is zero, otherwise a
+    /// batch the server expires after `wait`.
+    async fn pull_batch(
         &self,
         consumer: &str,
         lane: Lane,
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, BusError> {
-        // A waiting request for several messages holds the first one back
-        // until all `max` came or `wait` passed: take what is there now,
-        // and only when nothing is, wait for one.
-        if max > 1 && !wait.is_zero() {
-            let ready = self.pull(consumer, lane, max, Duration::ZERO).await?;
-            if !ready.is_empty() {
-                return Ok(ready);
-            }
-            return self.pull(consumer, lane, 1, wait).await;
-        }
         let entry = self.consumer(consumer)?;
         self.connected()?;
         let consumer_name: Arc<str> = Arc::from(consumer);
@@ -696,6 +669,64 @@ impl Bus for NatsBus {
             });
         }
         Ok(deliveries)
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn append(&self, envelope: &Envelope) -> Result<Appended, BusError> {
+        let subject = format!(
+            "{}.events.{}.{}",
+            self.prefix,
+            envelope.source,
+            type_tokens(&envelope.event_type)
+        );
+        let ack = self
+            .publish(
+                subject,
+                envelope_headers(envelope),
+                envelope.payload.clone(),
+                &envelope.dedup_key(),
+            )
+            .await?;
+        Ok(if ack.duplicate {
+            Appended::Duplicate
+        } else {
+            Appended::Stored
+        })
+    }
+
+    async fn pull(
+        &self,
+        consumer: &str,
+        lane: Lane,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BusError> {
+        // A waiting request for several messages holds the first one back
+        // until all `max` came or `wait` passed: take what is there now,
+        // and only when nothing is, wait for one.
+        if max > 1 && !wait.is_zero() {
+            let ready = self.pull(consumer, lane, max, Duration::ZERO).await?;
+            if !ready.is_empty() {
+                return Ok(ready);
+            }
+            return self.pull(consumer, lane, 1, wait).await;
+        }
+        // A pull whose request reached a server that then died (a cluster
+        // losing its leader) is never answered: bound it, so the consumer
+        // loop sees an error and pulls again instead of waiting forever.
+        // Messages already received when it gives up come back after
+        // their ack wait.
+        let answer_within = wait + PULL_ANSWER_GRACE;
+        tokio::time::timeout(answer_within, self.pull_batch(consumer, lane, max, wait))
+            .await
+            .unwrap_or_else(|_| {
+                Err(unavailable(format!(
+                    "no answer to a pull within {}",
+                    humantime::format_duration(answer_within)
+                )))
+            })
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), BusError> {
