@@ -13,6 +13,13 @@ fn switchyard(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `switchyard plugin test <plugin> --event <event> <rest>`.
+fn plugin_test(plugin: &str, event: &str, rest: &[&str]) -> Output {
+    let mut args = vec!["plugin", "test", plugin, "--event", event];
+    args.extend_from_slice(rest);
+    switchyard(&args)
+}
+
 fn event(name: &str) -> String {
     repo_root()
         .join("tests/fixtures/events")
@@ -34,16 +41,11 @@ fn json_run(output: &Output) -> Value {
 #[test]
 fn plugin_test_shows_the_outcome_every_request_time_and_memory() {
     let crm = plugin_path("crm").display().to_string();
-    let output = switchyard(&[
-        "plugin",
-        "test",
+    let output = plugin_test(
         &crm,
-        "--event",
         &event("customer.created.json"),
-        "--respond",
-        "crm=200",
-        "--json",
-    ]);
+        &["--respond", "crm=200", "--json"],
+    );
     assert!(output.status.success(), "{output:?}");
     let run = json_run(&output);
     assert_eq!(run["outcome"], "done");
@@ -73,15 +75,11 @@ fn plugin_test_shows_the_outcome_every_request_time_and_memory() {
     );
 
     // The same run as text, the way an author reads it.
-    let text = switchyard(&[
-        "plugin",
-        "test",
+    let text = plugin_test(
         &crm,
-        "--event",
         &event("customer.created.json"),
-        "--respond",
-        "crm=200",
-    ]);
+        &["--respond", "crm=200"],
+    );
     let text = String::from_utf8_lossy(&text.stdout);
     for expected in [
         "outcome: done",
@@ -99,32 +97,26 @@ fn plugin_test_prints_why_a_delivery_would_fail() {
     let body = dir.path().join("busy.json");
     std::fs::write(&body, r#"{"error":"busy"}"#).unwrap();
     // A downstream 503: the SDK asks for a retry, and the exit code says so.
-    let output = switchyard(&[
-        "plugin",
-        "test",
+    let output = plugin_test(
         &plugin_path("crm").display().to_string(),
-        "--event",
         &event("customer.created.json"),
-        "--respond",
-        &format!("crm=503:{}", body.display()),
-        "--json",
-    ]);
+        &[
+            "--respond",
+            &format!("crm=503:{}", body.display()),
+            "--json",
+        ],
+    );
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let run = json_run(&output);
     assert_eq!(run["outcome"], "retry");
     assert!(run["reason"].as_str().unwrap().contains("503"), "{run}");
 
     // The guest's own message: an invoice without an order goes to review.
-    let output = switchyard(&[
-        "plugin",
-        "test",
+    let output = plugin_test(
         &plugin_path("erp").display().to_string(),
-        "--event",
         &event("invoice.paid.no_order.json"),
-        "--respond",
-        "erp=200",
-        "--json",
-    ]);
+        &["--respond", "erp=200", "--json"],
+    );
     assert_eq!(output.status.code(), Some(1));
     let run = json_run(&output);
     assert_eq!(run["outcome"], "review", "{run}");
@@ -132,14 +124,11 @@ fn plugin_test_prints_why_a_delivery_would_fail() {
     assert_eq!(run["requests"].as_array().unwrap().len(), 0);
 
     // A connection the run did not grant is refused like in production.
-    let output = switchyard(&[
-        "plugin",
-        "test",
+    let output = plugin_test(
         &plugin_path("crm").display().to_string(),
-        "--event",
         &event("customer.created.json"),
-        "--json",
-    ]);
+        &["--json"],
+    );
     let run = json_run(&output);
     assert_eq!(run["outcome"], "reject", "{run}");
     assert!(
@@ -192,16 +181,11 @@ fn a_new_plugin_goes_from_template_to_a_passing_test() {
     assert!(String::from_utf8_lossy(&built.stdout).contains("loads in this host"));
 
     let example = crate_dir.join("events/customer.created.json");
-    let output = switchyard(&[
-        "plugin",
-        "test",
+    let output = plugin_test(
         &crate_path,
-        "--event",
         &example.display().to_string(),
-        "--respond",
-        "api=200",
-        "--json",
-    ]);
+        &["--respond", "api=200", "--json"],
+    );
     assert!(output.status.success(), "{output:?}");
     let run = json_run(&output);
     assert_eq!(run["outcome"], "done");
