@@ -2,12 +2,11 @@
 //! with progress anyone can read and a cancel honoured between batches. The
 //! events themselves then go through the consumer's replay lane.
 
-use crate::bus::{Bus, BusError, DeadQueue};
+use crate::bus::{Bus, BusError, DeadQueue, now_ms};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Entries moved per bus call unless the operator asks for another size.
 pub const DEFAULT_BATCH: usize = 100;
@@ -72,13 +71,6 @@ impl Job {
             status.finished_at_ms = Some(now_ms());
         });
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Every job of this process.

@@ -26,7 +26,6 @@ use redb::{ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::RwLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -55,13 +54,6 @@ pub struct EmbeddedBus {
     /// consumer removed by a reload keeps its entry (and its queue).
     wakers: RwLock<HashMap<String, Arc<Notify>>>,
     settings: EmbeddedSettings,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn unavailable(err: DurableError) -> BusError {

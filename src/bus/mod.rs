@@ -22,7 +22,16 @@ pub mod nats;
 use crate::config::EventPattern;
 use async_trait::async_trait;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Wall-clock unix milliseconds: what envelopes, parked entries and alerts
+/// carry as timestamps.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 pub use envelope::{Envelope, EnvelopeError};
 

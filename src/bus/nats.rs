@@ -25,7 +25,7 @@ use async_nats::jetstream::message::{PublishMessage, StreamMessage};
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 /// How many unacked deliveries one worker slot may account for across all
 /// processes. Deliveries waiting out a retry delay stay unacked in
@@ -151,13 +151,6 @@ const PULL_ANSWER_GRACE: Duration = Duration::from_secs(5);
 
 fn unavailable(err: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(format!("nats: {err}"))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn queue_token(queue: DeadQueue) -> &'static str {

@@ -12,11 +12,12 @@
 //! Backends: Redis (shared by many switchyard processes) and embedded (redb,
 //! one process).
 
+use crate::bus::now_ms;
 use crate::durable::{DurableError, GroupCommit, Persist};
 use async_trait::async_trait;
 use redb::{ReadableTable, TableDefinition};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 const DONE: &str = "done";
 
@@ -174,13 +175,6 @@ const EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("expiry");
 /// holder, which is what a lease expiry would do).
 pub struct EmbeddedStore {
     store: GroupCommit,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn durable_error(err: DurableError) -> IdempotencyError {
