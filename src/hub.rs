@@ -5,6 +5,7 @@
 //! taking requests, let in-flight deliveries finish within the grace period,
 //! leave the rest in the bus). Also the IO checks of `switchyard check`.
 
+use crate::admin::alerts::AlertSettings;
 use crate::admin::{ConsumerControl, ConsumerStatus, HubControl, ReloadReport, ReloadRequest};
 use crate::bus::embedded::{EmbeddedBus, EmbeddedSettings};
 use crate::bus::nats::{NatsBus, NatsSettings};
@@ -17,7 +18,7 @@ use crate::ingest::edge::{Allowlist, LimitSettings, Limits};
 use crate::ingest::signature::SigningKey;
 use crate::ingest::{Clock, EdgeSettings, Ingest, SourceEndpoint, system_clock};
 use crate::limiter::RateLimiter;
-use crate::plugin::{ConsumerPlugin, PluginError, PluginHost, build_connections};
+use crate::plugin::{Connection, ConsumerPlugin, PluginError, PluginHost, build_connections};
 use crate::telemetry::metrics::{ConsumerLabel, Metrics};
 use crate::telemetry::otlp::Tracer;
 use std::collections::{BTreeMap, HashMap};
@@ -358,6 +359,7 @@ impl Shared {
                 plugin_call(
                     Arc::clone(&prepared.plugins[name]),
                     Arc::clone(&self.metrics),
+                    Arc::clone(&stats),
                 ),
             );
             let (stop, stop_rx) = watch::channel(false);
@@ -475,9 +477,37 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     changed
 }
 
+/// What the anomaly watch runs with under `config`: its settings, the
+/// source names and the webhook connection, built with its credentials.
+fn alert_settings(config: &Config) -> Result<AlertSettings, HubError> {
+    let webhook = match &config.alerts.webhook {
+        None => None,
+        Some(name) => {
+            let connection = config
+                .connections
+                .get(name)
+                .ok_or_else(|| HubError::Connection {
+                    message: format!("alerts.webhook: unknown connection `{name}`"),
+                })?;
+            let built =
+                Connection::build(name, connection).map_err(|message| HubError::Connection {
+                    message: format!("alerts.webhook: {message}"),
+                })?;
+            Some(Arc::new(built))
+        }
+    };
+    Ok(AlertSettings {
+        config: config.alerts.clone(),
+        sources: config.sources.keys().cloned().collect(),
+        webhook,
+    })
+}
+
 /// Owns the running consumer generation and performs reloads one at a time.
 struct Supervisor {
     shared: Shared,
+    /// The anomaly watch's settings; a reload sends the new ones.
+    alerts: watch::Sender<AlertSettings>,
     config: Config,
     path: Option<PathBuf>,
     running: BTreeMap<String, RunningConsumer>,
@@ -562,6 +592,7 @@ impl Supervisor {
         let to_strings = |errors: Vec<HubError>| -> Vec<String> {
             errors.iter().map(ToString::to_string).collect()
         };
+        let alerts = alert_settings(&config).map_err(|err| vec![err.to_string()])?;
         let mut prepared = prepare(config, &self.shared.tracer).map_err(to_strings)?;
         self.shared
             .bus
@@ -575,6 +606,7 @@ impl Supervisor {
         stop_consumers(std::mem::take(&mut self.running)).await;
         self.running = self.shared.start_consumers(&prepared);
         let new: Vec<String> = self.running.keys().cloned().collect();
+        self.alerts.send_replace(alerts);
         self.config = prepared.config;
         Ok(ReloadReport {
             added: new.iter().filter(|n| !old.contains(n)).cloned().collect(),
@@ -587,6 +619,7 @@ impl Supervisor {
 /// Starts every stage; returns once the listener accepts connections.
 pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, Vec<HubError>> {
     let tracer = tracer(&config);
+    let alerts = alert_settings(&config).map_err(|err| vec![err])?;
     let mut prepared = prepare(config, &tracer)?;
     let config = &prepared.config;
     let (bus, embedded) = open_bus(config).await.map_err(|err| vec![err.into()])?;
@@ -655,6 +688,13 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         Arc::clone(&metrics),
         reloads,
     ));
+    let (alerts, alerts_rx) = watch::channel(alerts);
+    tasks.spawn(crate::admin::alerts::run(
+        Arc::clone(&control),
+        Arc::clone(&metrics),
+        alerts_rx,
+        shutdown_rx.clone(),
+    ));
     let shared = Shared {
         bus: Arc::clone(&bus),
         idempotency,
@@ -667,6 +707,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
     let running = shared.start_consumers(&prepared);
     let supervisor = Supervisor {
         shared,
+        alerts,
         config: prepared.config.clone(),
         seen: options.config_path.as_deref().and_then(file_hash),
         path: options.config_path,

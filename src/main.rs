@@ -46,6 +46,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Active alerts of the anomaly watch (from the admin API).
+    Alerts {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Also list recently cleared alerts.
+        #[arg(long)]
+        recent: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop a consumer taking new events; they wait in the bus.
     Pause {
         consumer: String,
@@ -307,6 +318,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve => serve(&cli.config).await,
         Command::Check => check(&cli.config).await,
         Command::Consumers { admin, json } => consumers(&admin, json).await,
+        Command::Alerts {
+            admin,
+            recent,
+            json,
+        } => alerts(&admin, recent, json).await,
         Command::Pause { consumer, admin } => set_paused(&admin, &consumer, true).await,
         Command::Resume { consumer, admin } => set_paused(&admin, &consumer, false).await,
         Command::Dlq { action } => queue_action(action).await,
@@ -753,6 +769,50 @@ async fn consumers(admin: &AdminArgs, json: bool) -> Result<ExitCode> {
             row.dead_letters,
             row.reviews,
             row.stats.last_error.as_deref().unwrap_or("-"),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn alerts(admin: &AdminArgs, recent: bool, json: bool) -> Result<ExitCode> {
+    let value = admin_call(admin, reqwest::Method::GET, "/v1/alerts", None).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let view: switchyard::admin::alerts::AlertsView = serde_json::from_value(value)?;
+    if !view.enabled {
+        println!("the anomaly watch is off (alerts.enabled = false)");
+    }
+    let since = |ms: u64| {
+        let now = switchyard::bus::now_ms();
+        let age = std::time::Duration::from_secs(now.saturating_sub(ms) / 1000);
+        format!("{} ago", humantime::format_duration(age))
+    };
+    let mut rows = view
+        .active
+        .iter()
+        .map(|alert| (alert, "active"))
+        .collect::<Vec<_>>();
+    if recent {
+        rows.extend(view.recent.iter().map(|alert| (alert, "cleared")));
+    }
+    if rows.is_empty() {
+        println!("no active alerts");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<8} {:<20} {:<24} {:<16}  MESSAGE",
+        "STATE", "RULE", "SUBJECT", "SINCE"
+    );
+    for (alert, state) in rows {
+        println!(
+            "{:<8} {:<20} {:<24} {:<16}  {}",
+            state,
+            alert.rule.name(),
+            alert.subject.to_string(),
+            since(alert.started_at_ms),
+            alert.message,
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -14,6 +14,12 @@
 //! - `POST /v1/jobs/{id}/cancel`: stop a replay job after its current batch
 //! - `POST /v1/reload`: re-read routes.toml and plugins; 200 with what
 //!   changed, or 422 with every problem (the running config stays)
+//! - `GET  /v1/alerts`: the anomaly watch's active and recently cleared alerts
+//! - `GET  /v1/series`: per-consumer delivered/failed/backlog points, one per
+//!   watch interval (the dashboard's sparklines)
+//! - `GET  /dashboard`: the operations page. It holds no data and needs no
+//!   token; its script calls the routes above with the token the operator
+//!   gives it (in the URL fragment, which never reaches a server, or a form).
 
 use super::{AdminError, HubControl, ParkedEntry, QueueFilter};
 use crate::bus::DeadQueue;
@@ -128,6 +134,27 @@ fn job_reply(job: Option<super::JobStatus>, id: u64) -> Result<warp::reply::Resp
     }
 }
 
+/// The page itself: static, no data, so no token. The policy lets it run
+/// only its own inline code and talk only to this listener.
+fn dashboard_page() -> warp::reply::Response {
+    const PAGE: &str = include_str!("dashboard.html");
+    const POLICY: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
+        style-src 'unsafe-inline'; img-src data:; connect-src 'self'; \
+        base-uri 'none'; frame-ancestors 'none'";
+    let mut response = warp::reply::html(PAGE).into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("content-security-policy", POLICY),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("x-content-type-options", "nosniff"),
+        ("cache-control", "no-store"),
+    ] {
+        headers.insert(name, warp::http::HeaderValue::from_static(value));
+    }
+    response
+}
+
 /// Every admin route, with auth and error mapping.
 pub fn routes(
     control: Arc<HubControl>,
@@ -142,6 +169,22 @@ pub fn routes(
         .and(warp::path::end())
         .and(warp::get())
         .map(|| warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response());
+    let dashboard = warp::path("dashboard")
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(dashboard_page);
+    let alerts = warp::path!("v1" / "alerts")
+        .and(warp::get())
+        .and(with_control.clone())
+        .map(|control: Arc<HubControl>| {
+            warp::reply::json(&control.alert_book().alerts()).into_response()
+        });
+    let series = warp::path!("v1" / "series")
+        .and(warp::get())
+        .and(with_control.clone())
+        .map(|control: Arc<HubControl>| {
+            warp::reply::json(&control.alert_book().series()).into_response()
+        });
 
     let metrics = warp::path("metrics")
         .and(warp::path::end())
@@ -307,6 +350,10 @@ pub fn routes(
 
     let api = authorized(token).and(
         reload
+            .or(alerts)
+            .unify()
+            .or(series)
+            .unify()
             .or(jobs)
             .unify()
             .or(job)
@@ -333,6 +380,8 @@ pub fn routes(
             .unify(),
     );
     health
+        .or(dashboard)
+        .unify()
         .or(api)
         .unify()
         .recover(|rejection: Rejection| async move {

@@ -3,9 +3,11 @@
 //! Owns [`HubControl`] (status of every consumer, pause/resume, the
 //! dead-letter and review queues: list, replay, discard, each with a dry run)
 //! and the admin HTTP API that exposes it on its own listener behind a bearer
-//! token compared in constant time. It never shows payload contents in lists
-//! or logs, and never a secret.
+//! token compared in constant time, with the operations dashboard page. Also
+//! runs the anomaly watch over the hub and delivers its alerts ([`alerts`]).
+//! It never shows payload contents in lists or logs, and never a secret.
 
+pub mod alerts;
 pub mod api;
 pub mod jobs;
 
@@ -201,6 +203,7 @@ pub struct HubControl {
     metrics: Arc<Metrics>,
     reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
     jobs: Jobs,
+    alerts: Arc<alerts::AlertBook>,
 }
 
 impl HubControl {
@@ -215,7 +218,13 @@ impl HubControl {
             metrics,
             reloads,
             jobs: Jobs::default(),
+            alerts: Arc::default(),
         }
+    }
+
+    /// What the anomaly watch has raised, and the dashboard's series.
+    pub fn alert_book(&self) -> Arc<alerts::AlertBook> {
+        Arc::clone(&self.alerts)
     }
 
     /// The consumers as they are now.

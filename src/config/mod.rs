@@ -32,6 +32,7 @@ pub struct Config {
     pub bus: BusConfig,
     pub idempotency: IdempotencyConfig,
     pub telemetry: TelemetryConfig,
+    pub alerts: AlertsConfig,
     pub sources: BTreeMap<String, SourceConfig>,
     pub connections: BTreeMap<String, ConnectionConfig>,
     pub consumers: BTreeMap<String, ConsumerConfig>,
@@ -113,6 +114,18 @@ pub struct TelemetryConfig {
     /// OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318`; no export if unset.
     pub otlp_endpoint: Option<String>,
     pub service_name: String,
+}
+
+/// The anomaly watch (`[alerts]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertsConfig {
+    pub enabled: bool,
+    /// How often the hub is sampled.
+    pub interval: Duration,
+    pub watch: crate::telemetry::watch::WatchConfig,
+    /// Connection that alerts are POSTed to, and the path of the POST.
+    pub webhook: Option<String>,
+    pub webhook_path: String,
 }
 
 #[derive(Debug, Clone)]

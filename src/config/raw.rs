@@ -27,6 +27,9 @@ pub struct RawConfig {
     /// Trace export over OTLP/HTTP.
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    /// The anomaly watch: baselines of the normal flow and the rules that raise and clear alerts. On by default; reloads without a restart.
+    #[serde(default)]
+    pub alerts: RawAlerts,
     /// Webhook senders, by name: `[sources.<name>]`.
     #[serde(default)]
     pub sources: BTreeMap<String, RawSource>,
@@ -125,6 +128,59 @@ pub struct RawTelemetry {
     pub otlp_endpoint: Option<String>,
     /// `service.name` of exported spans. Default `"switchyard"`; `OTEL_SERVICE_NAME` takes precedence.
     pub service_name: Option<String>,
+}
+
+/// `[alerts]`: every key is optional; the defaults suit a production hub.
+/// Durations are strings like `"10s"`, `"15m"`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    /// Run the anomaly watch. Default `true`.
+    pub enabled: Option<bool>,
+    /// How often the hub is sampled. Duration from `"100ms"` to `"5m"`. Default `"10s"`.
+    pub interval: Option<String>,
+    /// Time constant of the rolling baselines (EWMA): how far back "normal" reaches. Duration. Default `"1h"`.
+    pub learn_for: Option<String>,
+    /// How long a baseline must have learned before band rules use it. Duration. Default `"30m"`.
+    pub warmup: Option<String>,
+    /// Width of the normal band, in standard deviations. A number from 1 to 100. Default `4`.
+    pub band: Option<f64>,
+    /// How long a value must stay out of its band before an alert is raised. Duration. Default `"2m"`.
+    pub sustain: Option<String>,
+    /// How long a condition must stay normal before its alert clears. Duration. Default `"5m"`.
+    pub clear_after: Option<String>,
+    /// Fewest delivery attempts in one sample for the failure ratio to count. Integer from 1. Default `5`.
+    pub min_attempts: Option<i64>,
+    /// Delivery failure ratio that is always an error, baseline or not. Above 0, at most 1. Default `0.2`.
+    pub failure_ratio: Option<f64>,
+    /// Refused signatures per minute (per source) that are always an error. Above 0. Default `5`.
+    pub signature_failures_per_min: Option<f64>,
+    /// An ingest rate above the baseline mean times this (and above the band) is a spike. Above 1. Default `3`.
+    pub spike_factor: Option<f64>,
+    /// A source that had traffic is silent after no events for this long at least. Duration. Default `"15m"`.
+    pub silent_after: Option<String>,
+    /// ... or after this many times its usual gap between events, when that is longer. At least 1. Default `10`.
+    pub silent_factor: Option<f64>,
+    /// Mean plugin call time under which `slow_plugin` never fires. Duration. Default `"250ms"`.
+    pub slow_plugin_floor: Option<String>,
+    /// Backlog under which `backlog_high` never fires. Integer from 1. Default `1000`.
+    pub backlog_floor: Option<i64>,
+    /// Oldest pending age under which `pending_age_high` never fires. Duration. Default `"5m"`.
+    pub pending_age_floor: Option<String>,
+    /// `backlog_growing` fires when a backlog has grown, never shrinking, for this long. Duration. Default `"10m"`.
+    pub backlog_growing_for: Option<String>,
+    /// `backlog_stuck` fires when a backlog waits with no delivery at all for this long. Duration. Default `"5m"`.
+    pub stuck_for: Option<String>,
+    /// `breaker_open` fires when a consumer's breaker stays open this long. Duration. Default `"5m"`.
+    pub breaker_open_for: Option<String>,
+    /// `dead_letter_growth` / `review_growth` fire when a queue grows by at least this many entries within `queue_growth_window`. Integer from 1. Default `10`.
+    pub queue_growth: Option<i64>,
+    /// The window of `queue_growth`. Duration. Default `"15m"`.
+    pub queue_growth_window: Option<String>,
+    /// A connection (`[connections.<name>]`) to POST alerts to, e.g. an on-call tool's webhook. Its base URL, credentials, timeout and address policy apply. Default: none.
+    pub webhook: Option<String>,
+    /// Path of the POST on that connection; starts with `/`. Default `"/"`.
+    pub webhook_path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -3,11 +3,11 @@
 
 use super::breaker::{Admission, BreakerState, CallResult, CircuitBreaker, Transition};
 use super::idempotency::{self, Claim, IdempotencyStore};
-use super::{DispatchError, Verdict};
+use super::{ConsumerStats, DispatchError, Verdict};
 use crate::bus::Delivery;
 use crate::limiter::RateLimiter;
 use crate::plugin::{CallOutcome, ConsumerPlugin, PluginEvent};
-use crate::telemetry::metrics::{ConsumerLabel, ConsumerReason, Metrics};
+use crate::telemetry::metrics::{ConsumerAnswer, ConsumerLabel, ConsumerReason, Metrics};
 use futures::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use std::future::Future;
@@ -117,11 +117,20 @@ where
 pub struct PluginCall {
     plugin: Arc<ConsumerPlugin>,
     metrics: Arc<Metrics>,
+    stats: Arc<ConsumerStats>,
 }
 
 impl PluginCall {
-    pub fn new(plugin: Arc<ConsumerPlugin>, metrics: Arc<Metrics>) -> Self {
-        PluginCall { plugin, metrics }
+    pub fn new(
+        plugin: Arc<ConsumerPlugin>,
+        metrics: Arc<Metrics>,
+        stats: Arc<ConsumerStats>,
+    ) -> Self {
+        PluginCall {
+            plugin,
+            metrics,
+            stats,
+        }
     }
 }
 
@@ -137,6 +146,7 @@ impl Service<Delivery> for PluginCall {
     fn call(&mut self, delivery: Delivery) -> Self::Future {
         let plugin = Arc::clone(&self.plugin);
         let metrics = Arc::clone(&self.metrics);
+        let stats = Arc::clone(&self.stats);
         Box::pin(async move {
             let envelope = &delivery.envelope;
             let event = PluginEvent {
@@ -162,6 +172,16 @@ impl Service<Delivery> for PluginCall {
                     consumer: delivery.consumer.to_string(),
                 })
                 .observe(report.wall.as_secs_f64());
+            stats.record_call(&report);
+            for call in &report.calls {
+                metrics
+                    .downstream_answers
+                    .get_or_create(&ConsumerAnswer {
+                        consumer: delivery.consumer.to_string(),
+                        status: call.answer(),
+                    })
+                    .inc();
+            }
             for stop in &report.stops {
                 metrics
                     .sandbox_stops

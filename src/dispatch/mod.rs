@@ -26,6 +26,7 @@ use futures::FutureExt;
 use idempotency::{IdempotencyError, IdempotencyStore};
 use layers::{BreakerHandle, CircuitBreakerLayer, IdempotencyLayer, PluginCall, RateLimitLayer};
 use retry::{NextStep, RetrySchedule};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -123,8 +124,12 @@ where
 }
 
 /// The innermost service of a consumer: its plugin.
-pub fn plugin_call(plugin: Arc<ConsumerPlugin>, metrics: Arc<Metrics>) -> PluginCall {
-    PluginCall::new(plugin, metrics)
+pub fn plugin_call(
+    plugin: Arc<ConsumerPlugin>,
+    metrics: Arc<Metrics>,
+    stats: Arc<ConsumerStats>,
+) -> PluginCall {
+    PluginCall::new(plugin, metrics, stats)
 }
 
 /// Counters of one consumer, for status and tests.
@@ -139,6 +144,15 @@ pub struct ConsumerStats {
     pub in_flight: AtomicU64,
     /// The latest failure reason (never a payload).
     pub last_error: std::sync::Mutex<Option<String>>,
+    /// Plugin calls made, and their summed wall time (the anomaly watch's
+    /// latency signal: a histogram's sum is not readable here).
+    pub plugin_calls: AtomicU64,
+    pub plugin_micros: AtomicU64,
+    /// Answers of the plugin's outbound calls by [`CallRecord::answer`]
+    /// label: what tells a 5xx storm from timeouts or a dead host.
+    ///
+    /// [`CallRecord::answer`]: crate::plugin::host::CallRecord::answer
+    pub downstream: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 /// A point-in-time copy of [`ConsumerStats`].
@@ -152,6 +166,9 @@ pub struct StatsSnapshot {
     pub infra_errors: u64,
     pub in_flight: u64,
     pub last_error: Option<String>,
+    pub plugin_calls: u64,
+    pub plugin_micros: u64,
+    pub downstream: BTreeMap<String, u64>,
 }
 
 impl ConsumerStats {
@@ -166,6 +183,22 @@ impl ConsumerStats {
             infra_errors: get(&self.infra_errors),
             in_flight: get(&self.in_flight),
             last_error: self.last_error.lock().expect("stats lock").clone(),
+            plugin_calls: get(&self.plugin_calls),
+            plugin_micros: get(&self.plugin_micros),
+            downstream: self.downstream.lock().expect("stats lock").clone(),
+        }
+    }
+
+    /// Counts one finished plugin call and its outbound answers.
+    pub fn record_call(&self, report: &crate::plugin::CallReport) {
+        self.plugin_calls.fetch_add(1, Ordering::Relaxed);
+        self.plugin_micros
+            .fetch_add(report.wall.as_micros() as u64, Ordering::Relaxed);
+        if !report.calls.is_empty() {
+            let mut downstream = self.downstream.lock().expect("stats lock");
+            for call in &report.calls {
+                *downstream.entry(call.answer()).or_default() += 1;
+            }
         }
     }
 }

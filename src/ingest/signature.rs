@@ -59,6 +59,16 @@ pub enum SignatureError {
 }
 
 impl SignatureError {
+    /// Every label [`SignatureError::reason`] gives.
+    pub const REASONS: [&'static str; 6] = [
+        "missing_header",
+        "duplicate_header",
+        "malformed_header",
+        "stale_timestamp",
+        "future_timestamp",
+        "no_match",
+    ];
+
     /// A bounded metric label.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -423,6 +433,23 @@ fn standard_webhooks<'k>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reason_is_listed() {
+        let all = [
+            SignatureError::MissingHeader(STRIPE_HEADER),
+            SignatureError::DuplicateHeader(STRIPE_HEADER),
+            SignatureError::Malformed {
+                header: STRIPE_HEADER,
+                reason: "x",
+            },
+            SignatureError::StaleTimestamp,
+            SignatureError::FutureTimestamp,
+            SignatureError::NoMatch,
+        ];
+        let reasons: Vec<&str> = all.iter().map(SignatureError::reason).collect();
+        assert_eq!(reasons, SignatureError::REASONS);
+    }
 
     const SECRET: &str = "whsec_test_secret";
     const NOW: i64 = 1_700_000_000;

@@ -105,6 +105,34 @@ impl Connection {
             refused,
         })
     }
+
+    /// A POST of `body` made by the hub itself (not a plugin), e.g. an alert
+    /// to an on-call tool: same base URL, credentials, timeout and address
+    /// policy as a plugin's calls. Returns the status; errors name no secret.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<u16, String> {
+        if let Some(refused) = &self.refused {
+            return Err(refused.to_string());
+        }
+        let url = join_path(&self.base, path).map_err(|err| match err {
+            http::Error::InvalidRequest(message) => message,
+            other => format!("{other:?}"),
+        })?;
+        if let Some(limiter) = &self.limiter {
+            limiter.acquire().await;
+        }
+        let mut request = self.client.post(url).json(body);
+        if let Some((name, value)) = &self.authorization {
+            request = request.header(name.clone(), value.clone());
+        }
+        match request.send().await {
+            Ok(response) => Ok(response.status().as_u16()),
+            Err(err) if err.is_timeout() => Err("timed out".to_owned()),
+            Err(err) => Err(match AddressRefused::find_in(&err) {
+                Some(refused) => refused.to_string(),
+                None => "unreachable".to_owned(),
+            }),
+        }
+    }
 }
 
 fn authorization(auth: &AuthConfig) -> Result<(HeaderName, HeaderValue), String> {
@@ -152,6 +180,30 @@ pub struct CallRecord {
     pub method: String,
     pub path: String,
     pub status: Option<u16>,
+    /// Why no status came back, when none did.
+    pub failure: Option<CallFailure>,
+}
+
+/// Why an outbound call got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallFailure {
+    Timeout,
+    Unreachable,
+    /// Refused by the sandbox (address policy, redirect, not granted).
+    Refused,
+}
+
+impl CallRecord {
+    /// The call's outcome as a bounded label: the status code, or
+    /// `timeout`, `unreachable`, `refused`.
+    pub fn answer(&self) -> String {
+        match (self.status, self.failure) {
+            (Some(status), _) => status.to_string(),
+            (None, Some(CallFailure::Timeout)) => "timeout".to_owned(),
+            (None, Some(CallFailure::Unreachable)) => "unreachable".to_owned(),
+            (None, _) => "refused".to_owned(),
+        }
+    }
 }
 
 /// The store data of one plugin instance: lives for one event.
@@ -315,6 +367,7 @@ impl HostState {
             method: request.method.clone(),
             path: request.path.clone(),
             status: None,
+            failure: None,
         });
         let mut builder = connection.client.request(method, url).headers(headers);
         if let Some(body) = request.body {
@@ -325,6 +378,13 @@ impl HostState {
             .exchange(&connection, builder, &request.connection)
             .await;
         self.call_in_flight = false;
+        if let (Err(err), Some(last)) = (&answer, self.calls.last_mut()) {
+            last.failure = Some(match err {
+                http::Error::Timeout => CallFailure::Timeout,
+                http::Error::Connect(_) => CallFailure::Unreachable,
+                _ => CallFailure::Refused,
+            });
+        }
         if matches!(
             answer,
             Err(http::Error::Timeout) | Err(http::Error::Connect(_))

@@ -40,6 +40,21 @@ pub struct ConsumerReason {
     pub reason: String,
 }
 
+/// An outbound call's answer: a status code or `timeout`, `unreachable`,
+/// `refused` (a bounded set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerAnswer {
+    pub consumer: String,
+    pub status: String,
+}
+
+/// An alert rule and what it is about (`source:<name>`, `consumer:<name>`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabel {
+    pub rule: String,
+    pub subject: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConsumerLabel {
     pub consumer: String,
@@ -74,6 +89,10 @@ pub struct Metrics {
     /// Plugin calls the sandbox stopped, cut short or refused something, by
     /// reason (`plugin::SandboxStop` labels).
     pub sandbox_stops: Family<ConsumerReason, Counter>,
+    /// Answers of plugins' outbound calls, by consumer and status.
+    pub downstream_answers: Family<ConsumerAnswer, Counter>,
+    /// 1 while an alert of the anomaly watch is active, then 0.
+    pub alert_active: Family<AlertLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -101,6 +120,8 @@ impl Metrics {
             attempts: Family::default(),
             rate_limit_waits: Family::default(),
             sandbox_stops: Family::default(),
+            downstream_answers: Family::default(),
+            alert_active: Family::default(),
         };
         {
             let mut r = metrics.registry.lock().expect("registry lock");
@@ -178,6 +199,16 @@ impl Metrics {
                 "plugin_sandbox_stops",
                 "Plugin calls the sandbox stopped or refused something, by consumer and reason",
                 metrics.sandbox_stops.clone(),
+            );
+            r.register(
+                "plugin_downstream_answers",
+                "Answers of plugins' outbound calls by consumer and status (code, timeout, unreachable, refused)",
+                metrics.downstream_answers.clone(),
+            );
+            r.register(
+                "alert_active",
+                "1 while an anomaly-watch alert is active, by rule and subject",
+                metrics.alert_active.clone(),
             );
         }
         metrics

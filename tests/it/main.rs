@@ -7,6 +7,7 @@ mod harness;
 mod natsd;
 
 mod admin;
+mod alerts;
 mod bad_requests;
 mod bus;
 mod cli;
