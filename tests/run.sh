@@ -20,6 +20,16 @@ if [[ ! -d "$sdk/node/node_modules/stripe" ]]; then
     npm install --silent --no-audit --no-fund --prefix "$sdk/node" stripe >/dev/null
 fi
 
+# The dashboard's browser test: playwright-core drives Debian's Chromium
+# (installed with --install-toolchain; the test names what is missing).
+if [[ ! -d "$sdk/node/node_modules/playwright-core" ]]; then
+    npm install --silent --no-audit --no-fund --prefix "$sdk/node" playwright-core@1.65.2 >/dev/null
+fi
+if [[ ! -x /usr/bin/chromium && " $* " == *" --install-toolchain "* ]]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+fi
+
 # A nats-server new enough for the JetStream engine (the Debian one is 2.9),
 # started by the tests themselves on free loopback ports.
 if [[ ! -x "$sdk/nats/bin/nats-server" ]]; then

@@ -13,6 +13,7 @@ mod bus;
 mod cli;
 mod config_errors;
 mod crash;
+mod dashboard;
 mod edge_guards;
 mod end_to_end;
 mod faults;

@@ -925,3 +925,19 @@ fn default_config_matches_the_documented_values() {
     assert_eq!(config.slow_plugin_floor, Duration::from_millis(250));
     assert_eq!(config.queue_growth_window, Duration::from_secs(900));
 }
+
+#[test]
+fn one_dead_letter_raises_from_a_cold_start_when_one_is_news() {
+    let (mut watch, mut hub) = start_with(WatchConfig {
+        queue_growth: 1,
+        ..WatchConfig::default()
+    });
+    let quiet = run(&mut watch, &mut hub, 3 * STEP_MS, |_| Plan::normal(5.0));
+    assert!(quiet.is_empty(), "{quiet:#?}");
+    let one = run(&mut watch, &mut hub, STEP_MS, |_| Plan {
+        dead_letters_per_tick: 1,
+        ..Plan::normal(5.0)
+    });
+    let alert = first_raised(&one, Rule::DeadLetterGrowth).expect("dead_letter_growth raised");
+    assert_eq!(alert.value, 1.0);
+}
