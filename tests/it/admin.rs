@@ -369,16 +369,7 @@ async fn metrics_follow_a_known_sequence_of_events() {
         .await
         .unwrap();
     assert_eq!(unauthorized.status().as_u16(), 401);
-    let text = hub
-        .client
-        .get(hub.admin_url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = hub.metrics_text().await;
     println!("{text}");
     for line in [
         r#"switchyard_ingest_requests_total{source="stripe",outcome="accepted"} 2"#,

@@ -31,18 +31,6 @@ async fn post_from(
     hub.post("/webhooks/stripe", body, &headers).await
 }
 
-async fn metrics(hub: &TestHub) -> String {
-    hub.client
-        .get(hub.admin_url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn addresses_outside_the_allowlist_get_403_and_forwarded_headers_are_ignored() {
     let mock = MockDownstream::start().await;
@@ -182,7 +170,7 @@ async fn sheds_while_one_request_is_held(mut options: HubOptions, reason: &str) 
         0,
         "shed requests persist nothing"
     );
-    let text = metrics(&hub).await;
+    let text = hub.metrics_text().await;
     assert!(
         text.lines().any(|line| line.starts_with(&format!(
             r#"switchyard_ingest_shed_requests_total{{source="stripe",reason="{reason}"}}"#

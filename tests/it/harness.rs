@@ -586,6 +586,19 @@ impl TestHub {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The admin listener's Prometheus exposition.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.admin_url("/metrics"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin answers")
+            .text()
+            .await
+            .expect("a text body")
+    }
+
     /// Waits for the background job an admin answer started to finish, and
     /// returns its final status.
     pub async fn finished_job(&self, started: &Value) -> Value {

@@ -93,13 +93,13 @@ impl Watch {
             .iter()
             .map(|source| (source.name.as_str(), source))
             .collect();
-        self.sources.retain(|name, watch| {
-            let present = sources.contains_key(name.as_str());
-            if !present {
-                retire_all(watch.trackers.values_mut(), at_ms, &mut ledger);
-            }
-            present
-        });
+        retire_missing(
+            &mut self.sources,
+            |name| sources.contains_key(name),
+            |watch| &mut watch.trackers,
+            at_ms,
+            &mut ledger,
+        );
         for (name, now) in sources {
             match (self.sources.get_mut(name), step) {
                 (Some(watch), Some(step)) => {
@@ -116,13 +116,13 @@ impl Watch {
             .iter()
             .map(|consumer| (consumer.name.as_str(), consumer))
             .collect();
-        self.consumers.retain(|name, watch| {
-            let present = consumers.contains_key(name.as_str());
-            if !present {
-                retire_all(watch.trackers.values_mut(), at_ms, &mut ledger);
-            }
-            present
-        });
+        retire_missing(
+            &mut self.consumers,
+            |name| consumers.contains_key(name),
+            |watch| &mut watch.trackers,
+            at_ms,
+            &mut ledger,
+        );
         for (name, now) in consumers {
             match (self.consumers.get_mut(name), step) {
                 (Some(watch), Some(step)) => {
@@ -150,6 +150,24 @@ impl Watch {
         active.sort_by_key(|alert| alert.id);
         active
     }
+}
+
+/// Drops the watch of every subject no longer in the sample (a reload
+/// removed it), clearing its alerts.
+fn retire_missing<W>(
+    watches: &mut BTreeMap<String, W>,
+    present: impl Fn(&str) -> bool,
+    trackers: impl Fn(&mut W) -> &mut BTreeMap<Rule, Tracker>,
+    at_ms: u64,
+    ledger: &mut Ledger,
+) {
+    watches.retain(|name, watch| {
+        let keep = present(name);
+        if !keep {
+            retire_all(trackers(watch).values_mut(), at_ms, ledger);
+        }
+        keep
+    });
 }
 
 fn retire_all<'a>(
