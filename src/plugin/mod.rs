@@ -185,7 +185,12 @@ impl PluginHost {
             .max_memory_size(max_memory as usize)
             // Keeps the first pages of a slot's memory mapped between
             // instances: re-instantiation skips most page faults.
-            .linear_memory_keep_resident(2 << 20);
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10)
+            // Resets only the pages an instance dirtied (Linux 6.7+), so a
+            // slot's reuse rarely needs an `madvise`, whose TLB shootdown
+            // interrupts every core.
+            .pagemap_scan(wasmtime::Enabled::Auto);
         let mut config = EngineConfig::new();
         config
             .epoch_interruption(true)

@@ -103,6 +103,37 @@ async fn dead_letter_reason(mode: &str, limits: &str, stop: &str) -> String {
     reason
 }
 
+/// Every event gets a fresh instance: statics and heap pages an earlier event
+/// dirtied in the same pool slot are reset (regression guard for the
+/// pooling allocator's page-reset settings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_state_survives_from_one_event_to_the_next() {
+    let good = MockDownstream::start().await;
+    let routes = routes(&good, "remember", TIGHT)
+        .replace("[consumers.bad]", "[consumers.bad]\nconcurrency = 1");
+    let hub = TestHub::start(HubOptions::new(routes)).await;
+    let events = 12;
+    for n in 0..events {
+        let body = synthetic_event(
+            &unique(&format!("evt_mem{n}_")),
+            "customer.created",
+            serde_json::json!({"id": format!("cus_mem{n}"), "object": "customer"}),
+        );
+        assert_eq!(hub.send(&body).await.0, 200);
+    }
+    hub.drained(Duration::from_secs(60)).await;
+    let parked = hub.hub.bus().dead_letters("bad", DeadQueue::Review).await;
+    let reasons: Vec<String> = parked.unwrap().into_iter().map(|d| d.reason).collect();
+    assert_eq!(reasons.len(), events, "{reasons:?}");
+    for reason in &reasons {
+        assert!(
+            reason.ends_with("1 999 0"),
+            "an instance saw an earlier event's memory: {reason}"
+        );
+    }
+    hub.hub.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infinite_loop_is_stopped_by_the_cpu_budget() {
     let reason = dead_letter_reason("loop", TIGHT, "cpu").await;
