@@ -88,52 +88,23 @@ impl Watch {
             changes: Vec::new(),
         };
 
-        let sources: BTreeMap<&str, &SourceSample> = sample
-            .sources
-            .iter()
-            .map(|source| (source.name.as_str(), source))
-            .collect();
-        retire_missing(
+        let config = &self.config;
+        observe_subjects(
             &mut self.sources,
-            |name| sources.contains_key(name),
-            |watch| &mut watch.trackers,
+            &sample.sources,
             at_ms,
+            step,
+            config,
             &mut ledger,
         );
-        for (name, now) in sources {
-            match (self.sources.get_mut(name), step) {
-                (Some(watch), Some(step)) => {
-                    watch.observe(now, at_ms, step, &self.config, &mut ledger);
-                }
-                _ => {
-                    self.sources.insert(name.to_owned(), SourceWatch::new(now));
-                }
-            }
-        }
-
-        let consumers: BTreeMap<&str, &ConsumerSample> = sample
-            .consumers
-            .iter()
-            .map(|consumer| (consumer.name.as_str(), consumer))
-            .collect();
-        retire_missing(
+        observe_subjects(
             &mut self.consumers,
-            |name| consumers.contains_key(name),
-            |watch| &mut watch.trackers,
+            &sample.consumers,
             at_ms,
+            step,
+            config,
             &mut ledger,
         );
-        for (name, now) in consumers {
-            match (self.consumers.get_mut(name), step) {
-                (Some(watch), Some(step)) => {
-                    watch.observe(now, at_ms, step, &self.config, &mut ledger);
-                }
-                _ => {
-                    let watch = ConsumerWatch::new(now, at_ms, &self.config);
-                    self.consumers.insert(name.to_owned(), watch);
-                }
-            }
-        }
 
         self.next_alert_id = ledger.next_id;
         ledger.changes
@@ -152,22 +123,53 @@ impl Watch {
     }
 }
 
-/// Drops the watch of every subject no longer in the sample (a reload
-/// removed it), clearing its alerts.
-fn retire_missing<W>(
+/// What the watch keeps per source and per consumer.
+trait SubjectWatch: Sized {
+    type Sample;
+    fn name(sample: &Self::Sample) -> &str;
+    /// The first sample of a subject: only a starting point for its counters.
+    fn start(now: &Self::Sample, at_ms: u64, config: &WatchConfig) -> Self;
+    fn observe(
+        &mut self,
+        now: &Self::Sample,
+        at_ms: u64,
+        step: Duration,
+        config: &WatchConfig,
+        ledger: &mut Ledger,
+    );
+    fn trackers(&mut self) -> &mut BTreeMap<Rule, Tracker>;
+}
+
+/// Feeds one kind of subject: drops the watch of every subject no longer in
+/// the sample (a reload removed it), clearing its alerts, and starts or
+/// advances the others.
+fn observe_subjects<W: SubjectWatch>(
     watches: &mut BTreeMap<String, W>,
-    present: impl Fn(&str) -> bool,
-    trackers: impl Fn(&mut W) -> &mut BTreeMap<Rule, Tracker>,
+    samples: &[W::Sample],
     at_ms: u64,
+    step: Option<Duration>,
+    config: &WatchConfig,
     ledger: &mut Ledger,
 ) {
+    let samples: BTreeMap<&str, &W::Sample> = samples
+        .iter()
+        .map(|sample| (W::name(sample), sample))
+        .collect();
     watches.retain(|name, watch| {
-        let keep = present(name);
+        let keep = samples.contains_key(name.as_str());
         if !keep {
-            retire_all(trackers(watch).values_mut(), at_ms, ledger);
+            retire_all(watch.trackers().values_mut(), at_ms, ledger);
         }
         keep
     });
+    for (name, now) in samples {
+        match (watches.get_mut(name), step) {
+            (Some(watch), Some(step)) => watch.observe(now, at_ms, step, config, ledger),
+            _ => {
+                watches.insert(name.to_owned(), W::start(now, at_ms, config));
+            }
+        }
+    }
 }
 
 fn retire_all<'a>(
@@ -210,8 +212,18 @@ struct SourceWatch {
     trackers: BTreeMap<Rule, Tracker>,
 }
 
-impl SourceWatch {
-    fn new(now: &SourceSample) -> SourceWatch {
+impl SubjectWatch for SourceWatch {
+    type Sample = SourceSample;
+
+    fn name(sample: &SourceSample) -> &str {
+        &sample.name
+    }
+
+    fn trackers(&mut self) -> &mut BTreeMap<Rule, Tracker> {
+        &mut self.trackers
+    }
+
+    fn start(now: &SourceSample, _at_ms: u64, _config: &WatchConfig) -> SourceWatch {
         SourceWatch {
             previous: now.clone(),
             ingest_rate: Baseline::new(),
@@ -311,7 +323,9 @@ impl SourceWatch {
         }
         self.previous = now.clone();
     }
+}
 
+impl SourceWatch {
     fn silence(&self, received: u64, at_ms: u64, config: &WatchConfig) -> Condition {
         if received > 0 {
             return Condition::Normal(Some(0.0));
@@ -351,8 +365,18 @@ struct ConsumerWatch {
     trackers: BTreeMap<Rule, Tracker>,
 }
 
-impl ConsumerWatch {
-    fn new(now: &ConsumerSample, at_ms: u64, config: &WatchConfig) -> ConsumerWatch {
+impl SubjectWatch for ConsumerWatch {
+    type Sample = ConsumerSample;
+
+    fn name(sample: &ConsumerSample) -> &str {
+        &sample.name
+    }
+
+    fn trackers(&mut self) -> &mut BTreeMap<Rule, Tracker> {
+        &mut self.trackers
+    }
+
+    fn start(now: &ConsumerSample, at_ms: u64, config: &WatchConfig) -> ConsumerWatch {
         let mut dead_letters = GaugeWindow::default();
         dead_letters.record(at_ms, now.dead_letters, config.queue_growth_window);
         let mut reviews = GaugeWindow::default();
@@ -368,16 +392,6 @@ impl ConsumerWatch {
             reviews,
             trackers: BTreeMap::new(),
         }
-    }
-
-    fn is_active(&self, rule: Rule) -> bool {
-        self.trackers.get(&rule).is_some_and(Tracker::is_active)
-    }
-
-    fn held_for(&self, rule: Rule, at_ms: u64) -> Duration {
-        self.trackers
-            .get(&rule)
-            .map_or(Duration::ZERO, |tracker| tracker.held_for(at_ms))
     }
 
     fn observe(
@@ -572,6 +586,18 @@ impl ConsumerWatch {
         self.pending_age_secs
             .observe(pending_age_secs, at_ms, step, learn_for, pending_age_is_out);
         self.previous = now.clone();
+    }
+}
+
+impl ConsumerWatch {
+    fn is_active(&self, rule: Rule) -> bool {
+        self.trackers.get(&rule).is_some_and(Tracker::is_active)
+    }
+
+    fn held_for(&self, rule: Rule, at_ms: u64) -> Duration {
+        self.trackers
+            .get(&rule)
+            .map_or(Duration::ZERO, |tracker| tracker.held_for(at_ms))
     }
 
     /// A backlog grows while it is above the level its streak started from and never shrinks
