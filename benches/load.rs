@@ -896,6 +896,89 @@ impl ProcSampler {
     }
 }
 
+/// Busy CPU time of the whole machine so far, every core, in clock ticks:
+/// the `cpu` line of /proc/stat less idle and iowait.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some(fields.iter().sum::<u64>() - idle)
+}
+
+/// The pid of the redis-server on 127.0.0.1:6379, from `INFO server`.
+async fn redis_pid() -> Option<u32> {
+    let client = redis::Client::open("redis://127.0.0.1:6379").ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
+}
+
+/// Where the machine's CPU went over a load run, in cores (CPU seconds ÷
+/// wall seconds): the machine, and each named process.
+struct CpuSplit {
+    began: Instant,
+    machine: Option<u64>,
+    processes: Vec<(&'static str, u32, Option<u64>)>,
+}
+
+struct CpuUse {
+    machine: f64,
+    cores: usize,
+    processes: Vec<(&'static str, f64)>,
+}
+
+impl CpuSplit {
+    fn start(processes: &[(&'static str, u32)]) -> CpuSplit {
+        CpuSplit {
+            began: Instant::now(),
+            machine: machine_busy_ticks(),
+            processes: processes
+                .iter()
+                .map(|&(name, pid)| (name, pid, cpu_ticks(pid)))
+                .collect(),
+        }
+    }
+
+    fn finish(self) -> CpuUse {
+        let wall = self.began.elapsed().as_secs_f64();
+        let per_second = clock_ticks_per_second();
+        let cores = |from: Option<u64>, to: Option<u64>| match (from, to) {
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64 / per_second / wall,
+            _ => f64::NAN,
+        };
+        CpuUse {
+            machine: cores(self.machine, machine_busy_ticks()),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            processes: self
+                .processes
+                .iter()
+                .map(|&(name, pid, from)| (name, cores(from, cpu_ticks(pid))))
+                .collect(),
+        }
+    }
+}
+
+impl CpuUse {
+    fn of(&self, name: &str) -> f64 {
+        self.processes
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(f64::NAN, |(_, cores)| *cores)
+    }
+}
+
 // ---------------------------------------------------------------- targets --
 
 struct Row {
@@ -1224,6 +1307,10 @@ struct EndToEnd {
     drained: Flow,
     idle_rss: f64,
     usage: Usage,
+    /// Switchyard, Redis and this harness (generator and mock downstream).
+    cpu: CpuUse,
+    /// Switchyard while the queues drained (deliveries only, no ingest).
+    drain_cpu: CpuUse,
     workers: String,
 }
 
@@ -1241,12 +1328,45 @@ impl EndToEnd {
         (self.at_end.acked - self.at_start.acked) as f64 / self.ingest.elapsed.as_secs_f64()
     }
 
+    /// Switchyard's CPU split into a cost per delivery (measured while the
+    /// queues drained, when it does nothing else) and a cost per event
+    /// ingested (what remains of the CPU it used under load), and the cores
+    /// both would take at P5's 5 000 events/s. `None` without a drain long
+    /// enough to measure.
+    fn cpu_cost(&self) -> Option<CpuCost> {
+        let drain_secs = self.drained_after?.as_secs_f64();
+        let drained = self.drained.acked.checked_sub(self.at_end.acked)? as f64;
+        if drain_secs < 0.5 || drained < 1000.0 {
+            return None;
+        }
+        let per_delivery = self.drain_cpu.of("switchyard") / (drained / drain_secs);
+        let load_secs = self.ingest.elapsed.as_secs_f64();
+        let ingested = self.ingest.ok as f64 / load_secs;
+        let delivering = self.deliveries_rate() * per_delivery;
+        let per_ingest = (self.cpu.of("switchyard") - delivering).max(0.0) / ingested;
+        let deliveries_per_event =
+            (self.drained.acked - self.at_start.acked) as f64 / self.ingest.ok.max(1) as f64;
+        Some(CpuCost {
+            per_delivery_us: per_delivery * 1e6,
+            per_ingest_us: per_ingest * 1e6,
+            deliveries_per_event,
+            cores_at_target: 5000.0 * (per_ingest + deliveries_per_event * per_delivery),
+        })
+    }
+
     /// Backlog growth from the first sample to the end of the load, in
     /// seconds of offered events.
     fn backlog_growth_secs(&self) -> f64 {
         let first = self.samples.first().map_or(0, |s| s.1) as f64;
         (self.at_end.backlog as f64 - first) / self.offered
     }
+}
+
+struct CpuCost {
+    per_delivery_us: f64,
+    per_ingest_us: f64,
+    deliveries_per_event: f64,
+    cores_at_target: f64,
 }
 
 /// P5: switchyard with the three shipped consumers, Redis idempotency and a
@@ -1283,6 +1403,11 @@ async fn end_to_end(
     let at_start = flow(&client, admin).await;
     assert_eq!(at_start.backlog, 0, "a fresh hub has an empty backlog");
 
+    let mut measured = vec![("switchyard", child.pid()), ("harness", std::process::id())];
+    if let Some(pid) = redis_pid().await {
+        measured.push(("redis", pid));
+    }
+    let cpu = CpuSplit::start(&measured);
     let sampler = ProcSampler::start(child.pid());
     let began = Instant::now();
     let every = (options.p5_duration / 6).max(Duration::from_secs(1));
@@ -1317,9 +1442,11 @@ async fn end_to_end(
     .await;
     let at_end = flow(&client, admin).await;
     let usage = sampler.finish();
+    let cpu = cpu.finish();
     stop.store(true, Ordering::Relaxed);
     let samples = watcher.await.expect("backlog watcher");
 
+    let drain_cpu = CpuSplit::start(&[("switchyard", child.pid())]);
     let drain_from = Instant::now();
     let limit = Duration::from_secs(if options.full { 120 } else { 60 });
     let (drained_after, drained) = loop {
@@ -1332,6 +1459,7 @@ async fn end_to_end(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let drain_cpu = drain_cpu.finish();
     drop(child);
     drop(mock);
     EndToEnd {
@@ -1344,6 +1472,8 @@ async fn end_to_end(
         drained,
         idle_rss,
         usage,
+        cpu,
+        drain_cpu,
         workers,
     }
 }
@@ -1413,6 +1543,27 @@ fn report_end_to_end(e2e: &EndToEnd, full: bool) {
         verdict(e2e.usage.max_rss <= 250.0 * 1e6 / 1048576.0),
         e2e.usage.cores
     );
+    let cpu = &e2e.cpu;
+    println!(
+        "P5 CPU during load: machine {:.2} of {} cores busy; switchyard {:.2}, \
+         redis-server {:.2}, harness (generator + mock downstream) {:.2}",
+        cpu.machine,
+        cpu.cores,
+        cpu.of("switchyard"),
+        cpu.of("redis"),
+        cpu.of("harness"),
+    );
+    if let Some(cost) = e2e.cpu_cost() {
+        println!(
+            "P5 switchyard CPU cost: {:.0} µs per delivery (from the drain), {:.0} µs per \
+             event ingested (the rest of the load's CPU); at 5 000 events/s with {:.2} \
+             deliveries each that is {:.2} cores for switchyard alone",
+            cost.per_delivery_us,
+            cost.per_ingest_us,
+            cost.deliveries_per_event,
+            cost.cores_at_target
+        );
+    }
 }
 
 /// Smoke checks of P5 (no speed): every event was accepted and delivered,

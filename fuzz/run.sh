@@ -32,7 +32,7 @@ cp ../routes.toml corpus/config/seed-routes.toml
 for f in ../tests/config/bad/*.toml; do cp "$f" "corpus/config/seed-bad-$(basename "$f")"; done
 {
     sed -n 's/^ *pub \([a-z_]*\):.*/"\1"/p' ../src/config/raw.rs | sort -u
-    for table in server admin bus idempotency telemetry sources connections consumers; do
+    for table in server admin bus idempotency telemetry alerts sources connections consumers; do
         echo "\"[$table]\""
         echo "\"[$table.\""
     done

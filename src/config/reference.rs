@@ -20,6 +20,17 @@ pub fn json_schema() -> Value {
     schema
 }
 
+/// The top-level tables of routes.toml (`server`, `bus`, …, `routes`), from
+/// the schema, so a check that every config issue sits under one of them
+/// cannot fall behind a new table.
+pub fn top_level_tables() -> Vec<String> {
+    json_schema()
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|properties| properties.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
 /// Every key of routes.toml, table by table, with its type and its
 /// documentation (default included), as Markdown.
 pub fn markdown() -> String {
