@@ -15,13 +15,20 @@
 //! once per [`REOPEN_EVERY`]); until that succeeds every read and write fails
 //! and callers answer "unavailable". Space coming back is thus enough to
 //! recover, without a restart.
+//!
+//! Lazy commits ride on the next durable one. When none comes (queues
+//! draining with no ingest), the writer makes them durable itself within
+//! [`LAZY_PERSIST_WITHIN`]: a crash then rolls back at most that much
+//! bookkeeping, and redb, which frees the pages a lazy commit releases only
+//! at a durable commit, does not grow the file for as long as the streak lasts.
 
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Most operations applied in one transaction; bounds commit latency.
 const MAX_BATCH: usize = 4096;
@@ -31,6 +38,8 @@ const CACHE_BYTES: usize = 64 << 20;
 /// Least time between two attempts to reopen a failed database: opening may
 /// repair the file, which reads all of it.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// Longest a lazy commit stays in memory only, when no durable commit follows.
+const LAZY_PERSIST_WITHIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DurableError {
@@ -117,6 +126,8 @@ struct Shared {
     /// writer can close the file right after taking it out.
     db: RwLock<Option<Arc<Database>>>,
     fail_commits: AtomicBool,
+    /// A lazy commit is not on disk yet.
+    unpersisted: AtomicBool,
 }
 
 impl Shared {
@@ -168,7 +179,7 @@ fn open_database(path: &Path) -> Result<Database, DurableError> {
 /// and waits for the thread, so the file is closed when `GroupCommit` goes:
 /// a restart in the same process can reopen it at once.
 struct Writer {
-    jobs: Option<mpsc::UnboundedSender<Box<dyn Job>>>,
+    jobs: Option<mpsc::Sender<Box<dyn Job>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -195,8 +206,10 @@ impl GroupCommit {
             path: path.to_owned(),
             db: RwLock::new(Some(Arc::new(open_database(path)?))),
             fail_commits: AtomicBool::new(false),
+            unpersisted: AtomicBool::new(false),
         });
-        let (jobs, receiver) = mpsc::unbounded_channel();
+        // Unbounded, so `send` never blocks an async caller.
+        let (jobs, receiver) = mpsc::channel();
         let writer_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("redb-writer".into())
@@ -255,13 +268,38 @@ impl GroupCommit {
     pub fn inject_commit_failures(&self, on: bool) {
         self.shared.fail_commits.store(on, Ordering::SeqCst);
     }
+
+    /// Whether a lazy commit is still only in memory (a crash now would roll
+    /// it back).
+    pub fn has_unpersisted(&self) -> bool {
+        self.shared.unpersisted.load(Ordering::SeqCst)
+    }
 }
 
-fn writer_loop(shared: &Shared, mut receiver: mpsc::UnboundedReceiver<Box<dyn Job>>) {
+fn writer_loop(shared: &Shared, receiver: mpsc::Receiver<Box<dyn Job>>) {
+    let mut writer = WriterState {
+        shared,
+        last_reopen: None,
+        unpersisted_since: None,
+    };
     let mut batch: Vec<Box<dyn Job>> = Vec::new();
-    let mut last_reopen: Option<Instant> = None;
-    while let Some(first) = receiver.blocking_recv() {
-        batch.push(first);
+    loop {
+        let first = match writer.unpersisted_since {
+            None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(since) => {
+                receiver.recv_timeout(LAZY_PERSIST_WITHIN.saturating_sub(since.elapsed()))
+            }
+        };
+        match first {
+            Ok(job) => batch.push(job),
+            // Nothing durable came in time: an empty durable commit
+            // persists the lazy ones before it.
+            Err(RecvTimeoutError::Timeout) => {
+                writer.commit(&mut batch, true);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
         while batch.len() < MAX_BATCH {
             match receiver.try_recv() {
                 Ok(job) => batch.push(job),
@@ -269,24 +307,63 @@ fn writer_loop(shared: &Shared, mut receiver: mpsc::UnboundedReceiver<Box<dyn Jo
             }
         }
         // Lazy work (leases, acks) commits on its own first, so it never
-        // waits behind the fsync that durable appends need.
+        // waits behind the fsync that durable appends need; unless lazy
+        // commits are overdue and no durable one is about to carry them.
         let (mut lazy, mut durable): (Vec<_>, Vec<_>) =
             batch.drain(..).partition(|job| job.sync() == Persist::Lazy);
-        for group in [&mut lazy, &mut durable] {
-            if group.is_empty() {
-                continue;
+        let overdue = writer
+            .unpersisted_since
+            .is_some_and(|since| since.elapsed() >= LAZY_PERSIST_WITHIN);
+        if !lazy.is_empty() {
+            writer.commit(&mut lazy, overdue && durable.is_empty());
+        }
+        if !durable.is_empty() {
+            writer.commit(&mut durable, true);
+        }
+    }
+}
+
+/// What the writer thread keeps between batches.
+struct WriterState<'a> {
+    shared: &'a Shared,
+    last_reopen: Option<Instant>,
+    /// When the oldest lazy commit not yet on disk was made.
+    unpersisted_since: Option<Instant>,
+}
+
+impl WriterState<'_> {
+    /// Commits `group` in one transaction (fsynced if `persist`) and
+    /// answers each of its jobs.
+    fn commit(&mut self, group: &mut Vec<Box<dyn Job>>, persist: bool) {
+        let shared = self.shared;
+        let committed = match ensure_open(shared, &mut self.last_reopen) {
+            Ok(db) => commit_batch(&db, group, persist, &shared.fail_commits),
+            Err(err) => Err(err),
+        };
+        match &committed {
+            Ok(()) if persist => self.unpersisted_since = None,
+            Ok(()) => {
+                self.unpersisted_since.get_or_insert_with(Instant::now);
             }
-            let committed = match ensure_open(shared, &mut last_reopen) {
-                Ok(db) => commit_batch(&db, group, &shared.fail_commits),
-                Err(err) => Err(err),
-            };
-            if let Err(err @ (DurableError::Storage(_) | DurableError::Commit(_))) = &committed {
-                tracing::error!(path = %shared.path.display(), error = %err, "commit failed; closing the database to reopen it");
-                shared.close();
+            Err(err) => {
+                if matches!(err, DurableError::Storage(_) | DurableError::Commit(_)) {
+                    tracing::error!(path = %shared.path.display(), error = %err, "commit failed; closing the database to reopen it");
+                    shared.close();
+                }
+                // A closed database kept nothing of its lazy commits; an open
+                // one still holds them, so try again an interval later
+                // rather than at once.
+                self.unpersisted_since = match shared.current() {
+                    Ok(_) => Some(Instant::now()),
+                    Err(_) => None,
+                };
             }
-            for job in group.drain(..) {
-                job.finish(committed.clone());
-            }
+        }
+        shared
+            .unpersisted
+            .store(self.unpersisted_since.is_some(), Ordering::SeqCst);
+        for job in group.drain(..) {
+            job.finish(committed.clone());
         }
     }
 }
@@ -316,6 +393,7 @@ fn ensure_open(
 fn commit_batch(
     db: &Database,
     batch: &mut [Box<dyn Job>],
+    persist: bool,
     fail_commits: &AtomicBool,
 ) -> Result<(), DurableError> {
     if fail_commits.load(Ordering::SeqCst) {
@@ -324,8 +402,7 @@ fn commit_batch(
     let mut txn = db
         .begin_write()
         .map_err(|err| DurableError::Storage(err.to_string()))?;
-    let durable = batch.iter().any(|job| job.sync() == Persist::Durable);
-    let durability = if durable {
+    let durability = if persist {
         Durability::Immediate
     } else {
         Durability::None
@@ -337,4 +414,80 @@ fn commit_batch(
     }
     txn.commit()
         .map_err(|err| DurableError::Commit(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::TableDefinition;
+
+    const ROWS: TableDefinition<u64, u64> = TableDefinition::new("rows");
+    /// Set only in a child copy of this test binary: `wait:PATH` or `now:PATH`.
+    const CHILD_ENV: &str = "SWITCHYARD_DURABLE_CRASH_CHILD";
+    /// The exit code of a child that got as far as its crash.
+    const CRASHED: i32 = 3;
+
+    /// The child's part (a no-op in a normal run): one lazy write, then,
+    /// with `wait`, until the writer reports it on disk; then exit without
+    /// closing anything, as a crash would.
+    #[tokio::test]
+    async fn crash_child() {
+        let Ok(spec) = std::env::var(CHILD_ENV) else {
+            return;
+        };
+        let (mode, path) = spec.split_once(':').expect("mode:path");
+        let store = GroupCommit::open(Path::new(path)).unwrap();
+        store
+            .write(Persist::Lazy, |txn| {
+                txn.open_table(ROWS)?.insert(7, 7)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(store.has_unpersisted(), "a lazy commit is in memory only");
+        if mode == "wait" {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while store.has_unpersisted() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the lazy write never reached disk"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        std::process::exit(CRASHED);
+    }
+
+    /// Runs the child, then opens what it left: the row, if it survived.
+    fn crash_after_a_lazy_write(mode: &str) -> Option<u64> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crash.redb");
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "durable::tests::crash_child", "--test-threads=1"])
+            .env(CHILD_ENV, format!("{mode}:{}", path.display()))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(
+            status.code(),
+            Some(CRASHED),
+            "the child did not get to its crash"
+        );
+        let store = GroupCommit::open(&path).unwrap();
+        let txn = store.read().unwrap();
+        let table = txn.open_table(ROWS).ok()?;
+        table.get(7).unwrap().map(|value| value.value())
+    }
+
+    #[test]
+    fn lazy_writes_reach_disk_with_no_durable_write_to_carry_them() {
+        assert_eq!(crash_after_a_lazy_write("wait"), Some(7));
+    }
+
+    /// The control for the test above: a crash right after a lazy write
+    /// loses it, so surviving there is the writer's doing.
+    #[test]
+    fn a_crash_right_after_a_lazy_write_rolls_it_back() {
+        assert_eq!(crash_after_a_lazy_write("now"), None);
+    }
 }
