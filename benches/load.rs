@@ -1294,6 +1294,70 @@ async fn flow(client: &reqwest::Client, admin: SocketAddr) -> Flow {
     flow
 }
 
+/// The embedded bus writer's running totals, from `/metrics`: the one
+/// serial step of every durable append.
+struct WriterTotals {
+    at: Instant,
+    durable_commits: f64,
+    writes: f64,
+    busy_seconds: f64,
+}
+
+impl WriterTotals {
+    async fn read(client: &reqwest::Client, admin: SocketAddr) -> WriterTotals {
+        let text = client
+            .get(format!("http://{admin}/metrics"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("/metrics without `{name}`"))
+        };
+        WriterTotals {
+            at: Instant::now(),
+            durable_commits: value(r#"switchyard_bus_writer_commits_total{durability="durable"}"#),
+            writes: value("switchyard_bus_writer_operations_total"),
+            busy_seconds: value("switchyard_bus_writer_busy_seconds_total"),
+        }
+    }
+
+    /// What happened between `earlier` and this reading.
+    fn since(&self, earlier: &WriterTotals) -> WriterLoad {
+        let commits = self.durable_commits - earlier.durable_commits;
+        WriterLoad {
+            busy: (self.busy_seconds - earlier.busy_seconds)
+                / self.at.duration_since(earlier.at).as_secs_f64(),
+            writes_per_fsync: (self.writes - earlier.writes) / commits.max(1.0),
+        }
+    }
+}
+
+/// The bus writer over a run: how much of the time it was busy, and how
+/// many writes shared each fsync.
+struct WriterLoad {
+    busy: f64,
+    writes_per_fsync: f64,
+}
+
+impl std::fmt::Display for WriterLoad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "bus writer busy {:.0} % of the time, {:.1} writes per fsync",
+            self.busy * 100.0,
+            self.writes_per_fsync
+        )
+    }
+}
+
 /// What the P5 run saw.
 struct EndToEnd {
     offered: f64,
@@ -1311,6 +1375,8 @@ struct EndToEnd {
     cpu: CpuUse,
     /// Switchyard while the queues drained (deliveries only, no ingest).
     drain_cpu: CpuUse,
+    /// The bus writer during the load (appends, leases and acks).
+    writer: WriterLoad,
     workers: String,
 }
 
@@ -1407,6 +1473,7 @@ async fn end_to_end(
     if let Some(pid) = redis_pid().await {
         measured.push(("redis", pid));
     }
+    let writer_before = WriterTotals::read(&client, admin).await;
     let cpu = CpuSplit::start(&measured);
     let sampler = ProcSampler::start(child.pid());
     let began = Instant::now();
@@ -1443,6 +1510,9 @@ async fn end_to_end(
     let at_end = flow(&client, admin).await;
     let usage = sampler.finish();
     let cpu = cpu.finish();
+    let writer = WriterTotals::read(&client, admin)
+        .await
+        .since(&writer_before);
     stop.store(true, Ordering::Relaxed);
     let samples = watcher.await.expect("backlog watcher");
 
@@ -1474,6 +1544,7 @@ async fn end_to_end(
         usage,
         cpu,
         drain_cpu,
+        writer,
         workers,
     }
 }
@@ -1543,6 +1614,7 @@ fn report_end_to_end(e2e: &EndToEnd, full: bool) {
         verdict(e2e.usage.max_rss <= 250.0 * 1e6 / 1048576.0),
         e2e.usage.cores
     );
+    println!("P5 during load: {}", e2e.writer);
     let cpu = &e2e.cpu;
     println!(
         "P5 CPU during load: machine {:.2} of {} cores busy; switchyard {:.2}, \
@@ -1811,19 +1883,29 @@ async fn run(options: Options) {
         let dir = root.path().join("switchyard-embedded");
         std::fs::create_dir_all(&dir).unwrap();
         let addr = free_port();
-        let config = write_config(&dir, addr, &embedded_bus(&dir), None, &Extras::default());
+        let admin = free_port();
+        let extras = Extras {
+            admin: Some(admin),
+            ..Extras::default()
+        };
+        let config = write_config(&dir, addr, &embedded_bus(&dir), None, &extras);
         let mut child = start_switchyard(&dir, &config);
         child.wait_ready(addr, "/healthz", ready_limit).await;
         tokio::time::sleep(Duration::from_secs(if options.full { 2 } else { 0 })).await;
         let idle = rss_mib(child.pid()).unwrap_or(f64::NAN);
+        let client = reqwest::Client::new();
+        let writer_before = WriterTotals::read(&client, admin).await;
         let sampler = ProcSampler::start(child.pid());
         let stats = load(addr, 3, Pace::Closed).run().await;
         let under_load = sampler.finish();
+        let writer = WriterTotals::read(&client, admin)
+            .await
+            .since(&writer_before);
         let rate = stats.rate();
         rows.push(Row {
             target: "switchyard embedded".into(),
             note: format!(
-                "durable ack (fsync), no consumer gets the events; process used {:.2} cores",
+                "durable ack (fsync), no consumer gets the events; process used {:.2} cores; {writer}",
                 under_load.cores
             ),
             stats,

@@ -24,7 +24,7 @@
 
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -111,6 +111,30 @@ where
     }
 }
 
+/// What the writer has done since the database was opened. The writer is
+/// the one serial step of every durable write: `busy` growing nearly as fast
+/// as the clock means it is saturated, and `operations ÷ durable_commits`
+/// says how many writes share each fsync.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterCounts {
+    /// Commits made with an fsync.
+    pub durable_commits: u64,
+    /// Commits left in memory until a durable one carries them.
+    pub lazy_commits: u64,
+    /// Operations applied in committed transactions.
+    pub operations: u64,
+    /// Time spent applying and committing (CPU and waiting for the disk).
+    pub busy: Duration,
+}
+
+#[derive(Default)]
+struct WriterCounters {
+    durable_commits: AtomicU64,
+    lazy_commits: AtomicU64,
+    operations: AtomicU64,
+    busy_nanos: AtomicU64,
+}
+
 /// A redb database with one group-committing writer.
 #[derive(Clone)]
 pub struct GroupCommit {
@@ -128,6 +152,7 @@ struct Shared {
     fail_commits: AtomicBool,
     /// A lazy commit is not on disk yet.
     unpersisted: AtomicBool,
+    counters: WriterCounters,
 }
 
 impl Shared {
@@ -207,6 +232,7 @@ impl GroupCommit {
             db: RwLock::new(Some(Arc::new(open_database(path)?))),
             fail_commits: AtomicBool::new(false),
             unpersisted: AtomicBool::new(false),
+            counters: WriterCounters::default(),
         });
         // Unbounded, so `send` never blocks an async caller.
         let (jobs, receiver) = mpsc::channel();
@@ -274,6 +300,17 @@ impl GroupCommit {
     pub fn has_unpersisted(&self) -> bool {
         self.shared.unpersisted.load(Ordering::SeqCst)
     }
+
+    /// The writer's work so far (for metrics).
+    pub fn counts(&self) -> WriterCounts {
+        let counters = &self.shared.counters;
+        WriterCounts {
+            durable_commits: counters.durable_commits.load(Ordering::Relaxed),
+            lazy_commits: counters.lazy_commits.load(Ordering::Relaxed),
+            operations: counters.operations.load(Ordering::Relaxed),
+            busy: Duration::from_nanos(counters.busy_nanos.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 fn writer_loop(shared: &Shared, receiver: mpsc::Receiver<Box<dyn Job>>) {
@@ -336,10 +373,14 @@ impl WriterState<'_> {
     /// answers each of its jobs.
     fn commit(&mut self, group: &mut Vec<Box<dyn Job>>, persist: bool) {
         let shared = self.shared;
+        let started = Instant::now();
         let committed = match ensure_open(shared, &mut self.last_reopen) {
             Ok(db) => commit_batch(&db, group, persist, &shared.fail_commits),
             Err(err) => Err(err),
         };
+        shared
+            .counters
+            .record(&committed, persist, group.len(), started.elapsed());
         match &committed {
             Ok(()) if persist => self.unpersisted_since = None,
             Ok(()) => {
@@ -365,6 +406,30 @@ impl WriterState<'_> {
         for job in group.drain(..) {
             job.finish(committed.clone());
         }
+    }
+}
+
+impl WriterCounters {
+    fn record(
+        &self,
+        committed: &Result<(), DurableError>,
+        persist: bool,
+        operations: usize,
+        took: Duration,
+    ) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
+        if committed.is_err() {
+            return;
+        }
+        let commits = if persist {
+            &self.durable_commits
+        } else {
+            &self.lazy_commits
+        };
+        commits.fetch_add(1, Ordering::Relaxed);
+        self.operations
+            .fetch_add(operations as u64, Ordering::Relaxed);
     }
 }
 
@@ -456,6 +521,43 @@ mod tests {
             }
         }
         std::process::exit(CRASHED);
+    }
+
+    /// Concurrent durable writes share fsyncs, and the counts say so: every
+    /// operation is counted once, lazy commits apart, and the writer's busy
+    /// time is what it spent.
+    #[tokio::test]
+    async fn the_counts_show_how_many_writes_share_each_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = GroupCommit::open(&dir.path().join("counts.redb")).unwrap();
+        assert_eq!(store.counts(), WriterCounts::default());
+        let writes = (0..64u64).map(|n| {
+            store.write(Persist::Durable, move |txn| {
+                txn.open_table(ROWS)?.insert(n, n)?;
+                Ok(())
+            })
+        });
+        let started = Instant::now();
+        for written in futures::future::join_all(writes).await {
+            written.unwrap();
+        }
+        store
+            .write(Persist::Lazy, |txn| {
+                txn.open_table(ROWS)?.remove(0)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let counts = store.counts();
+        assert_eq!(counts.operations, 65);
+        assert_eq!(counts.lazy_commits, 1);
+        assert!(
+            (1..64).contains(&counts.durable_commits),
+            "64 concurrent writes took {} fsyncs",
+            counts.durable_commits
+        );
+        assert!(counts.busy > Duration::ZERO);
+        assert!(counts.busy <= started.elapsed());
     }
 
     /// Runs the child, then opens what it left: the row, if it survived.

@@ -307,6 +307,9 @@ impl HubControl {
             };
             m.breaker_state.get_or_create(&label).set(breaker);
         }
+        if let Some(counts) = self.bus.writer_counts() {
+            self.metrics.bus_writer(counts);
+        }
         Ok(self.metrics.render())
     }
 

@@ -732,6 +732,10 @@ impl Bus for EmbeddedBus {
         Ok(())
     }
 
+    fn writer_counts(&self) -> Option<crate::durable::WriterCounts> {
+        Some(self.store.counts())
+    }
+
     async fn backlog(&self, consumer: &str) -> Result<u64, BusError> {
         self.waker(consumer, Lane::Live)?;
         let txn = self.store.read().map_err(unavailable)?;

@@ -238,6 +238,12 @@ pub trait Bus: Send + Sync + 'static {
     /// Checks the engine can serve (for `/readyz`).
     async fn ping(&self) -> Result<(), BusError>;
 
+    /// What the engine's single writer has done, where it has one (the
+    /// embedded engine; JetStream's server does its own writing).
+    fn writer_counts(&self) -> Option<crate::durable::WriterCounts> {
+        None
+    }
+
     /// Events still waiting for `consumer` (due, delayed or leased), both lanes.
     async fn backlog(&self, consumer: &str) -> Result<u64, BusError>;
 

@@ -9,7 +9,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::durable::WriterCounts;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceReason {
@@ -26,6 +29,12 @@ pub struct SourceOutcome {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
     pub source: String,
+}
+
+/// `durable` (fsynced) or `lazy`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurabilityLabel {
+    pub durability: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -75,6 +84,10 @@ pub struct Metrics {
     pub ingest_shed: Family<SourceReason, Counter>,
     pub ingest_duration: Family<SourceLabel, Histogram, fn() -> Histogram>,
     pub bus_append_duration: Histogram,
+    /// The embedded bus writer's running totals, mirrored at each scrape.
+    pub bus_writer_commits: Family<DurabilityLabel, Counter>,
+    pub bus_writer_operations: Counter,
+    pub bus_writer_busy: Counter<f64, AtomicU64>,
     pub deliveries: Family<ConsumerOutcome, Counter>,
     pub plugin_duration: Family<ConsumerLabel, Histogram, fn() -> Histogram>,
     pub backlog: Family<ConsumerLabel, Gauge>,
@@ -110,6 +123,9 @@ impl Metrics {
             ingest_shed: Family::default(),
             ingest_duration: Family::new_with_constructor(latency_histogram),
             bus_append_duration: latency_histogram(),
+            bus_writer_commits: Family::default(),
+            bus_writer_operations: Counter::default(),
+            bus_writer_busy: Counter::default(),
             deliveries: Family::default(),
             plugin_duration: Family::new_with_constructor(latency_histogram),
             backlog: Family::default(),
@@ -149,6 +165,21 @@ impl Metrics {
                 "bus_append_duration_seconds",
                 "Time for a durable bus append",
                 metrics.bus_append_duration.clone(),
+            );
+            r.register(
+                "bus_writer_commits",
+                "Commits of the embedded bus's single writer, by durability; operations per durable commit is how many writes share an fsync",
+                metrics.bus_writer_commits.clone(),
+            );
+            r.register(
+                "bus_writer_operations",
+                "Writes applied by the embedded bus's single writer",
+                metrics.bus_writer_operations.clone(),
+            );
+            r.register(
+                "bus_writer_busy_seconds",
+                "Time the embedded bus's single writer spent applying and committing; a rate near 1 means it is saturated and caps ingest",
+                metrics.bus_writer_busy.clone(),
             );
             r.register(
                 "dispatch_deliveries",
@@ -235,6 +266,30 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// Raises the bus writer counters to the writer's own totals. `fetch_max`
+    /// keeps them monotonic under concurrent scrapes; for the seconds it
+    /// compares f64 bit patterns, which order like the values when positive.
+    pub fn bus_writer(&self, counts: WriterCounts) {
+        let raise = |counter: &Counter, total: u64| {
+            counter.inner().fetch_max(total, Ordering::Relaxed);
+        };
+        for (durability, total) in [
+            ("durable", counts.durable_commits),
+            ("lazy", counts.lazy_commits),
+        ] {
+            raise(
+                &self
+                    .bus_writer_commits
+                    .get_or_create(&DurabilityLabel { durability }),
+                total,
+            );
+        }
+        raise(&self.bus_writer_operations, counts.operations);
+        self.bus_writer_busy
+            .inner()
+            .fetch_max(counts.busy.as_secs_f64().to_bits(), Ordering::Relaxed);
     }
 
     /// The text exposition format.

@@ -389,6 +389,28 @@ async fn metrics_follow_a_known_sequence_of_events() {
     ] {
         assert!(text.lines().any(|l| l == line), "missing `{line}`");
     }
+    // The bus writer's totals: 3 appends plus the dispatch bookkeeping, at
+    // least one fsync, no lazy commit without a write in it, time spent > 0.
+    let value = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("missing `{name}`"));
+        line[name.len()..].trim().parse().unwrap()
+    };
+    let operations = value("switchyard_bus_writer_operations_total");
+    let durable = value(r#"switchyard_bus_writer_commits_total{durability="durable"}"#);
+    let lazy = value(r#"switchyard_bus_writer_commits_total{durability="lazy"}"#);
+    assert!(operations >= 3.0, "{operations} writer operations");
+    assert!(
+        durable >= 1.0 && lazy >= 1.0,
+        "{durable} durable, {lazy} lazy commits"
+    );
+    assert!(
+        lazy <= operations,
+        "{lazy} lazy commits for {operations} writes"
+    );
+    assert!(value("switchyard_bus_writer_busy_seconds_total") > 0.0);
     hub.hub.shutdown().await;
 }
 
