@@ -1267,14 +1267,20 @@ struct Flow {
     infra_errors: u64,
 }
 
-async fn flow(client: &reqwest::Client, admin: SocketAddr) -> Flow {
-    let consumers: serde_json::Value = client
-        .get(format!("http://{admin}/v1/consumers"))
+/// GET `path` from the admin API with the harness's token.
+async fn admin_get(client: &reqwest::Client, admin: SocketAddr, path: &str) -> reqwest::Response {
+    client
+        .get(format!("http://{admin}{path}"))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
-        .expect("GET /v1/consumers")
+        .unwrap_or_else(|err| panic!("GET {path}: {err}"))
+}
+
+async fn flow(client: &reqwest::Client, admin: SocketAddr) -> Flow {
+    let consumers: serde_json::Value = admin_get(client, admin, "/v1/consumers")
+        .await
         .json()
         .await
         .expect("consumer status is JSON");
@@ -1305,13 +1311,8 @@ struct WriterTotals {
 
 impl WriterTotals {
     async fn read(client: &reqwest::Client, admin: SocketAddr) -> WriterTotals {
-        let text = client
-            .get(format!("http://{admin}/metrics"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
+        let text = admin_get(client, admin, "/metrics")
             .await
-            .and_then(reqwest::Response::error_for_status)
-            .expect("GET /metrics")
             .text()
             .await
             .expect("metrics text");
