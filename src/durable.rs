@@ -135,6 +135,30 @@ struct WriterCounters {
     busy_nanos: AtomicU64,
 }
 
+impl WriterCounters {
+    fn record(
+        &self,
+        committed: &Result<(), DurableError>,
+        persist: bool,
+        operations: usize,
+        took: Duration,
+    ) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
+        if committed.is_err() {
+            return;
+        }
+        let commits = if persist {
+            &self.durable_commits
+        } else {
+            &self.lazy_commits
+        };
+        commits.fetch_add(1, Ordering::Relaxed);
+        self.operations
+            .fetch_add(operations as u64, Ordering::Relaxed);
+    }
+}
+
 /// A redb database with one group-committing writer.
 #[derive(Clone)]
 pub struct GroupCommit {
@@ -406,30 +430,6 @@ impl WriterState<'_> {
         for job in group.drain(..) {
             job.finish(committed.clone());
         }
-    }
-}
-
-impl WriterCounters {
-    fn record(
-        &self,
-        committed: &Result<(), DurableError>,
-        persist: bool,
-        operations: usize,
-        took: Duration,
-    ) {
-        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        self.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
-        if committed.is_err() {
-            return;
-        }
-        let commits = if persist {
-            &self.durable_commits
-        } else {
-            &self.lazy_commits
-        };
-        commits.fetch_add(1, Ordering::Relaxed);
-        self.operations
-            .fetch_add(operations as u64, Ordering::Relaxed);
     }
 }
 
