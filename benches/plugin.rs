@@ -9,7 +9,9 @@
 //!   the handler reads `data.object.id` (what a typical plugin costs before
 //!   it calls out);
 //!
-//! each beside the same logic as native Rust, measured in the same run.
+//! each beside the same logic as native Rust, measured in the same run. Each
+//! call runs on the plugin threads, as in the hub; the cost of that hand-off
+//! alone (an empty task there and back) is its own row.
 //! Criterion reports means; the targets are percentiles, so first a loop of
 //! individually timed calls prints p50/p99 per case.
 //!
@@ -21,6 +23,7 @@
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard::config::Config;
 use switchyard::plugin::{CallOutcome, ConsumerPlugin, PluginEvent, PluginHost, build_connections};
@@ -46,7 +49,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// Both fixtures as consumers of one host, loaded the way `serve` loads them.
-fn load_fixtures() -> (PluginHost, ConsumerPlugin, ConsumerPlugin) {
+fn load_fixtures() -> (PluginHost, Arc<ConsumerPlugin>, Arc<ConsumerPlugin>) {
     let text = format!(
         r#"
 [sources.stripe]
@@ -74,8 +77,10 @@ consumers = ["noop", "parse"]
     let instances: usize = config.consumers.values().map(|c| c.concurrency).sum();
     let host = PluginHost::new(instances as u32, 32 << 20).expect("plugin engine");
     let load = |name: &str| {
-        host.load(name, &config.consumers[name], &connections)
-            .unwrap_or_else(|err| panic!("{err}"))
+        Arc::new(
+            host.load(name, &config.consumers[name], &connections)
+                .unwrap_or_else(|err| panic!("{err}")),
+        )
     };
     let (noop, parse) = (load("noop"), load("parse"));
     (host, noop, parse)
@@ -113,7 +118,7 @@ fn native_parse(event: PluginEvent) -> Result<(), String> {
         .ok_or_else(|| "data.object.id is missing".to_owned())
 }
 
-async fn call(plugin: &ConsumerPlugin, event: PluginEvent) {
+async fn call(plugin: &Arc<ConsumerPlugin>, event: PluginEvent) {
     let report = plugin.call(event, "evt_1PgBenchPlugin0001", None).await;
     assert_eq!(report.outcome, CallOutcome::Done, "the fixture failed");
 }
@@ -144,19 +149,24 @@ where
 /// The P6 table: p50/p99 of each case, and the verdicts in a full run.
 fn print_percentiles(
     runtime: &tokio::runtime::Runtime,
-    noop: &ConsumerPlugin,
-    parse: &ConsumerPlugin,
+    noop: &Arc<ConsumerPlugin>,
+    parse: &Arc<ConsumerPlugin>,
 ) {
     let full = full_run();
     let calls = if full { 20_000 } else { 200 };
-    let (wasm_noop, native_noop_t, wasm_parse, native_parse_t) = runtime.block_on(async {
-        (
-            percentiles(calls, || call(noop, event())).await,
-            percentiles(calls, || async { native_noop(event()).unwrap() }).await,
-            percentiles(calls, || call(parse, event())).await,
-            percentiles(calls, || async { native_parse(event()).unwrap() }).await,
-        )
-    });
+    let pool = noop.pool();
+    let (wasm_noop, native_noop_t, wasm_parse, native_parse_t, hand_off) =
+        runtime.block_on(async {
+            (
+                percentiles(calls, || call(noop, event())).await,
+                percentiles(calls, || async { native_noop(event()).unwrap() }).await,
+                percentiles(calls, || call(parse, event())).await,
+                percentiles(calls, || async { native_parse(event()).unwrap() }).await,
+                // What the plugin threads add to every call: an empty task
+                // there and back.
+                percentiles(calls, || async { pool.spawn(async {}).await.unwrap() }).await,
+            )
+        });
     let verdict = |ok: bool| match (full, ok) {
         (false, _) => "(smoke: not judged)",
         (true, true) => "met",
@@ -188,6 +198,10 @@ fn print_percentiles(
     println!(
         "| native parse (serde) | {:>7.2} | {:>7.2} |                    |",
         native_parse_t.0, native_parse_t.1
+    );
+    println!(
+        "| pool hand-off (empty)| {:>7.2} | {:>7.2} | (inside wasm rows) |",
+        hand_off.0, hand_off.1
     );
 }
 

@@ -13,11 +13,13 @@ use crate::bus::{Bus, BusError, Lane, Subscriber, Subscription};
 use crate::config::{BusEngine, Config, IdempotencyBackend};
 use crate::dispatch::idempotency::{EmbeddedStore, IdempotencyError, IdempotencyStore, RedisStore};
 use crate::dispatch::layers::BreakerHandle;
+use crate::dispatch::quarantine::PluginHealth;
 use crate::dispatch::{ConsumerLoop, ConsumerStats, StackParts, consumer_stack, plugin_call};
 use crate::ingest::edge::{Allowlist, LimitSettings, Limits};
 use crate::ingest::signature::SigningKey;
 use crate::ingest::{Clock, EdgeSettings, Ingest, SourceEndpoint, system_clock};
 use crate::limiter::RateLimiter;
+use crate::plugin::pool::GuestPool;
 use crate::plugin::{Connection, ConsumerPlugin, PluginError, PluginHost, build_connections};
 use crate::telemetry::metrics::{ConsumerLabel, Metrics};
 use crate::telemetry::otlp::Tracer;
@@ -102,7 +104,11 @@ fn resolve_sources(config: &Config) -> Result<HashMap<String, SourceEndpoint>, V
 
 fn plugin_host(config: &Config) -> Result<PluginHost, PluginError> {
     // (`check` loads plugins without a tracer; `prepare` adds the hub's.)
-    let instances: usize = config.consumers.values().map(|c| c.concurrency).sum();
+    let instances: usize = config
+        .consumers
+        .values()
+        .map(|c| c.concurrency + c.replay_concurrency)
+        .sum();
     let max_memory = config
         .consumers
         .values()
@@ -282,10 +288,14 @@ struct Prepared {
     plugins: BTreeMap<String, Arc<ConsumerPlugin>>,
 }
 
-fn prepare(config: Config, tracer: &Tracer) -> Result<Prepared, Vec<HubError>> {
+fn prepare(
+    config: Config,
+    tracer: &Tracer,
+    pool: &Arc<GuestPool>,
+) -> Result<Prepared, Vec<HubError>> {
     let sources = resolve_sources(&config);
     let plugins = plugin_host(&config)
-        .map(|host| host.with_tracer(tracer.clone()))
+        .map(|host| host.with_tracer(tracer.clone()).with_pool(Arc::clone(pool)))
         .map_err(|err| vec![HubError::from(err)])
         .and_then(|host| load_plugins(&host, &config));
     match (sources, plugins) {
@@ -312,6 +322,8 @@ struct Shared {
     control: Arc<HubControl>,
     ingest: Arc<Ingest>,
     tracer: Tracer,
+    /// The plugin threads, shared by every generation of consumers.
+    pool: Arc<GuestPool>,
 }
 
 /// One consumer's pull loops (live and replay lane) and the switch that
@@ -330,9 +342,30 @@ impl Shared {
         let mut controls = BTreeMap::new();
         let mut running = BTreeMap::new();
         for (name, consumer) in &config.consumers {
-            let (stats, paused) = match previous.get(name) {
-                Some(old) => (Arc::clone(&old.stats), old.paused.clone()),
-                None => (Arc::new(ConsumerStats::default()), watch::channel(false).0),
+            let plugin = &prepared.plugins[name];
+            let (stats, paused, health) = match previous.get(name) {
+                Some(old) => {
+                    // A new plugin version gets a fresh chance: a quarantine
+                    // of the old one is lifted.
+                    if old.plugin_digest != plugin.digest() && old.health.clear() {
+                        old.paused.send_replace(false);
+                        tracing::info!(
+                            consumer = name.as_str(),
+                            "new plugin version; quarantine lifted"
+                        );
+                    }
+                    old.health.set_threshold(consumer.quarantine_after);
+                    (
+                        Arc::clone(&old.stats),
+                        old.paused.clone(),
+                        Arc::clone(&old.health),
+                    )
+                }
+                None => {
+                    let paused = watch::channel(false).0;
+                    let health = PluginHealth::new(name, consumer.quarantine_after, paused.clone());
+                    (Arc::new(ConsumerStats::default()), paused, Arc::new(health))
+                }
             };
             let breaker = consumer
                 .circuit_breaker
@@ -357,9 +390,10 @@ impl Shared {
             let service = consumer_stack(
                 policies,
                 plugin_call(
-                    Arc::clone(&prepared.plugins[name]),
+                    Arc::clone(plugin),
                     Arc::clone(&self.metrics),
                     Arc::clone(&stats),
+                    Arc::clone(&health),
                 ),
             );
             let (stop, stop_rx) = watch::channel(false);
@@ -393,6 +427,8 @@ impl Shared {
                     breaker,
                     paused,
                     concurrency: consumer.concurrency,
+                    health,
+                    plugin_digest: plugin.digest().to_owned(),
                 }),
             );
         }
@@ -593,7 +629,8 @@ impl Supervisor {
             errors.iter().map(ToString::to_string).collect()
         };
         let alerts = alert_settings(&config).map_err(|err| vec![err.to_string()])?;
-        let mut prepared = prepare(config, &self.shared.tracer).map_err(to_strings)?;
+        let mut prepared =
+            prepare(config, &self.shared.tracer, &self.shared.pool).map_err(to_strings)?;
         self.shared
             .bus
             .resubscribe(&Subscriber::from_config(&prepared.config))
@@ -620,7 +657,16 @@ impl Supervisor {
 pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, Vec<HubError>> {
     let tracer = tracer(&config);
     let alerts = alert_settings(&config).map_err(|err| vec![err])?;
-    let mut prepared = prepare(config, &tracer)?;
+    // Apart from the runtime that answers webhooks: plugin code runs here.
+    let threads = config
+        .server
+        .plugin_threads
+        .unwrap_or_else(GuestPool::default_threads);
+    let pool = Arc::new(
+        GuestPool::new(threads)
+            .map_err(|err| vec![HubError::from(PluginError::Pool(err.to_string()))])?,
+    );
+    let mut prepared = prepare(config, &tracer, &pool)?;
     let config = &prepared.config;
     let (bus, embedded) = open_bus(config).await.map_err(|err| vec![err.into()])?;
     let (idempotency, key_prefix) = idempotency_store(config)
@@ -687,6 +733,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         Arc::clone(&bus),
         Arc::clone(&metrics),
         reloads,
+        Arc::clone(&pool),
     ));
     let (alerts, alerts_rx) = watch::channel(alerts);
     tasks.spawn(crate::admin::alerts::run(
@@ -703,6 +750,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         control: Arc::clone(&control),
         ingest: Arc::clone(&ingest),
         tracer,
+        pool,
     };
     let running = shared.start_consumers(&prepared);
     let supervisor = Supervisor {

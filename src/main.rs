@@ -747,9 +747,10 @@ async fn consumers(admin: &AdminArgs, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<switchyard::admin::ConsumerStatus> = serde_json::from_value(value)?;
+    // CPU: the consumer's share of all guest time on the plugin threads.
     println!(
-        "{:<16} {:<18} {:>8} {:>10} {:>10} {:>8} {:>6} {:>6}  LAST ERROR",
-        "CONSUMER", "STATE", "BACKLOG", "OLDEST", "DELIVERED", "RETRIED", "DLQ", "REVIEW"
+        "{:<16} {:<18} {:>8} {:>10} {:>10} {:>8} {:>6} {:>6} {:>5}  LAST ERROR",
+        "CONSUMER", "STATE", "BACKLOG", "OLDEST", "DELIVERED", "RETRIED", "DLQ", "REVIEW", "CPU"
     );
     for row in rows {
         let oldest = row
@@ -758,8 +759,12 @@ async fn consumers(admin: &AdminArgs, json: bool) -> Result<ExitCode> {
                 humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string()
             })
             .unwrap_or_else(|| "-".into());
+        let last_error = row
+            .quarantined
+            .as_deref()
+            .or(row.stats.last_error.as_deref());
         println!(
-            "{:<16} {:<18} {:>8} {:>10} {:>10} {:>8} {:>6} {:>6}  {}",
+            "{:<16} {:<18} {:>8} {:>10} {:>10} {:>8} {:>6} {:>6} {:>4.0}%  {}",
             row.name,
             serde_json::to_value(row.state)?.as_str().unwrap_or("?"),
             row.backlog,
@@ -768,7 +773,8 @@ async fn consumers(admin: &AdminArgs, json: bool) -> Result<ExitCode> {
             row.stats.retried,
             row.dead_letters,
             row.reviews,
-            row.stats.last_error.as_deref().unwrap_or("-"),
+            row.cpu_share * 100.0,
+            last_error.unwrap_or("-"),
         );
     }
     Ok(ExitCode::SUCCESS)

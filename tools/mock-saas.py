@@ -14,6 +14,15 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 NAMES = {9101: "crm", 9102: "erp", 9103: "marketing"}
+# print() writes the text and the newline apart, so under concurrency two
+# calls could share a line: each line goes out whole, one writer at a time.
+OUTPUT = threading.Lock()
+
+
+def say(line):
+    with OUTPUT:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -21,10 +30,11 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
         port = self.server.server_address[1]
-        print(
+        # A body on one line, so one call is one line.
+        body = body.replace("\r", "\\r").replace("\n", "\\n")
+        say(
             f"{NAMES.get(port, port):<10} {self.command:<6} {self.path} "
-            f"idempotency-key={self.headers.get('Idempotency-Key')} {body}",
-            flush=True,
+            f"idempotency-key={self.headers.get('Idempotency-Key')} {body}"
         )
         payload = b"{}"
         self.send_response(200)
@@ -50,7 +60,7 @@ def main():
     servers = [ThreadingHTTPServer((host, port), Handler) for port in ports]
     for server in servers[1:]:
         threading.Thread(target=server.serve_forever, daemon=True).start()
-    print(f"mock SaaS APIs on {host}:{', '.join(map(str, ports))}", flush=True)
+    say(f"mock SaaS APIs on {host}:{', '.join(map(str, ports))}")
     servers[0].serve_forever()
 
 

@@ -124,7 +124,13 @@ fn consumer_sample(status: &ConsumerStatus, limiter_waits: u64) -> ConsumerSampl
         backlog: status.backlog,
         oldest_pending_ms: status.oldest_pending_ms,
         breaker_open: status.breaker == Some(BreakerState::Open),
-        paused: status.state == ConsumerState::Paused,
+        paused: matches!(
+            status.state,
+            ConsumerState::Paused | ConsumerState::Quarantined
+        ),
+        quarantined: status.quarantined.is_some(),
+        cpu_micros: (status.cpu_seconds * 1e6) as u64,
+        cpu_limit: status.cpu_per_second.unwrap_or(status.pool_threads as f64),
         dead_letters: status.dead_letters,
         reviews: status.reviews,
     }

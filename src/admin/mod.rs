@@ -15,7 +15,9 @@ use crate::bus::{Bus, BusError, DeadLetter, DeadQueue};
 use crate::config::EventPattern;
 use crate::dispatch::breaker::BreakerState;
 use crate::dispatch::layers::BreakerHandle;
+use crate::dispatch::quarantine::PluginHealth;
 use crate::dispatch::{ConsumerStats, StatsSnapshot};
+use crate::plugin::pool::GuestPool;
 use crate::telemetry::metrics::{ConsumerLabel, Metrics};
 pub use jobs::{JobKind, JobState, JobStatus};
 use jobs::{Jobs, Requeue};
@@ -30,6 +32,8 @@ use tokio::sync::watch;
 pub enum ConsumerState {
     Running,
     Paused,
+    /// Paused by its plugin-health breaker: the sandbox kept stopping it.
+    Quarantined,
     /// The breaker is open: nothing is pulled until it probes again.
     BreakerOpen,
     BreakerHalfOpen,
@@ -50,6 +54,21 @@ pub struct ConsumerStatus {
     pub breaker: Option<BreakerState>,
     /// How many times the breaker opened since start.
     pub breaker_opened: u64,
+    /// Why the plugin-health breaker quarantined the consumer, if it did.
+    #[serde(default)]
+    pub quarantined: Option<String>,
+    /// Guest time its plugin used on the plugin threads, and that as a
+    /// fraction of all consumers' guest time: its CPU share used.
+    #[serde(default)]
+    pub cpu_seconds: f64,
+    #[serde(default)]
+    pub cpu_share: f64,
+    /// Its guest CPU quota in cores, if any.
+    #[serde(default)]
+    pub cpu_per_second: Option<f64>,
+    /// Threads that run plugin code, shared by every consumer.
+    #[serde(default)]
+    pub pool_threads: usize,
     #[serde(flatten)]
     pub stats: StatsSnapshot,
 }
@@ -60,6 +79,11 @@ pub struct ConsumerControl {
     pub breaker: Option<Arc<BreakerHandle>>,
     pub paused: watch::Sender<bool>,
     pub concurrency: usize,
+    /// The plugin-health breaker.
+    pub health: Arc<PluginHealth>,
+    /// SHA-256 of the running plugin: a reload with another lifts a
+    /// quarantine.
+    pub plugin_digest: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +228,8 @@ pub struct HubControl {
     reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
     jobs: Jobs,
     alerts: Arc<alerts::AlertBook>,
+    /// The plugin threads: CPU used per consumer.
+    pool: Arc<GuestPool>,
 }
 
 impl HubControl {
@@ -211,8 +237,10 @@ impl HubControl {
         bus: Arc<dyn Bus>,
         metrics: Arc<Metrics>,
         reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
+        pool: Arc<GuestPool>,
     ) -> HubControl {
         HubControl {
+            pool,
             bus,
             consumers: Default::default(),
             metrics,
@@ -257,9 +285,13 @@ impl HubControl {
     /// Status of every consumer, in name order.
     pub async fn status(&self) -> Result<Vec<ConsumerStatus>, BusError> {
         let mut out = Vec::new();
+        let pool = self.pool.usage();
         for (name, control) in &self.consumers() {
             let breaker = control.breaker.as_ref().map(|b| b.state());
+            let quarantined = control.health.quarantined();
+            let cpu = pool.consumers.get(name).copied().unwrap_or_default();
             let state = match (*control.paused.borrow(), breaker) {
+                (true, _) if quarantined.is_some() => ConsumerState::Quarantined,
                 (true, _) => ConsumerState::Paused,
                 (false, Some(BreakerState::Open)) => ConsumerState::BreakerOpen,
                 (false, Some(BreakerState::HalfOpen)) => ConsumerState::BreakerHalfOpen,
@@ -279,6 +311,15 @@ impl HubControl {
                 reviews: self.bus.parked_count(name, DeadQueue::Review).await?,
                 breaker,
                 breaker_opened: control.breaker.as_ref().map_or(0, |b| b.times_opened()),
+                quarantined,
+                cpu_seconds: cpu.used.as_secs_f64(),
+                cpu_share: if pool.busy.is_zero() {
+                    0.0
+                } else {
+                    cpu.used.as_secs_f64() / pool.busy.as_secs_f64()
+                },
+                cpu_per_second: cpu.cpu_per_second,
+                pool_threads: pool.threads,
                 stats: control.stats.snapshot(),
             });
         }
@@ -310,6 +351,7 @@ impl HubControl {
         if let Some(counts) = self.bus.writer_counts() {
             self.metrics.bus_writer(counts);
         }
+        self.metrics.guest_pool(&self.pool.usage());
         Ok(self.metrics.render())
     }
 
@@ -320,9 +362,16 @@ impl HubControl {
         Ok(())
     }
 
+    /// Runs the consumer again; lifts a quarantine too.
     pub fn resume(&self, name: &str) -> Result<(), AdminError> {
-        self.consumer(name)?.paused.send_replace(false);
-        tracing::warn!(consumer = name, "consumer resumed by operator");
+        let control = self.consumer(name)?;
+        let was_quarantined = control.health.clear();
+        control.paused.send_replace(false);
+        tracing::warn!(
+            consumer = name,
+            was_quarantined,
+            "consumer resumed by operator"
+        );
         Ok(())
     }
 

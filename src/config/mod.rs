@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub max_concurrency: usize,
     /// Webhook request rate over all sources.
     pub rate_limit: Option<RateLimit>,
+    /// Threads that run plugin code; `None`: one per core.
+    pub plugin_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -250,6 +252,12 @@ pub struct ConsumerConfig {
     pub circuit_breaker: Option<crate::dispatch::breaker::BreakerConfig>,
     /// Non-secret settings the plugin reads with `config(key)`.
     pub settings: BTreeMap<String, String>,
+    /// Relative share of the plugin threads under contention.
+    pub cpu_weight: f64,
+    /// Guest CPU quota, in cores.
+    pub cpu_per_second: Option<f64>,
+    /// Consecutive sandbox stops before quarantine; 0 never.
+    pub quarantine_after: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

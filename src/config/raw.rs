@@ -81,6 +81,11 @@ pub struct RawServer {
     /// 429 and `Retry-After`. Default: no global rate limit. Takes a
     /// restart to change.
     pub rate_limit: Option<RawRateLimit>,
+    /// Threads that run plugin code, apart from the threads that answer
+    /// webhooks and drive the bus (and at a lower OS priority). Consumers
+    /// share them by `cpu_weight`. An integer from 1 to 256. Default: one
+    /// per core. Takes a restart to change.
+    pub plugin_threads: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -299,6 +304,23 @@ pub struct RawConsumer {
     pub rate_limit: Option<RawRateLimit>,
     /// Stops calling a failing downstream for a while. On by default with the defaults below.
     pub circuit_breaker: Option<RawBreaker>,
+    /// This consumer's share of the plugin threads when consumers compete
+    /// for them, relative to the others' weights (`3` gets three times the
+    /// guest CPU of `1`); an idle consumer's share goes to the others. A
+    /// number above 0, at most 1000. Default `1`.
+    pub cpu_weight: Option<f64>,
+    /// Most guest CPU this consumer may use per second, in cores (`0.5` is
+    /// half a core), even while the threads are otherwise idle: a quota for
+    /// a team that must be held to one. A number above 0, at most 256.
+    /// Default: none.
+    pub cpu_per_second: Option<f64>,
+    /// Consecutive calls stopped by the sandbox (CPU or wall-clock budget,
+    /// memory cap, stack overflow, trap) after which the consumer is
+    /// quarantined: paused with the reason and an alert, its events kept in
+    /// its queue, until an operator resumes it or a reload brings a new
+    /// plugin version. `0` never quarantines. An integer from 0 to 1000000.
+    /// Default `10`.
+    pub quarantine_after: Option<i64>,
     /// Non-secret strings the plugin reads with `config(key)`. Default: none.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,

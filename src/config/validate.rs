@@ -194,6 +194,14 @@ impl Checker<'_> {
                 .rate_limit
                 .as_ref()
                 .and_then(|limit| self.rate_limit("server.rate_limit".into(), limit)),
+            plugin_threads: raw.plugin_threads.map(|_| {
+                self.count(
+                    "server.plugin_threads".into(),
+                    raw.plugin_threads,
+                    (1, 256),
+                    1,
+                ) as usize
+            }),
         }
     }
 
@@ -845,6 +853,30 @@ impl Checker<'_> {
             rate_limit,
             circuit_breaker,
             settings: raw.settings.clone(),
+            cpu_weight: self
+                .positive(at("cpu_weight"), raw.cpu_weight, 1000.0)
+                .unwrap_or(1.0),
+            cpu_per_second: self.positive(at("cpu_per_second"), raw.cpu_per_second, 256.0),
+            quarantine_after: self.count(
+                at("quarantine_after"),
+                raw.quarantine_after,
+                (0, 1_000_000),
+                10,
+            ),
+        }
+    }
+
+    /// A number above 0 and at most `max`, if given.
+    fn positive(&mut self, at: String, value: Option<f64>, max: f64) -> Option<f64> {
+        let value = value?;
+        if value > 0.0 && value <= max {
+            Some(value)
+        } else {
+            self.issue(
+                at,
+                format!("`{value}` is out of range: use a number above 0, at most {max}"),
+            );
+            None
         }
     }
 

@@ -3,6 +3,7 @@
 
 use super::breaker::{Admission, BreakerState, CallResult, CircuitBreaker, Transition};
 use super::idempotency::{self, Claim, IdempotencyStore};
+use super::quarantine::PluginHealth;
 use super::{ConsumerStats, DispatchError, Verdict};
 use crate::bus::Delivery;
 use crate::limiter::RateLimiter;
@@ -118,6 +119,7 @@ pub struct PluginCall {
     plugin: Arc<ConsumerPlugin>,
     metrics: Arc<Metrics>,
     stats: Arc<ConsumerStats>,
+    health: Arc<PluginHealth>,
 }
 
 impl PluginCall {
@@ -125,11 +127,13 @@ impl PluginCall {
         plugin: Arc<ConsumerPlugin>,
         metrics: Arc<Metrics>,
         stats: Arc<ConsumerStats>,
+        health: Arc<PluginHealth>,
     ) -> Self {
         PluginCall {
             plugin,
             metrics,
             stats,
+            health,
         }
     }
 }
@@ -147,6 +151,7 @@ impl Service<Delivery> for PluginCall {
         let plugin = Arc::clone(&self.plugin);
         let metrics = Arc::clone(&self.metrics);
         let stats = Arc::clone(&self.stats);
+        let health = Arc::clone(&self.health);
         Box::pin(async move {
             let envelope = &delivery.envelope;
             let event = PluginEvent {
@@ -166,13 +171,19 @@ impl Service<Delivery> for PluginCall {
                     envelope.traceparent.as_deref(),
                 )
                 .await;
+            let label = ConsumerLabel {
+                consumer: delivery.consumer.to_string(),
+            };
             metrics
                 .plugin_duration
-                .get_or_create(&ConsumerLabel {
-                    consumer: delivery.consumer.to_string(),
-                })
+                .get_or_create(&label)
                 .observe(report.wall.as_secs_f64());
+            metrics
+                .plugin_pool_wait
+                .get_or_create(&label)
+                .observe(report.pool_wait.as_secs_f64());
             stats.record_call(&report);
+            health.record(&report);
             for call in &report.calls {
                 metrics
                     .downstream_answers

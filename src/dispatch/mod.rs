@@ -14,6 +14,7 @@
 pub mod breaker;
 pub mod idempotency;
 pub mod layers;
+pub mod quarantine;
 pub mod retry;
 
 use crate::bus::{Bus, BusError, DeadQueue, Delivery, Lane};
@@ -128,8 +129,9 @@ pub fn plugin_call(
     plugin: Arc<ConsumerPlugin>,
     metrics: Arc<Metrics>,
     stats: Arc<ConsumerStats>,
+    health: Arc<quarantine::PluginHealth>,
 ) -> PluginCall {
-    PluginCall::new(plugin, metrics, stats)
+    PluginCall::new(plugin, metrics, stats, health)
 }
 
 /// Counters of one consumer, for status and tests.

@@ -476,18 +476,9 @@ pub async fn run_test(
         .map_err(|err| DevkitError::Load(err.to_string()))?;
     let memory_limit = consumer.limits.memory;
     let effect_id = event.id.clone();
-    // On a thread of its own, so that thread's CPU time is the call's.
-    let (report, cpu) = tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("start a runtime for the call");
-        let before = thread_cpu_time();
-        let report = runtime.block_on(loaded.call(event, &effect_id, None));
-        (report, thread_cpu_time().saturating_sub(before))
-    })
-    .await
-    .map_err(|err| DevkitError::Load(format!("the call panicked: {err}")))?;
+    // On the plugin threads, as in the hub: its guest time is the call's CPU.
+    let report = Arc::new(loaded).call(event, &effect_id, None).await;
+    let cpu = report.guest_time;
     let requests = recorded.lock().expect("recorder lock").clone();
     Ok(summarize(report, requests, cpu, memory_limit))
 }
@@ -625,16 +616,4 @@ async fn stand_in(
         .map_err(|err| DevkitError::Usage(err.to_string()))?;
     tokio::spawn(warp::serve(route).incoming(listener).run());
     Ok(addr)
-}
-
-/// CPU time of the calling thread so far.
-fn thread_cpu_time() -> Duration {
-    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD)
-        .map(|usage| {
-            let micros = |t: nix::sys::time::TimeVal| {
-                Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
-            };
-            micros(usage.user_time()) + micros(usage.system_time())
-        })
-        .unwrap_or_default()
 }

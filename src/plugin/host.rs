@@ -234,6 +234,8 @@ pub struct HostState {
     pub memory_refused: bool,
     /// Largest linear memory granted so far, in bytes.
     pub peak_memory: usize,
+    /// This call's turns on the guest pool.
+    pub turns: super::pool::CallTurns,
 }
 
 impl HostState {
@@ -241,6 +243,7 @@ impl HostState {
         context: Arc<ConsumerContext>,
         event_id: String,
         trace: Option<TraceContext>,
+        turns: super::pool::CallTurns,
     ) -> HostState {
         let limits = wasmtime::StoreLimitsBuilder::new()
             .memory_size(context.limits.memory as usize)
@@ -263,6 +266,7 @@ impl HostState {
             limits,
             memory_refused: false,
             peak_memory: 0,
+            turns,
         }
     }
 
@@ -549,7 +553,12 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 impl http::Host for HostState {
     async fn send(&mut self, request: http::Request) -> Result<http::Response, http::Error> {
-        self.send_checked(request).await
+        // No guest code runs while the host waits on a downstream: the turn
+        // goes to another call meanwhile.
+        self.turns.give_back();
+        let answer = self.send_checked(request).await;
+        self.turns.take().await;
+        answer
     }
 }
 

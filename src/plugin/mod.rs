@@ -16,13 +16,15 @@
 pub mod devkit;
 pub mod egress;
 pub mod host;
+pub mod pool;
 
 use crate::config::{ConnectionConfig, ConsumerConfig, PluginLimits};
 use host::{CallRecord, ConsumerContext, HostState};
+use pool::{CallTurns, GuestPool, Share};
 
 pub use host::Connection;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config as EngineConfig, Engine, Store, UpdateDeadline};
@@ -38,8 +40,9 @@ mod bindings {
 
 pub use bindings::switchyard::plugin::types::{Event as PluginEvent, Failure};
 
-/// Length of one epoch tick: the granularity of the CPU budget.
-const TICK: Duration = Duration::from_millis(5);
+/// Length of one epoch tick: the granularity of the CPU budget, and the
+/// longest a guest runs before the pool decides whose turn it is.
+const TICK: Duration = Duration::from_millis(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -61,6 +64,8 @@ pub enum PluginError {
     Connection { consumer: String, message: String },
     #[error("cannot start the plugin engine: {0}")]
     Engine(String),
+    #[error("cannot start the plugin threads: {0}")]
+    Pool(String),
 }
 
 /// How a call ended, as dispatch needs to know it.
@@ -87,6 +92,10 @@ pub struct CallReport {
     pub calls: Vec<CallRecord>,
     pub wall: Duration,
     pub cpu_ticks: u64,
+    /// Guest time on the pool (turns held), and time spent waiting for
+    /// turns.
+    pub guest_time: Duration,
+    pub pool_wait: Duration,
     /// Largest linear memory the instance had, in bytes.
     pub peak_memory: u64,
     /// What the sandbox stopped or refused, each kind once (already logged).
@@ -122,6 +131,18 @@ pub enum SandboxStop {
 }
 
 impl SandboxStop {
+    /// The sandbox ended the call (as opposed to refusing it something).
+    pub fn ends_call(self) -> bool {
+        matches!(
+            self,
+            SandboxStop::Cpu
+                | SandboxStop::Wall
+                | SandboxStop::Memory
+                | SandboxStop::Stack
+                | SandboxStop::Trap
+        )
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             SandboxStop::Cpu => "cpu",
@@ -163,9 +184,27 @@ pub struct PluginHost {
     /// The epoch ticker runs while this or any loaded plugin lives.
     ticker_alive: Arc<()>,
     tracer: crate::telemetry::otlp::Tracer,
+    /// Where loaded plugins run; a pool of its own unless one is given.
+    pool: OnceLock<Arc<GuestPool>>,
 }
 
 impl PluginHost {
+    /// Plugins loaded from now on run on `pool` (the hub's, shared by every
+    /// generation of consumers so fair shares carry across reloads).
+    pub fn with_pool(self, pool: Arc<GuestPool>) -> PluginHost {
+        let _ = self.pool.set(pool);
+        self
+    }
+
+    fn pool(&self) -> Result<&Arc<GuestPool>, PluginError> {
+        if let Some(pool) = self.pool.get() {
+            return Ok(pool);
+        }
+        let pool = GuestPool::new(GuestPool::default_threads())
+            .map_err(|err| PluginError::Pool(err.to_string()))?;
+        Ok(self.pool.get_or_init(|| Arc::new(pool)))
+    }
+
     /// Outbound calls of plugins loaded from now on export client spans here.
     pub fn with_tracer(mut self, tracer: crate::telemetry::otlp::Tracer) -> PluginHost {
         self.tracer = tracer;
@@ -177,10 +216,13 @@ impl PluginHost {
     pub fn new(instances: u32, max_memory: u64) -> Result<PluginHost, PluginError> {
         let instances = instances.max(1) + 8;
         let mut pool = wasmtime::PoolingAllocationConfig::default();
+        // A component made by wit-component holds up to four core
+        // instances (the module, its shim, fixups, the adapter's), each with
+        // tables; one linear memory, sometimes two.
         pool.total_component_instances(instances)
-            .total_core_instances(instances * 2)
+            .total_core_instances(instances * 4)
             .total_memories(instances * 2)
-            .total_tables(instances * 2)
+            .total_tables(instances * 4)
             .total_stacks(instances)
             .max_memory_size(max_memory as usize)
             // Keeps the first pages of a slot's memory mapped between
@@ -207,6 +249,7 @@ impl PluginHost {
             linker,
             ticker_alive: alive,
             tracer: Default::default(),
+            pool: OnceLock::new(),
         })
     }
 
@@ -247,8 +290,13 @@ impl PluginHost {
                 })?;
             granted.insert(name.clone(), Arc::clone(connection));
         }
+        let pool = Arc::clone(self.pool()?);
+        let share = pool.share(consumer, config.cpu_weight, config.cpu_per_second);
         Ok(ConsumerPlugin {
             pre,
+            pool,
+            share,
+            digest: sha256_hex(&component_bytes),
             _ticker_alive: Arc::clone(&self.ticker_alive),
             context: Arc::new(ConsumerContext {
                 consumer: Arc::from(consumer),
@@ -314,6 +362,11 @@ fn spawn_ticker(engine: Engine, alive: Weak<()>) {
 /// One consumer's compiled plugin, ready to run an event.
 pub struct ConsumerPlugin {
     pre: bindings::ConsumerPre<HostState>,
+    pool: Arc<GuestPool>,
+    /// The consumer's fair share of the pool.
+    share: Share,
+    /// SHA-256 of the component: tells a new plugin version on reload.
+    digest: String,
     /// Without ticks there is no CPU budget: keep the ticker running.
     _ticker_alive: Arc<()>,
     context: Arc<ConsumerContext>,
@@ -324,32 +377,81 @@ impl ConsumerPlugin {
         self.context.limits
     }
 
+    /// SHA-256 of the component, hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The pool this plugin runs on.
+    pub fn pool(&self) -> &Arc<GuestPool> {
+        &self.pool
+    }
+
     /// Runs `handle(event)` in a fresh instance under the consumer's budgets.
     /// `traceparent` is the event's trace context; every outbound call
     /// carries it on as a child span.
     /// `effect_id` names this delivery's effects in `Idempotency-Key`s: the
     /// event id, or that of a forced replay's generation.
+    ///
+    /// The call runs on the guest pool, never on the caller's runtime.
     pub async fn call(
-        &self,
+        self: &Arc<Self>,
         event: PluginEvent,
         effect_id: &str,
         traceparent: Option<&str>,
     ) -> CallReport {
+        let this = Arc::clone(self);
+        let effect_id = effect_id.to_owned();
+        let traceparent = traceparent.map(str::to_owned);
+        let run = self.pool.spawn(async move {
+            this.call_on_pool(event, effect_id, traceparent.as_deref())
+                .await
+        });
+        match run.await {
+            Ok(report) => report,
+            // Only a pool shut down under a running call (the hub is
+            // stopping): the delivery is retried like any cut-short call.
+            Err(err) => CallReport {
+                outcome: CallOutcome::Retry {
+                    reason: format!("plugin call did not finish: {err}"),
+                    after: None,
+                    downstream_unwell: false,
+                },
+                calls: Vec::new(),
+                wall: Duration::ZERO,
+                cpu_ticks: 0,
+                guest_time: Duration::ZERO,
+                pool_wait: Duration::ZERO,
+                peak_memory: 0,
+                stops: Vec::new(),
+            },
+        }
+    }
+
+    async fn call_on_pool(
+        &self,
+        event: PluginEvent,
+        effect_id: String,
+        traceparent: Option<&str>,
+    ) -> CallReport {
         let started = Instant::now();
+        let turns = CallTurns::new(&self.share);
         let limits = self.context.limits;
         let cpu_budget_ticks = (limits.cpu.as_micros() / TICK.as_micros()).max(1) as u64;
         let mut store = Store::new(
             self.pre.engine(),
             HostState::new(
                 Arc::clone(&self.context),
-                effect_id.to_owned(),
+                effect_id,
                 traceparent.and_then(crate::telemetry::otlp::TraceContext::parse),
+                turns.clone(),
             ),
         );
         store.limiter(|state| state);
-        // Check in every tick: count the tick as guest CPU time and yield to
-        // the runtime, so the wall-clock timeout and other tasks keep running
-        // even while a guest spins.
+        // Check in every tick: count the tick as guest CPU time, give the
+        // turn back and queue for the next (see `pool`), so other consumers,
+        // the wall-clock timeout and other tasks keep running even while a
+        // guest spins.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
@@ -357,13 +459,16 @@ impl ConsumerPlugin {
             if state.cpu_ticks > cpu_budget_ticks {
                 return Err(wasmtime::Error::msg("cpu budget exceeded"));
             }
-            Ok(UpdateDeadline::Yield(1))
+            Ok(UpdateDeadline::YieldCustom(1, state.turns.next_turn()))
         });
         let run = async {
+            turns.take().await;
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance.call_handle(&mut store, &event).await
         };
         let result = tokio::time::timeout(limits.wall, run).await;
+        turns.give_back();
+        let (pool_wait, guest_time) = turns.totals();
         let state = store.data_mut();
         if state.log_lines > host::MAX_LOG_LINES {
             let detail = format!(
@@ -374,7 +479,12 @@ impl ConsumerPlugin {
             );
             state.stopped(SandboxStop::LogLines, &detail);
         }
+        // Every instance slot taken (more calls at once than the pool was
+        // sized for): the hub's shortage, not the plugin's fault, so no
+        // sandbox stop; the delivery is retried.
+        let no_slot = matches!(&result, Ok(Err(error)) if pool_exhausted(error));
         let stop = match &result {
+            Ok(Err(_)) if no_slot => None,
             Err(_) => Some((
                 SandboxStop::Wall,
                 format!(
@@ -414,6 +524,9 @@ impl ConsumerPlugin {
             Ok(Ok(Err(Failure::Retry(reason)))) => retry(reason, state.downstream_unwell),
             Ok(Ok(Err(Failure::Reject(reason)))) => CallOutcome::Reject(reason),
             Ok(Ok(Err(Failure::Review(reason)))) => CallOutcome::Review(reason),
+            Ok(Err(_)) if no_slot => {
+                retry("no free plugin instance slot; retrying".to_owned(), false)
+            }
             Ok(Err(_)) => retry(stop_reason(), false),
         };
         CallReport {
@@ -421,10 +534,25 @@ impl ConsumerPlugin {
             calls: state.calls.clone(),
             wall: started.elapsed(),
             cpu_ticks: state.cpu_ticks,
+            guest_time,
+            pool_wait,
             peak_memory: state.peak_memory as u64,
             stops: state.stops.clone(),
         }
     }
+}
+
+fn pool_exhausted(error: &wasmtime::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+    })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// A short, operator-facing reason for a trap: which budget, or which trap.

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::durable::WriterCounts;
+use crate::plugin::pool::PoolUsage;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceReason {
@@ -90,6 +91,16 @@ pub struct Metrics {
     pub bus_writer_busy: Counter<f64, AtomicU64>,
     pub deliveries: Family<ConsumerOutcome, Counter>,
     pub plugin_duration: Family<ConsumerLabel, Histogram, fn() -> Histogram>,
+    /// Guest time per consumer on the plugin threads (mirrored at scrape).
+    pub plugin_cpu: Family<ConsumerLabel, Counter<f64, AtomicU64>>,
+    /// Time plugin calls waited for a turn on the plugin threads.
+    pub plugin_pool_wait: Family<ConsumerLabel, Histogram, fn() -> Histogram>,
+    /// Turn requests held back by a consumer's `cpu_per_second` quota.
+    pub plugin_cpu_throttled: Family<ConsumerLabel, Counter>,
+    /// Guest time over all consumers, and the threads it ran on: their
+    /// ratio of rates is the pool's utilisation.
+    pub plugin_pool_busy: Counter<f64, AtomicU64>,
+    pub plugin_pool_threads: Gauge,
     pub backlog: Family<ConsumerLabel, Gauge>,
     pub oldest_pending: Family<ConsumerLabel, Gauge>,
     pub breaker_state: Family<ConsumerLabel, Gauge>,
@@ -128,6 +139,11 @@ impl Metrics {
             bus_writer_busy: Counter::default(),
             deliveries: Family::default(),
             plugin_duration: Family::new_with_constructor(latency_histogram),
+            plugin_cpu: Family::default(),
+            plugin_pool_wait: Family::new_with_constructor(latency_histogram),
+            plugin_cpu_throttled: Family::default(),
+            plugin_pool_busy: Counter::default(),
+            plugin_pool_threads: Gauge::default(),
             backlog: Family::default(),
             oldest_pending: Family::default(),
             breaker_state: Family::default(),
@@ -190,6 +206,31 @@ impl Metrics {
                 "plugin_duration_seconds",
                 "Plugin call time, host calls included",
                 metrics.plugin_duration.clone(),
+            );
+            r.register(
+                "plugin_cpu_seconds",
+                "Guest time per consumer on the plugin threads",
+                metrics.plugin_cpu.clone(),
+            );
+            r.register(
+                "plugin_pool_wait_seconds",
+                "Time plugin calls waited for a turn on the plugin threads, by consumer",
+                metrics.plugin_pool_wait.clone(),
+            );
+            r.register(
+                "plugin_cpu_throttled",
+                "Turns a consumer's cpu_per_second quota held back",
+                metrics.plugin_cpu_throttled.clone(),
+            );
+            r.register(
+                "plugin_pool_busy_seconds",
+                "Guest time over all consumers; its rate divided by switchyard_plugin_pool_threads is the pool's utilisation",
+                metrics.plugin_pool_busy.clone(),
+            );
+            r.register(
+                "plugin_pool_threads",
+                "Threads that run plugin code",
+                metrics.plugin_pool_threads.clone(),
             );
             r.register(
                 "consumer_backlog_events",
@@ -290,6 +331,28 @@ impl Metrics {
         self.bus_writer_busy
             .inner()
             .fetch_max(counts.busy.as_secs_f64().to_bits(), Ordering::Relaxed);
+    }
+
+    /// Raises the guest pool counters to the pool's own totals, as
+    /// [`Metrics::bus_writer`] does.
+    pub fn guest_pool(&self, usage: &PoolUsage) {
+        let raise_seconds = |counter: &Counter<f64, AtomicU64>, total: Duration| {
+            counter
+                .inner()
+                .fetch_max(total.as_secs_f64().to_bits(), Ordering::Relaxed);
+        };
+        self.plugin_pool_threads.set(usage.threads as i64);
+        raise_seconds(&self.plugin_pool_busy, usage.busy);
+        for (consumer, share) in &usage.consumers {
+            let label = ConsumerLabel {
+                consumer: consumer.clone(),
+            };
+            raise_seconds(&self.plugin_cpu.get_or_create(&label), share.used);
+            self.plugin_cpu_throttled
+                .get_or_create(&label)
+                .inner()
+                .fetch_max(share.throttled, Ordering::Relaxed);
+        }
     }
 
     /// The text exposition format.

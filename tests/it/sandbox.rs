@@ -318,6 +318,7 @@ connections = ["crm"]
 plugin = "{{plugin:hostile}}"
 connections = ["spare", "huge"]
 retry = {{ first = "10ms", max = "20ms", attempts = 2 }}
+quarantine_after = 0
 limits = {{ cpu = "{cpu}", wall = "10s", memory = "8MiB", http_calls = 3, response_body = "64KiB" }}
 settings = {settings}
 "#

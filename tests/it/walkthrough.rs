@@ -150,3 +150,59 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Regression (issue 17, item 7): under concurrent calls the stand-ins
+/// printed two calls on one line, since `print` wrote text and newline apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stand_ins_print_each_call_on_a_line_of_its_own() {
+    let port = free_port();
+    let mut saas = Command::new("python3")
+        .arg(repo_root().join("tools/mock-saas.py"))
+        .arg(format!("crm={port}"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(saas.stdout.take().unwrap());
+    let _stop_saas = KillOnDrop(saas);
+    let mut banner = String::new();
+    stdout.read_line(&mut banner).unwrap();
+    assert!(banner.starts_with("mock SaaS APIs on"), "{banner}");
+    let lines = std::thread::spawn(move || {
+        stdout
+            .lines()
+            .map_while(Result::ok)
+            .take(CALLS)
+            .collect::<Vec<_>>()
+    });
+
+    const CALLS: usize = 300;
+    let client = reqwest::Client::new();
+    let body = "x".repeat(2048);
+    let calls = (0..CALLS).map(|n| {
+        let request = client
+            .put(format!("http://127.0.0.1:{port}/contacts/{n}"))
+            .header("idempotency-key", format!("crm:evt_{n}:1"))
+            .body(format!("{{\"n\":{n},\"pad\":\"{body}\"}}"));
+        async move { request.send().await.unwrap().status() }
+    });
+    use futures::StreamExt;
+    // 16 at once: the stand-in's listen backlog is small.
+    let statuses: Vec<_> = futures::stream::iter(calls)
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|status| *status == 200));
+    let lines = lines.join().unwrap();
+    assert_eq!(lines.len(), CALLS);
+    for line in &lines {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields.len(), 5, "one call per line: {line}");
+        let n = fields[2].trim_start_matches("/contacts/");
+        assert_eq!(
+            fields[3],
+            format!("idempotency-key=crm:evt_{n}:1"),
+            "{line}"
+        );
+        assert!(fields[4].starts_with(&format!("{{\"n\":{n},")), "{line}");
+    }
+}

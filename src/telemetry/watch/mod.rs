@@ -410,6 +410,7 @@ impl SubjectWatch for ConsumerWatch {
             || now.plugin_calls < previous.plugin_calls
             || now.plugin_micros < previous.plugin_micros
             || now.rate_limit_waits < previous.rate_limit_waits
+            || now.cpu_micros < previous.cpu_micros
             || counts_went_down(&previous.downstream, &now.downstream);
         let tick = if restarted {
             Tally::default()
@@ -424,6 +425,7 @@ impl SubjectWatch for ConsumerWatch {
         };
         let plugin_calls = counter_delta(previous.plugin_calls, now.plugin_calls);
         let plugin_micros = counter_delta(previous.plugin_micros, now.plugin_micros);
+        let cpu_micros = counter_delta(previous.cpu_micros, now.cpu_micros);
         let dead_letters_grew = now.dead_letters > previous.dead_letters;
         let reviews_grew = now.reviews > previous.reviews;
 
@@ -501,6 +503,27 @@ impl SubjectWatch for ConsumerWatch {
             Condition::Normal(Some(0.0))
         };
 
+        // Near the whole of what it may use: a quota it keeps hitting, or a
+        // plugin that would take every plugin thread.
+        let cpu_saturated = if now.cpu_limit > 0.0 && !step.is_zero() {
+            let cores = cpu_micros as f64 / 1e6 / step.as_secs_f64();
+            let threshold = 0.9 * now.cpu_limit;
+            if cores >= threshold {
+                Condition::Out(Reading::new(cores, threshold, None))
+            } else {
+                Condition::Normal(Some(cores))
+            }
+        } else {
+            Condition::Normal(None)
+        };
+
+        let quarantined = if now.quarantined {
+            let held = self.held_for(Rule::PluginQuarantined, at_ms);
+            Condition::Out(Reading::new(held.as_secs_f64(), 0.0, None))
+        } else {
+            Condition::Normal(Some(0.0))
+        };
+
         self.dead_letters
             .record(at_ms, now.dead_letters, config.queue_growth_window);
         self.reviews
@@ -538,6 +561,8 @@ impl SubjectWatch for ConsumerWatch {
             (Rule::BreakerOpen, breaker),
             (Rule::DeadLetterGrowth, dead_letter_growth),
             (Rule::ReviewGrowth, review_growth),
+            (Rule::CpuSaturated, cpu_saturated),
+            (Rule::PluginQuarantined, quarantined),
         ] {
             if restarted && rule.reads_counters() {
                 continue;

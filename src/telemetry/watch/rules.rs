@@ -52,6 +52,12 @@ pub struct ConsumerSample {
     pub paused: bool,
     pub dead_letters: u64,
     pub reviews: u64,
+    /// quarantined by its plugin-health breaker (paused too)
+    pub quarantined: bool,
+    /// cumulative guest time on the plugin threads
+    pub cpu_micros: u64,
+    /// cores of guest time it may use: its `cpu_per_second` quota, else every plugin thread
+    pub cpu_limit: f64,
 }
 
 /// Thresholds of the watch; `Default` holds the production values.
@@ -151,10 +157,14 @@ pub enum Rule {
     BreakerOpen,
     DeadLetterGrowth,
     ReviewGrowth,
+    /// The plugin used nearly all the CPU it may (its quota, or the whole pool).
+    CpuSaturated,
+    /// The plugin-health breaker quarantined the consumer.
+    PluginQuarantined,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 12] = [
+    pub const ALL: [Rule; 14] = [
         Rule::IngestSpike,
         Rule::SignatureFailures,
         Rule::SourceSilent,
@@ -167,6 +177,8 @@ impl Rule {
         Rule::BreakerOpen,
         Rule::DeadLetterGrowth,
         Rule::ReviewGrowth,
+        Rule::CpuSaturated,
+        Rule::PluginQuarantined,
     ];
 
     /// The snake_case name, as serialized.
@@ -184,6 +196,8 @@ impl Rule {
             Rule::BreakerOpen => "breaker_open",
             Rule::DeadLetterGrowth => "dead_letter_growth",
             Rule::ReviewGrowth => "review_growth",
+            Rule::CpuSaturated => "cpu_saturated",
+            Rule::PluginQuarantined => "plugin_quarantined",
         }
     }
 
@@ -193,9 +207,12 @@ impl Rule {
             Rule::SignatureFailures => "refusals/min",
             Rule::DeliveryFailures => "ratio",
             Rule::SlowPlugin => "ms",
-            Rule::SourceSilent | Rule::PendingAgeHigh | Rule::BacklogStuck | Rule::BreakerOpen => {
-                "s"
-            }
+            Rule::SourceSilent
+            | Rule::PendingAgeHigh
+            | Rule::BacklogStuck
+            | Rule::BreakerOpen
+            | Rule::PluginQuarantined => "s",
+            Rule::CpuSaturated => "cores",
             Rule::BacklogHigh
             | Rule::BacklogGrowing
             | Rule::DeadLetterGrowth
@@ -211,11 +228,15 @@ impl Rule {
             | Rule::DeliveryFailures
             | Rule::SlowPlugin
             | Rule::BacklogHigh
-            | Rule::PendingAgeHigh => config.sustain,
+            | Rule::PendingAgeHigh
+            | Rule::CpuSaturated => config.sustain,
             Rule::BacklogGrowing => config.backlog_growing_for,
             Rule::BacklogStuck => config.stuck_for,
             Rule::BreakerOpen => config.breaker_open_for,
-            Rule::SourceSilent | Rule::DeadLetterGrowth | Rule::ReviewGrowth => Duration::ZERO,
+            Rule::SourceSilent
+            | Rule::DeadLetterGrowth
+            | Rule::ReviewGrowth
+            | Rule::PluginQuarantined => Duration::ZERO,
         };
         // a silent source is over with its first event
         let clear_after = match self {
@@ -238,6 +259,7 @@ impl Rule {
                 | Rule::DeliveryFailures
                 | Rule::SlowPlugin
                 | Rule::BacklogStuck
+                | Rule::CpuSaturated
         )
     }
 
@@ -307,6 +329,10 @@ pub enum Cause {
     BreakerOpen,
     /// An operator paused the consumer.
     Paused,
+    /// The sandbox kept stopping the plugin, so it was quarantined.
+    Quarantined,
+    /// The plugin's own code keeps the CPU busy (a loop, or a heavy transform).
+    PluginCpu,
     /// Deliveries happen, but slower than arrivals.
     SlowConsumer,
     SignatureFailures {
@@ -342,6 +368,11 @@ impl Cause {
             Cause::PluginFailures => "the plugin failed without any downstream error".to_owned(),
             Cause::BreakerOpen => "circuit breaker open, deliveries held".to_owned(),
             Cause::Paused => "consumer paused by an operator".to_owned(),
+            Cause::Quarantined => {
+                "plugin quarantined after repeated sandbox stops; resume it or deploy a fixed version"
+                    .to_owned()
+            }
+            Cause::PluginCpu => "the plugin's own code keeps the CPU busy".to_owned(),
             Cause::SlowConsumer => "deliveries slower than arrivals".to_owned(),
             Cause::SignatureFailures { reasons, hint } => {
                 let mut line = format!("signatures refused: {}", counts_text(reasons));
@@ -751,6 +782,10 @@ fn describe(
             format!("no successful delivery for {value} s with events waiting, limit {threshold} s")
         }
         Rule::BreakerOpen => format!("circuit breaker open for {value} s, limit {threshold} s"),
+        Rule::CpuSaturated => {
+            format!("guest cpu {value} cores, at or above {threshold} of what it may use")
+        }
+        Rule::PluginQuarantined => format!("quarantined for {value} s"),
         Rule::DeadLetterGrowth => {
             format!("dead-letter queue grew by {value} events within {window} s, limit {threshold}")
         }
@@ -770,6 +805,7 @@ fn amount(rule: Rule, value: f64) -> String {
     match rule.unit() {
         "ratio" => format!("{value:.2}"),
         "events/s" | "refusals/min" => format!("{value:.1}"),
+        "cores" => format!("{value:.2}"),
         _ => format!("{value:.0}"),
     }
 }
@@ -787,6 +823,12 @@ fn is_success(label: &str) -> bool {
 /// Names the probable cause of a consumer rule from what was seen since its condition began and
 /// from the consumer's state now.
 pub(super) fn consumer_cause(rule: Rule, tally: &Tally, now: &ConsumerSample) -> Cause {
+    if now.quarantined {
+        return Cause::Quarantined;
+    }
+    if rule == Rule::CpuSaturated {
+        return Cause::PluginCpu;
+    }
     if now.paused {
         return Cause::Paused;
     }

@@ -941,3 +941,51 @@ fn one_dead_letter_raises_from_a_cold_start_when_one_is_news() {
     let alert = first_raised(&one, Rule::DeadLetterGrowth).expect("dead_letter_growth raised");
     assert_eq!(alert.value, 1.0);
 }
+
+/// Runs `ticks` ticks of normal traffic with the plugin using `cores` of guest CPU.
+fn run_with_cpu(watch: &mut Watch, hub: &mut Hub, ticks: u64, cores: f64) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for _ in 0..ticks {
+        hub.consumer.cpu_micros += (cores * STEP_MS as f64 * 1000.0) as u64;
+        changes.extend(run(watch, hub, STEP_MS, |_| Plan::normal(5.0)));
+    }
+    changes
+}
+
+#[test]
+fn a_plugin_at_its_cpu_quota_raises_cpu_saturated_until_it_eases() {
+    let (mut watch, mut hub) = start();
+    hub.consumer.cpu_limit = 0.5;
+    warm_up(&mut watch, &mut hub);
+    let below = run_with_cpu(&mut watch, &mut hub, 30, 0.4);
+    assert!(below.is_empty(), "{below:#?}");
+    let saturated_from_ms = hub.at_ms;
+    let saturated = run_with_cpu(&mut watch, &mut hub, 30, 0.49);
+    let alert = first_raised(&saturated, Rule::CpuSaturated).expect("cpu_saturated raised");
+    assert_eq!(alert.cause, Cause::PluginCpu);
+    assert!(alert.raised_at_ms >= saturated_from_ms + ms(config().sustain));
+    assert!(alert.message.contains("0.49 cores"), "{}", alert.message);
+    let eased = run_with_cpu(&mut watch, &mut hub, 60, 0.1);
+    assert!(was_cleared(&eased, Rule::CpuSaturated), "{eased:#?}");
+}
+
+#[test]
+fn a_quarantined_plugin_raises_at_once_and_clears_when_resumed() {
+    let (mut watch, mut hub) = start();
+    warm_up(&mut watch, &mut hub);
+    hub.consumer.quarantined = true;
+    let quarantined = run(&mut watch, &mut hub, STEP_MS, |_| Plan {
+        paused: true,
+        delivery: Delivery::Stopped,
+        ..Plan::normal(5.0)
+    });
+    let alert = first_raised(&quarantined, Rule::PluginQuarantined).expect("raised at once");
+    assert_eq!(alert.cause, Cause::Quarantined);
+    assert!(alert.message.contains("quarantined"), "{}", alert.message);
+    hub.consumer.quarantined = false;
+    let resumed = run(&mut watch, &mut hub, 10 * MINUTE, |_| Plan::normal(5.0));
+    assert!(
+        was_cleared(&resumed, Rule::PluginQuarantined),
+        "{resumed:#?}"
+    );
+}

@@ -1,0 +1,622 @@
+//! The guest pool: where plugin code runs, and whose turn it is.
+//!
+//! **Apart from the edge.** Every plugin call runs on this pool: a tokio
+//! runtime of its own whose worker threads (one per core unless
+//! `server.plugin_threads` says otherwise) run at a lower OS priority
+//! (nice 10). The runtime that answers webhooks and drives the bus never
+//! executes guest code, and when the cores are short the kernel prefers the
+//! edge and the bus writer to any plugin.
+//!
+//! **Turns.** Guest code runs only while its call holds one of the pool's
+//! turns (as many as it has threads). A call takes a turn before it
+//! instantiates, gives it back while it waits on the host (an outbound HTTP
+//! call) and at every epoch tick, then asks again. A looping plugin therefore
+//! holds a core for at most one tick before the scheduler decides again.
+//!
+//! **Weighted fair share.** Each consumer has a virtual time: the guest time
+//! its calls used, divided by its `cpu_weight`. A free turn goes to the
+//! waiting consumer with the smallest virtual time (first come among its own
+//! calls). So while several consumers want the pool, guest time splits in
+//! proportion to their weights whatever their concurrency, and a consumer
+//! that used more recently waits behind one that used less. A consumer that
+//! was idle re-enters at the pool's virtual clock (the smallest virtual time
+//! among the busy ones): idling banks no credit, and its share went to the
+//! others meanwhile. A light consumer arriving among heavy ones has the
+//! smallest virtual time, so it gets the next turn: its wait is one tick at
+//! most.
+//!
+//! **Quotas.** `cpu_per_second` holds a consumer to that many cores' worth of
+//! guest time (a token bucket holding one second of it). A consumer over its
+//! quota is passed over until the bucket refills, even while turns are free.
+//!
+//! What the pool measures is the time a call held a turn: guest time as the
+//! scheduler sees it, the same clock the per-event CPU budget counts in
+//! epoch ticks.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Nice value of the pool's threads: below the edge and the bus writer.
+const GUEST_NICE: i32 = 10;
+
+/// The threads guest code runs on, and the scheduler of their turns.
+pub struct GuestPool {
+    /// Shut down in the background on drop: a hub may be dropped from
+    /// inside another runtime.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    scheduler: Arc<Scheduler>,
+}
+
+/// A consumer's place in the pool: what its calls ask turns through.
+#[derive(Clone)]
+pub struct Share {
+    scheduler: Arc<Scheduler>,
+    id: usize,
+}
+
+/// What the pool has done so far, for metrics and status.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolUsage {
+    pub threads: usize,
+    /// Guest time over all consumers.
+    pub busy: Duration,
+    /// Guest time per consumer, and how often each was held back by its
+    /// `cpu_per_second` quota.
+    pub consumers: BTreeMap<String, ShareUsage>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ShareUsage {
+    pub used: Duration,
+    pub throttled: u64,
+    /// The quota in cores, if any.
+    pub cpu_per_second: Option<f64>,
+}
+
+impl GuestPool {
+    /// A pool of `threads` threads (at least one).
+    pub fn new(threads: usize) -> std::io::Result<GuestPool> {
+        let threads = threads.max(1);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("switchyard-guest")
+            .enable_all()
+            // Guests yield at every tick: look for I/O and woken calls at
+            // each, so an answer from a downstream waits one tick at most.
+            .event_interval(1)
+            .global_queue_interval(1)
+            .on_thread_start(lower_priority)
+            .build()?;
+        let handle = runtime.handle().clone();
+        Ok(GuestPool {
+            runtime: Some(runtime),
+            scheduler: Arc::new(Scheduler {
+                turns: threads,
+                handle: handle.clone(),
+                state: Mutex::new(State {
+                    free: threads,
+                    ..State::default()
+                }),
+            }),
+            handle,
+        })
+    }
+
+    /// One per core the process may use.
+    pub fn default_threads() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+
+    pub fn threads(&self) -> usize {
+        self.scheduler.turns
+    }
+
+    /// The share of `consumer`, created or (on a reload) given its new
+    /// weight and quota; its virtual time and usage carry over.
+    pub fn share(&self, consumer: &str, weight: f64, cpu_per_second: Option<f64>) -> Share {
+        let mut state = self.scheduler.lock();
+        let id = match state.names.get(consumer) {
+            Some(&id) => id,
+            None => {
+                let id = state.shares.len();
+                let clock = state.clock;
+                state.shares.push(ShareState {
+                    name: consumer.to_owned(),
+                    vtime: clock,
+                    ..ShareState::default()
+                });
+                state.names.insert(consumer.to_owned(), id);
+                id
+            }
+        };
+        let share = &mut state.shares[id];
+        share.weight = weight.max(f64::MIN_POSITIVE);
+        share.quota = cpu_per_second.map(|per_second| Quota {
+            per_second,
+            tokens: per_second,
+            at: Instant::now(),
+        });
+        Share {
+            scheduler: Arc::clone(&self.scheduler),
+            id,
+        }
+    }
+
+    /// Runs `call` on the pool.
+    pub fn spawn<F>(&self, call: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(call)
+    }
+
+    pub fn usage(&self) -> PoolUsage {
+        let state = self.scheduler.lock();
+        PoolUsage {
+            threads: self.scheduler.turns,
+            busy: state.busy,
+            consumers: state
+                .shares
+                .iter()
+                .map(|share| {
+                    let usage = ShareUsage {
+                        used: share.used,
+                        throttled: share.throttled,
+                        cpu_per_second: share.quota.as_ref().map(|quota| quota.per_second),
+                    };
+                    (share.name.clone(), usage)
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Drop for GuestPool {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Lowers the calling thread's priority; a pool that cannot is still a
+/// pool, so a refusal (e.g. a seccomp profile) is only logged.
+fn lower_priority() {
+    let thread = rustix::thread::gettid();
+    if let Err(err) = rustix::process::setpriority_process(Some(thread), GUEST_NICE) {
+        tracing::debug!(error = %err, "cannot lower the guest thread's priority");
+    }
+}
+
+impl Share {
+    /// Waits for a turn.
+    async fn turn(&self) -> Turn {
+        let mut turn = match self.scheduler.request(self.id) {
+            Ok(turn) => turn,
+            Err(handed) => handed
+                .await
+                .expect("the scheduler hands every waiting call a turn"),
+        };
+        // Guest time counts from when the call runs, not from the hand-over.
+        turn.since = Instant::now();
+        turn
+    }
+}
+
+/// One call's hold on the pool: its turn while it has one, and what it
+/// waited and used. Shared between the store and the futures its epoch
+/// callback yields on.
+#[derive(Clone)]
+pub struct CallTurns {
+    share: Share,
+    held: Arc<Mutex<Held>>,
+}
+
+#[derive(Default)]
+struct Held {
+    turn: Option<Turn>,
+    waited: Duration,
+    ran: Duration,
+}
+
+impl CallTurns {
+    pub fn new(share: &Share) -> CallTurns {
+        CallTurns {
+            share: share.clone(),
+            held: Arc::default(),
+        }
+    }
+
+    fn held(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().expect("call turns lock")
+    }
+
+    /// Waits for a turn before guest code runs.
+    pub async fn take(&self) {
+        let asked = Instant::now();
+        let turn = self.share.turn().await;
+        let mut held = self.held();
+        held.waited += asked.elapsed();
+        held.turn = Some(turn);
+    }
+
+    /// Gives the turn back (the guest waits on the host, or is done).
+    pub fn give_back(&self) {
+        let mut held = self.held();
+        if let Some(turn) = held.turn.take() {
+            held.ran += turn.finish();
+        }
+    }
+
+    /// At an epoch tick: keeps the turn if no waiting call deserves it
+    /// more, else gives it back and queues for the next one, in one step (a
+    /// call that let go first and queued after would leave its consumer's
+    /// demand unseen for that moment). Either way the task yields, so the
+    /// pool's other work and the wall-clock timeout get to run.
+    pub fn next_turn(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let mut held = self.held();
+        let Some(turn) = held.turn.take() else {
+            drop(held);
+            let this = self.clone();
+            return Box::pin(async move { this.take().await });
+        };
+        let asked = Instant::now();
+        let (ran, passed) = turn.pass();
+        held.ran += ran;
+        match passed {
+            Ok(kept) => {
+                held.turn = Some(kept);
+                Box::pin(tokio::task::yield_now())
+            }
+            Err(handed) => {
+                drop(held);
+                let this = self.clone();
+                Box::pin(async move {
+                    let mut turn = handed
+                        .await
+                        .expect("the scheduler hands every waiting call a turn");
+                    turn.since = Instant::now();
+                    let mut held = this.held();
+                    held.waited += asked.elapsed();
+                    held.turn = Some(turn);
+                })
+            }
+        }
+    }
+
+    /// Time spent waiting for turns, and guest time used.
+    pub fn totals(&self) -> (Duration, Duration) {
+        let held = self.held();
+        (held.waited, held.ran)
+    }
+}
+
+/// The right to run guest code on one pool thread; given back on drop.
+struct Turn {
+    scheduler: Arc<Scheduler>,
+    id: usize,
+    since: Instant,
+    /// False for a turn that was never handed over.
+    armed: bool,
+}
+
+impl Turn {
+    fn finish(mut self) -> Duration {
+        self.armed = false;
+        let ran = self.since.elapsed();
+        self.scheduler.release(self.id, ran);
+        ran
+    }
+
+    /// Charges the time so far; keeps the turn (`Ok`) unless another call
+    /// deserves it more, else queues for the next one (`Err`).
+    fn pass(mut self) -> (Duration, Result<Turn, oneshot::Receiver<Turn>>) {
+        let ran = self.since.elapsed();
+        match self.scheduler.pass(self.id, ran) {
+            None => {
+                self.since = Instant::now();
+                (ran, Ok(self))
+            }
+            Some(handed) => {
+                self.armed = false;
+                (ran, Err(handed))
+            }
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if self.armed {
+            self.scheduler.release(self.id, self.since.elapsed());
+        }
+    }
+}
+
+struct Scheduler {
+    turns: usize,
+    /// Runs the timer that wakes a consumer whose quota refills.
+    handle: tokio::runtime::Handle,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    free: usize,
+    /// Calls waiting over all shares.
+    waiting: usize,
+    /// The pool's virtual clock: never behind the smallest virtual time of
+    /// a busy share; where an idle share re-enters.
+    clock: f64,
+    shares: Vec<ShareState>,
+    names: BTreeMap<String, usize>,
+    busy: Duration,
+    /// A quota refill timer is pending.
+    wake_armed: bool,
+}
+
+#[derive(Default)]
+struct ShareState {
+    name: String,
+    weight: f64,
+    /// Guest nanoseconds used, divided by the weight.
+    vtime: f64,
+    queue: VecDeque<oneshot::Sender<Turn>>,
+    running: usize,
+    quota: Option<Quota>,
+    used: Duration,
+    throttled: u64,
+}
+
+impl State {
+    /// Books `ran` of guest time to share `id`.
+    fn charge(&mut self, id: usize, ran: Duration) {
+        self.busy += ran;
+        let share = &mut self.shares[id];
+        share.used += ran;
+        share.vtime += ran.as_nanos() as f64 / share.weight;
+        if let Some(quota) = &mut share.quota {
+            quota.tokens -= ran.as_secs_f64();
+        }
+        let least_busy = self
+            .shares
+            .iter()
+            .filter(|share| !share.idle())
+            .map(|share| share.vtime)
+            .fold(f64::INFINITY, f64::min);
+        if least_busy.is_finite() {
+            self.clock = self.clock.max(least_busy);
+        }
+    }
+}
+
+impl ShareState {
+    fn idle(&self) -> bool {
+        self.running == 0 && self.queue.is_empty()
+    }
+
+    /// Refills the quota; `Err` holds how long until it allows a turn.
+    fn quota_allows(&mut self, now: Instant) -> Result<(), Duration> {
+        match &mut self.quota {
+            None => Ok(()),
+            Some(quota) => {
+                quota.refill(now);
+                if quota.tokens > 0.0 {
+                    Ok(())
+                } else {
+                    Err(Duration::from_secs_f64(-quota.tokens / quota.per_second))
+                }
+            }
+        }
+    }
+}
+
+/// A token bucket of guest seconds, holding one second's worth.
+struct Quota {
+    per_second: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Quota {
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        self.at = now;
+    }
+}
+
+impl Scheduler {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("guest scheduler lock")
+    }
+
+    /// A turn now, or the channel one will be handed over on.
+    fn request(self: &Arc<Self>, id: usize) -> Result<Turn, oneshot::Receiver<Turn>> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let state = &mut *state;
+        let share = &mut state.shares[id];
+        if share.idle() {
+            share.vtime = share.vtime.max(state.clock);
+        }
+        let allowed = share.quota_allows(now).is_ok();
+        if !allowed {
+            share.throttled += 1;
+        }
+        if allowed && state.free > 0 && state.waiting == 0 {
+            state.free -= 1;
+            share.running += 1;
+            return Ok(self.turn(id));
+        }
+        let (hand_over, handed) = oneshot::channel();
+        share.queue.push_back(hand_over);
+        state.waiting += 1;
+        self.dispatch(state, now);
+        Err(handed)
+    }
+
+    fn release(self: &Arc<Self>, id: usize, ran: Duration) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.charge(id, ran);
+        state.free += 1;
+        state.shares[id].running -= 1;
+        self.dispatch(state, Instant::now());
+    }
+
+    /// At a tick of a running call: `None` keeps its turn; otherwise the
+    /// turn is given back and the call queued, and the channel returned.
+    fn pass(self: &Arc<Self>, id: usize, ran: Duration) -> Option<oneshot::Receiver<Turn>> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.charge(id, ran);
+        let mine = state.shares[id].vtime;
+        let over_quota = state.shares[id].quota_allows(now).is_err();
+        let someone_first = state.waiting > 0
+            && state.shares.iter_mut().enumerate().any(|(other, share)| {
+                !share.queue.is_empty()
+                    && (other == id || share.vtime < mine)
+                    && share.quota_allows(now).is_ok()
+            });
+        if !over_quota && !someone_first {
+            return None;
+        }
+        let share = &mut state.shares[id];
+        if over_quota {
+            share.throttled += 1;
+        }
+        share.running -= 1;
+        let (hand_over, handed) = oneshot::channel();
+        share.queue.push_back(hand_over);
+        state.free += 1;
+        state.waiting += 1;
+        self.dispatch(state, now);
+        Some(handed)
+    }
+
+    /// Hands free turns to waiting calls, smallest virtual time first.
+    fn dispatch(self: &Arc<Self>, state: &mut State, now: Instant) {
+        while state.free > 0 && state.waiting > 0 {
+            let mut next: Option<(usize, f64)> = None;
+            let mut refill_in: Option<Duration> = None;
+            for (id, share) in state.shares.iter_mut().enumerate() {
+                if share.queue.is_empty() {
+                    continue;
+                }
+                if let Err(wait) = share.quota_allows(now) {
+                    refill_in = Some(refill_in.map_or(wait, |soonest| soonest.min(wait)));
+                    continue;
+                }
+                if next.is_none_or(|(_, vtime)| share.vtime < vtime) {
+                    next = Some((id, share.vtime));
+                }
+            }
+            let Some((id, _)) = next else {
+                if let Some(wait) = refill_in {
+                    self.wake_after(state, wait);
+                }
+                return;
+            };
+            let share = &mut state.shares[id];
+            let hand_over = share.queue.pop_front().expect("a waiting call");
+            state.waiting -= 1;
+            match hand_over.send(self.turn(id)) {
+                Ok(()) => {
+                    state.free -= 1;
+                    state.shares[id].running += 1;
+                }
+                // The call was cut short while it waited (wall clock).
+                Err(mut unclaimed) => unclaimed.armed = false,
+            }
+        }
+    }
+
+    fn turn(self: &Arc<Self>, id: usize) -> Turn {
+        Turn {
+            scheduler: Arc::clone(self),
+            id,
+            since: Instant::now(),
+            armed: true,
+        }
+    }
+
+    /// Looks again once a quota has refilled, with turns free but every
+    /// waiting consumer over its quota.
+    fn wake_after(self: &Arc<Self>, state: &mut State, wait: Duration) {
+        if state.wake_armed {
+            return;
+        }
+        state.wake_armed = true;
+        let this = Arc::clone(self);
+        self.handle.spawn(async move {
+            tokio::time::sleep(wait + Duration::from_micros(100)).await;
+            let mut state = this.lock();
+            state.wake_armed = false;
+            this.dispatch(&mut state, Instant::now());
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `calls` CPU-bound calls per share, each spinning `ticks` slices
+    /// of 1 ms and yielding its turn between them, and returns what each
+    /// share used once the first share finished.
+    #[test]
+    fn turns_follow_weights_and_a_quota_holds() {
+        let pool = GuestPool::new(2).unwrap();
+        let heavy = pool.share("heavy", 3.0, None);
+        let light = pool.share("light", 1.0, None);
+        let capped = pool.share("capped", 100.0, Some(0.2));
+        let spin = |share: Share| {
+            pool.spawn(async move {
+                let turns = CallTurns::new(&share);
+                turns.take().await;
+                let until = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < until {
+                    let slice = Instant::now() + Duration::from_millis(1);
+                    while Instant::now() < slice {
+                        std::hint::spin_loop();
+                    }
+                    turns.next_turn().await;
+                }
+                turns.give_back();
+            })
+        };
+        let runs: Vec<_> = [&heavy, &heavy, &light, &light, &capped, &capped]
+            .into_iter()
+            .map(|share| spin(share.clone()))
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for run in runs {
+                run.await.unwrap();
+            }
+        });
+        let usage = pool.usage();
+        let used = |name: &str| usage.consumers[name].used.as_secs_f64();
+        let ratio = used("heavy") / used("light");
+        assert!((2.7..=3.3).contains(&ratio), "heavy:light = {ratio:.2}");
+        // 0.2 cores for ~3 s plus the first second's bucket.
+        assert!(
+            used("capped") < 0.2 * 3.5 + 0.2,
+            "capped used {}",
+            used("capped")
+        );
+        assert!(used("capped") > 0.2 * 2.0, "capped used {}", used("capped"));
+        assert!(usage.consumers["capped"].throttled > 0);
+    }
+}
