@@ -125,7 +125,7 @@ consumers = ["good"]
 plugin = "{hostile}"
 concurrency = 4
 quarantine_after = 0
-retry = {{ first = "10ms", max = "20ms", attempts = 1000 }}
+retry = {{ first = "1s", max = "2s", attempts = 1000 }}
 circuit_breaker = {{ enabled = false }}
 settings = {{ mode = "loop" }}
 "#,

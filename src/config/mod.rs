@@ -57,7 +57,7 @@ pub struct ServerConfig {
     pub max_concurrency: usize,
     /// Webhook request rate over all sources.
     pub rate_limit: Option<RateLimit>,
-    /// Threads that run plugin code; `None`: one per core.
+    /// Threads that run plugin code; `None`: one less than the cores.
     pub plugin_threads: Option<usize>,
 }
 

@@ -84,7 +84,8 @@ pub struct RawServer {
     /// Threads that run plugin code, apart from the threads that answer
     /// webhooks and drive the bus (and at a lower OS priority). Consumers
     /// share them by `cpu_weight`. An integer from 1 to 256. Default: one
-    /// per core. Takes a restart to change.
+    /// less than the cores, at least one (a core stays free for the edge).
+    /// Takes a restart to change.
     pub plugin_threads: Option<i64>,
 }
 
