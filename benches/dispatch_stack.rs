@@ -38,6 +38,7 @@ fn delivery() -> Delivery {
             received_at_ms: 0,
             traceparent: None,
             generation: None,
+            key_format: switchyard::bus::envelope::KeyFormat::SourceScoped,
             payload: Bytes::from_static(b"{}"),
         }),
         attempt: 1,
@@ -80,6 +81,7 @@ fn stack(c: &mut Criterion) {
                     burst: 1_000_000,
                 }))),
                 rate_limit_waits: Default::default(),
+                metrics: Default::default(),
             },
             no_op(),
         )

@@ -64,6 +64,7 @@ fn envelope(c: &mut Criterion) {
         received_at_ms: 1_722_470_400_123,
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         generation: None,
+        key_format: switchyard::bus::envelope::KeyFormat::SourceScoped,
         payload: bytes::Bytes::from(body(2048)),
     };
     let encoded = envelope.encode();
@@ -91,6 +92,7 @@ fn appends(c: &mut Criterion) {
                 visibility_timeout: Duration::from_secs(300),
                 dedup_window: Duration::from_secs(86_400),
                 retention: Duration::from_secs(86_400),
+                empty_store: Default::default(),
             },
         )
         .unwrap(),
@@ -119,6 +121,7 @@ fn appends(c: &mut Criterion) {
                                 received_at_ms: 0,
                                 traceparent: None,
                                 generation: None,
+                                key_format: switchyard::bus::envelope::KeyFormat::SourceScoped,
                                 payload: payload.clone(),
                             }
                         })

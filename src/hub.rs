@@ -7,7 +7,7 @@
 
 use crate::admin::alerts::AlertSettings;
 use crate::admin::{ConsumerControl, ConsumerStatus, HubControl, ReloadReport, ReloadRequest};
-use crate::bus::embedded::{EmbeddedBus, EmbeddedSettings};
+use crate::bus::embedded::{COMPACT_BATCH, EmbeddedBus, EmbeddedSettings};
 use crate::bus::nats::{NatsBus, NatsSettings};
 use crate::bus::{Bus, BusError, Lane, Subscriber, Subscription};
 use crate::config::{BusEngine, Config, IdempotencyBackend};
@@ -15,6 +15,7 @@ use crate::dispatch::idempotency::{EmbeddedStore, IdempotencyError, IdempotencyS
 use crate::dispatch::layers::BreakerHandle;
 use crate::dispatch::quarantine::PluginHealth;
 use crate::dispatch::{ConsumerLoop, ConsumerStats, StackParts, consumer_stack, plugin_call};
+use crate::durable::EmptyStore;
 use crate::ingest::edge::{Allowlist, LimitSettings, Limits};
 use crate::ingest::signature::SigningKey;
 use crate::ingest::{Clock, EdgeSettings, Ingest, SourceEndpoint, system_clock};
@@ -149,11 +150,13 @@ fn load_plugins(
 
 async fn idempotency_store(
     config: &Config,
+    empty_store: EmptyStore,
 ) -> Result<(Arc<dyn IdempotencyStore>, String), IdempotencyError> {
     Ok(match &config.idempotency.backend {
-        IdempotencyBackend::Embedded { path } => {
-            (Arc::new(EmbeddedStore::open(path)?), String::new())
-        }
+        IdempotencyBackend::Embedded { path } => (
+            Arc::new(EmbeddedStore::open_with(path, empty_store)?),
+            String::new(),
+        ),
         IdempotencyBackend::Redis { url, key_prefix } => (
             Arc::new(RedisStore::connect(url).await?),
             key_prefix.clone(),
@@ -192,7 +195,10 @@ fn nats_settings(
 
 /// The bus the config asks for. The embedded engine is also handed back on
 /// its own: the janitor compacts it, and tests reach its fault seam.
-async fn open_bus(config: &Config) -> Result<(Arc<dyn Bus>, Option<Arc<EmbeddedBus>>), BusError> {
+async fn open_bus(
+    config: &Config,
+    empty_store: EmptyStore,
+) -> Result<(Arc<dyn Bus>, Option<Arc<EmbeddedBus>>), BusError> {
     let bus = &config.bus;
     let subscriptions = Subscription::from_config(config);
     match &bus.engine {
@@ -204,6 +210,7 @@ async fn open_bus(config: &Config) -> Result<(Arc<dyn Bus>, Option<Arc<EmbeddedB
                     visibility_timeout: bus.visibility_timeout,
                     dedup_window: bus.dedup_window,
                     retention: bus.retention,
+                    empty_store,
                 },
             )?);
             Ok((Arc::clone(&embedded) as Arc<dyn Bus>, Some(embedded)))
@@ -219,17 +226,47 @@ async fn open_bus(config: &Config) -> Result<(Arc<dyn Bus>, Option<Arc<EmbeddedB
     }
 }
 
-/// Everything `switchyard check` verifies beyond validation: secrets
-/// resolvable, plugins loadable and of the right type, Redis reachable.
+/// How long a webhook body may take to start arriving before the minimum
+/// body rate applies (a TCP round trip or two, with room to spare).
+const BODY_GRACE: Duration = Duration::from_secs(2);
+
+/// The shortest admin token `check` accepts.
+const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+/// What `switchyard check` verifies beyond validation, found without
+/// starting anything: secrets, plugins, reachability of Redis and NATS, an
+/// admin token too short to resist guessing, connections whose base URL the
+/// address policy refuses.
 pub async fn check(config: &Config) -> Vec<String> {
     let mut problems: Vec<String> = Vec::new();
     if let Err(errors) = resolve_sources(config) {
         problems.extend(errors.iter().map(ToString::to_string));
     }
-    if let Some(admin) = &config.admin
-        && let Err(message) = admin.token.resolve()
-    {
-        problems.push(format!("admin.token: {message}"));
+    if let Some(admin) = &config.admin {
+        match admin.token.resolve() {
+            Err(message) => problems.push(format!("admin.token: {message}")),
+            Ok(token) if token.expose().chars().count() < MIN_ADMIN_TOKEN_CHARS => {
+                problems.push(format!(
+                    "admin.token: {} characters is too short to resist guessing; use at least {MIN_ADMIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`)",
+                    token.expose().chars().count()
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+    // A base URL the address policy refuses would fail every call at run
+    // time (the hub only warns, so a config can still start).
+    for (name, connection) in &config.connections {
+        let policy = crate::plugin::egress::AddressPolicy {
+            allow_private: connection.allow_private,
+        };
+        if let Ok(base) = reqwest::Url::parse(&connection.base_url)
+            && let Some(refused) = crate::plugin::egress::base_url_refusal(&base, policy)
+        {
+            problems.push(format!(
+                "connections.{name}.base_url: every call would be refused: {refused}"
+            ));
+        }
     }
     match plugin_host(config) {
         Ok(host) => {
@@ -266,6 +303,9 @@ pub struct StartOptions {
     /// Where the config was read from: enables reloads (SIGHUP, the admin
     /// call, and a watch on the file when `server.watch_config` is on).
     pub config_path: Option<PathBuf>,
+    /// Start even if an embedded store that held data is missing or empty
+    /// (`serve --accept-empty-store`).
+    pub empty_store: EmptyStore,
 }
 
 /// A running hub.
@@ -386,6 +426,7 @@ impl Shared {
                         consumer: name.clone(),
                     })
                     .clone(),
+                metrics: Arc::clone(&self.metrics),
             };
             let service = consumer_stack(
                 policies,
@@ -415,6 +456,7 @@ impl Shared {
                         paused: paused.subscribe(),
                         metrics: Arc::clone(&self.metrics),
                         tracer: self.tracer.clone(),
+                        visibility_timeout: config.bus.visibility_timeout,
                     };
                     tokio::spawn(consumer_loop.run(stop_rx.clone(), config.server.shutdown_grace))
                 })
@@ -668,8 +710,10 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
     );
     let mut prepared = prepare(config, &tracer, &pool)?;
     let config = &prepared.config;
-    let (bus, embedded) = open_bus(config).await.map_err(|err| vec![err.into()])?;
-    let (idempotency, key_prefix) = idempotency_store(config)
+    let (bus, embedded) = open_bus(config, options.empty_store)
+        .await
+        .map_err(|err| vec![err.into()])?;
+    let (idempotency, key_prefix) = idempotency_store(config, options.empty_store)
         .await
         .map_err(|err| vec![err.into()])?;
 
@@ -705,9 +749,17 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         Arc::new(move || {
             let bus = Arc::clone(&bus);
             let idempotency = Arc::clone(&idempotency);
+            // `/readyz` is public: it names the part that is down; the
+            // error itself (paths, addresses) goes to the log only.
             Box::pin(async move {
-                bus.ping().await.map_err(|err| err.to_string())?;
-                idempotency.ping().await.map_err(|err| err.to_string())
+                bus.ping().await.map_err(|err| {
+                    tracing::warn!(error = %err, "not ready: the bus does not answer");
+                    "bus unavailable".to_owned()
+                })?;
+                idempotency.ping().await.map_err(|err| {
+                    tracing::warn!(error = %err, "not ready: the idempotency store does not answer");
+                    "idempotency store unavailable".to_owned()
+                })
             })
         })
     };
@@ -719,6 +771,11 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         EdgeSettings {
             max_body: config.server.max_body,
             body_read_timeout: config.server.body_read_timeout,
+            body_pace: crate::ingest::edge::BodyPace {
+                grace: BODY_GRACE,
+                bytes_per_second: config.server.min_body_rate,
+            },
+            body_reads: crate::ingest::edge::BodyReads::new(config.server.max_bodies_per_client),
             trusted_proxies: config.server.trusted_proxies.clone(),
             limits: Limits::new(LimitSettings {
                 max_concurrency: Some(config.server.max_concurrency),
@@ -825,6 +882,28 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
 
 /// Periodic housekeeping: forget ingest dedup ids older than the window and
 /// delete settled events older than the retention and expired idempotency keys.
+/// Most expired entries one janitor transaction drops.
+const JANITOR_BATCH: usize = 10_000;
+
+/// Runs `batch` (which does at most `limit` items in one short
+/// transaction) until a run does fewer: the janitor keeps up with any
+/// ingest rate instead of a fixed number of items a minute.
+async fn in_batches<F, Fut, E>(limit: usize, mut batch: F) -> Result<usize, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, E>>,
+{
+    let mut total = 0;
+    loop {
+        let done = batch().await?;
+        total += done;
+        if done < limit {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 async fn janitor(
     embedded: Option<Arc<EmbeddedBus>>,
     idempotency: Arc<dyn IdempotencyStore>,
@@ -838,18 +917,18 @@ async fn janitor(
         }
         // JetStream keeps its own dedup window and max age.
         if let Some(bus) = &embedded {
-            match bus.expire_dedup().await {
+            match in_batches(JANITOR_BATCH, || bus.expire_dedup(JANITOR_BATCH)).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(expired = n, "forgot old dedup ids"),
                 Err(err) => tracing::warn!(error = %err, "dedup expiry failed"),
             }
-            match bus.compact(10_000).await {
+            match in_batches(COMPACT_BATCH, || bus.compact(COMPACT_BATCH)).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(deleted = n, "deleted events past retention"),
                 Err(err) => tracing::warn!(error = %err, "log compaction failed"),
             }
         }
-        match idempotency.expire(10_000).await {
+        match in_batches(JANITOR_BATCH, || idempotency.expire(JANITOR_BATCH)).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(expired = n, "dropped expired idempotency keys"),
             Err(err) => tracing::warn!(error = %err, "idempotency key expiry failed"),

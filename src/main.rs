@@ -35,7 +35,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the hub: ingest, bus and every consumer.
-    Serve,
+    Serve {
+        /// Start even though an embedded store that held data is missing or
+        /// empty (its marker says so): begins a new, empty store. Without it
+        /// such a start is refused, so acknowledged events never vanish
+        /// silently.
+        #[arg(long)]
+        accept_empty_store: bool,
+    },
     /// Validate routes.toml, resolve secrets and load every plugin; print every problem.
     Check,
     /// Status of every consumer (from the admin API).
@@ -315,7 +322,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve => serve(&cli.config).await,
+        Command::Serve { accept_empty_store } => serve(&cli.config, accept_empty_store).await,
         Command::Check => check(&cli.config).await,
         Command::Consumers { admin, json } => consumers(&admin, json).await,
         Command::Alerts {
@@ -450,10 +457,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-async fn serve(path: &std::path::Path) -> Result<ExitCode> {
+async fn serve(path: &std::path::Path, accept_empty_store: bool) -> Result<ExitCode> {
     let config = Config::load(path)?;
     let options = switchyard::hub::StartOptions {
         config_path: Some(path.to_owned()),
+        empty_store: if accept_empty_store {
+            switchyard::durable::EmptyStore::Accept
+        } else {
+            switchyard::durable::EmptyStore::Refuse
+        },
         ..Default::default()
     };
     let hub = match switchyard::hub::start(config, options).await {

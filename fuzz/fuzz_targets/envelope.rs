@@ -4,19 +4,21 @@
 //! - `decode(encode(x)) == x` for any envelope, payload bytes untouched.
 //! - `decode` of arbitrary bytes never panics, and fails with the error the
 //!   format predicts: `Truncated` without a full version and length prefix or
-//!   header, `UnsupportedVersion` for version 0 or a newer one, `Header` when
-//!   the header is not JSON. What it accepts has a JSON object header holding
-//!   every required field, keeps the bytes after the header as the payload,
-//!   and encodes to something that decodes to the same envelope.
-//! - Cutting an encoded envelope anywhere inside its prefix or header gives
-//!   `Truncated`; changing its version gives `UnsupportedVersion` unless the
-//!   version is one this build reads.
+//!   header, `UnsupportedVersion` for version 0 or a newer one, `Checksum`
+//!   when a version-2 message's CRC does not match, `Header` when the header
+//!   is not JSON. What it accepts has a JSON object header holding every
+//!   required field, keeps the bytes after the header (and before the CRC)
+//!   as the payload, and encodes to something that decodes to the same
+//!   envelope.
+//! - Cutting an encoded envelope anywhere is detected (`Truncated` or
+//!   `Checksum`), also inside the payload; changing its version gives
+//!   `UnsupportedVersion` unless the version is one this build reads.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use switchyard::bus::envelope::{ENVELOPE_VERSION, Envelope, EnvelopeError};
+use switchyard::bus::envelope::{ENVELOPE_VERSION, Envelope, EnvelopeError, KeyFormat};
 
 #[derive(Arbitrary, Debug)]
 struct Fields {
@@ -29,6 +31,7 @@ struct Fields {
     received_at_ms: u64,
     traceparent: Option<String>,
     generation: Option<u64>,
+    source_scoped_keys: bool,
     payload: Vec<u8>,
 }
 
@@ -44,6 +47,11 @@ impl Fields {
             received_at_ms: self.received_at_ms,
             traceparent: self.traceparent,
             generation: self.generation,
+            key_format: if self.source_scoped_keys {
+                KeyFormat::SourceScoped
+            } else {
+                KeyFormat::Legacy
+            },
             payload: Bytes::from(self.payload),
         }
     }
@@ -71,30 +79,37 @@ fn header_len(encoded: &[u8]) -> usize {
     u32::from_be_bytes(encoded[2..6].try_into().unwrap()) as usize
 }
 
+/// The bytes a CRC covers and whether it matches, for a version-2 message.
+fn checked_body(bytes: &[u8]) -> Option<(&[u8], bool)> {
+    let split = bytes.len().checked_sub(4).filter(|split| *split >= 6)?;
+    let (body, tail) = bytes.split_at(split);
+    Some((body, crc32fast::hash(body).to_be_bytes() == tail))
+}
+
 fuzz_target!(|input: Input| {
     match input {
         Input::RoundTrip(fields) => {
             let envelope = fields.envelope();
             let encoded = envelope.encode();
             assert_eq!(Envelope::decode(&encoded), Ok(envelope.clone()));
-            assert_eq!(&encoded[6 + header_len(&encoded)..], &envelope.payload[..]);
+            let payload = &encoded[6 + header_len(&encoded)..encoded.len() - 4];
+            assert_eq!(payload, &envelope.payload[..]);
         }
         Input::Bytes(bytes) => check_bytes(&bytes),
         Input::Cut { fields, at } => {
             let envelope = fields.envelope();
             let encoded = envelope.encode();
-            let header_end = 6 + header_len(&encoded);
-            let at = at as usize % (encoded.len() + 1);
+            let at = at as usize % encoded.len();
             let decoded = Envelope::decode(&encoded[..at]);
-            if at < header_end {
-                assert_eq!(decoded, Err(EnvelopeError::Truncated), "cut at {at}");
-            } else {
-                // The payload runs to the end of the message: a cut inside it
-                // is not detectable here (the bus stores whole messages).
-                let mut expected = envelope.clone();
-                expected.payload = envelope.payload.slice(..at - header_end);
-                assert_eq!(decoded, Ok(expected));
-            }
+            // The CRC covers the whole message: any cut is detected, inside
+            // the payload too.
+            assert!(
+                matches!(
+                    decoded,
+                    Err(EnvelopeError::Truncated | EnvelopeError::Checksum { .. })
+                ),
+                "cut at {at}: {decoded:?}"
+            );
             check_bytes(&encoded[..at]);
         }
         Input::Version { fields, version } => {
@@ -102,10 +117,16 @@ fuzz_target!(|input: Input| {
             let mut encoded = envelope.encode();
             encoded[0..2].copy_from_slice(&version.to_be_bytes());
             let decoded = Envelope::decode(&encoded);
-            if (1..=ENVELOPE_VERSION).contains(&version) {
-                assert_eq!(decoded, Ok(envelope));
-            } else {
-                assert_eq!(decoded, Err(EnvelopeError::UnsupportedVersion(version)));
+            match version {
+                // Version 1 has no CRC: its four bytes read as payload.
+                1 => {
+                    let mut expected = envelope.clone();
+                    expected.payload = Bytes::copy_from_slice(&encoded[6 + header_len(&encoded)..]);
+                    assert_eq!(decoded, Ok(expected));
+                }
+                // The CRC covers the version bytes.
+                v if v == ENVELOPE_VERSION => assert_eq!(decoded, Ok(envelope)),
+                _ => assert_eq!(decoded, Err(EnvelopeError::UnsupportedVersion(version))),
             }
         }
     }
@@ -122,12 +143,33 @@ fn check_bytes(bytes: &[u8]) {
         assert_eq!(decoded, Err(EnvelopeError::UnsupportedVersion(version)));
         return;
     }
-    if bytes.len() < 6 || bytes.len() - 6 < header_len(bytes) {
+    let body = if version >= 2 {
+        match checked_body(bytes) {
+            None => {
+                assert_eq!(decoded, Err(EnvelopeError::Truncated));
+                return;
+            }
+            Some((_, false)) => {
+                assert!(
+                    matches!(
+                        decoded,
+                        Err(EnvelopeError::Checksum { .. } | EnvelopeError::Truncated)
+                    ),
+                    "a CRC mismatch went unnoticed: {decoded:?}"
+                );
+                return;
+            }
+            Some((body, true)) => body,
+        }
+    } else {
+        bytes
+    };
+    if body.len() < 6 || body.len() - 6 < header_len(body) {
         assert_eq!(decoded, Err(EnvelopeError::Truncated));
         return;
     }
-    let header_end = 6 + header_len(bytes);
-    let header = serde_json::from_slice::<serde_json::Value>(&bytes[6..header_end]);
+    let header_end = 6 + header_len(body);
+    let header = serde_json::from_slice::<serde_json::Value>(&body[6..header_end]);
     match decoded {
         Ok(envelope) => {
             let header = header.expect("an accepted header is JSON");
@@ -135,7 +177,7 @@ fn check_bytes(bytes: &[u8]) {
             for field in REQUIRED {
                 assert!(object.contains_key(field), "accepted without `{field}`");
             }
-            assert_eq!(&envelope.payload[..], &bytes[header_end..]);
+            assert_eq!(&envelope.payload[..], &body[header_end..]);
             assert_eq!(Envelope::decode(&envelope.encode()), Ok(envelope));
         }
         Err(EnvelopeError::Header(_)) => {}

@@ -63,15 +63,23 @@ fn error_body(status: StatusCode, code: &str, message: String) -> warp::reply::R
     .into_response()
 }
 
+/// The token of an `Authorization: Bearer <token>` header. The scheme is
+/// case-insensitive (RFC 9110 §11.1, RFC 6750 §2.1); surrounding blanks
+/// are not part of the token.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
 fn authorized(token: Arc<Secret>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and_then(move |header: Option<String>| {
             let token = Arc::clone(&token);
             async move {
-                let presented = header
-                    .as_deref()
-                    .and_then(|h| h.strip_prefix("Bearer "))
-                    .unwrap_or("");
+                let presented = header.as_deref().and_then(bearer_token).unwrap_or("");
                 let expected = token.expose().as_bytes();
                 let same_length = presented.len() == expected.len();
                 // Compare even on a length mismatch, against itself, so the
@@ -386,11 +394,17 @@ pub fn routes(
         .unify()
         .recover(|rejection: Rejection| async move {
             let response = if rejection.find::<Unauthorized>().is_some() {
-                error_body(
+                let mut response = error_body(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
                     "a valid bearer token is required".into(),
-                )
+                );
+                // RFC 9110 §11.6.1: a 401 names the scheme it wants.
+                response.headers_mut().insert(
+                    warp::http::header::WWW_AUTHENTICATE,
+                    warp::http::HeaderValue::from_static("Bearer realm=\"switchyard-admin\""),
+                );
+                response
             } else if let Some(Failed(err)) = rejection.find::<Failed>() {
                 let status = match err {
                     AdminError::UnknownConsumer(_) => StatusCode::NOT_FOUND,
@@ -420,4 +434,20 @@ pub fn routes(
             Ok::<_, Infallible>(response)
         })
         .unify()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_blanks_are_not_the_token() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer   "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 }

@@ -351,6 +351,9 @@ impl HubControl {
         if let Some(counts) = self.bus.writer_counts() {
             self.metrics.bus_writer(counts);
         }
+        self.metrics
+            .bus_integrity_failures
+            .set(self.bus.integrity_failures() as i64);
         self.metrics.guest_pool(&self.pool.usage());
         Ok(self.metrics.render())
     }

@@ -8,20 +8,24 @@
 //! - `schedule`: (queue, due ms, seq) → deliveries so far, where the queue is
 //!   `<consumer>` (the live lane) or `<consumer>:replay`. One row per
 //!   outstanding (queue, event). Due rows are pulled; pulling moves the row
-//!   to `now + visibility timeout`, which is the lease: a holder that dies
-//!   simply lets it come due again.
+//!   to `now + visibility timeout` and marks it leased (the [`LEASED`] bit
+//!   of the value): that is the lease, which its holder renews while the
+//!   call runs. A holder that dies simply lets it come due again; a restart
+//!   makes the previous run's leases due at once (nobody holds them: the
+//!   file belongs to one process).
 //! - `dead`: (consumer, queue, seq) → why, attempts, and a copy of the envelope.
-//! - `refs`: seq → how many `schedule` rows still point at the event. The
-//!   janitor deletes events older than the retention only when none does, so
-//!   history stays replayable for the retention and the log does not grow
-//!   without bound.
+//! - `refs`: seq → how many `schedule` rows still point at the event.
+//! - `settled`: the seqs no `schedule` row points at any more, oldest first.
+//!   The janitor deletes the events past the retention from it, however many
+//!   older events still wait for a paused consumer, so history stays
+//!   replayable for the retention and the log does not grow without bound.
 //!
 //! Appends and dead letters are durable before they answer; leases, acks and
 //! retry delays are committed lazily (a crash rolls them back, and that only
 //! causes a redelivery, which idempotency keys absorb).
 
 use super::*;
-use crate::durable::{DurableError, GroupCommit, Persist};
+use crate::durable::{DurableError, EmptyStore, GroupCommit, Persist};
 use redb::{ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::path::Path;
@@ -34,8 +38,19 @@ const DEDUP_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("ded
 const SCHEDULE: TableDefinition<(&str, u64, u64), u32> = TableDefinition::new("schedule");
 const DEAD: TableDefinition<(&str, u8, u64), &[u8]> = TableDefinition::new("dead");
 const REFS: TableDefinition<u64, u32> = TableDefinition::new("refs");
+const SETTLED: TableDefinition<u64, ()> = TableDefinition::new("settled");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
+/// Set once `settled` indexes every settled event (built at the first open
+/// by a build that has it).
+const SETTLED_INDEXED: &str = "settled_indexed";
+
+/// Most events one [`EmbeddedBus::compact`] call deletes (one transaction);
+/// the janitor calls it again until a call deletes fewer.
+pub const COMPACT_BATCH: usize = 10_000;
+
+/// Set in a `schedule` value while the row is a lease rather than a wait.
+const LEASED: u32 = 1 << 31;
 
 /// Settings of the embedded engine (from `[bus]`).
 #[derive(Debug, Clone)]
@@ -44,6 +59,8 @@ pub struct EmbeddedSettings {
     pub dedup_window: Duration,
     /// How long settled events stay in the log (for replay).
     pub retention: Duration,
+    /// Whether a vanished log may be replaced by an empty one.
+    pub empty_store: EmptyStore,
 }
 
 pub struct EmbeddedBus {
@@ -54,6 +71,8 @@ pub struct EmbeddedBus {
     /// consumer removed by a reload keeps its entry (and its queue).
     wakers: RwLock<HashMap<String, Arc<Notify>>>,
     settings: EmbeddedSettings,
+    /// Stored events found altered at rest (and parked instead).
+    integrity_failures: std::sync::atomic::AtomicU64,
 }
 
 fn unavailable(err: DurableError) -> BusError {
@@ -95,7 +114,8 @@ impl EmbeddedBus {
         subscriptions: Vec<Subscription>,
         settings: EmbeddedSettings,
     ) -> Result<EmbeddedBus, BusError> {
-        let store = GroupCommit::open(&dir.join("bus.redb")).map_err(unavailable)?;
+        let store =
+            GroupCommit::open(&dir.join("bus.redb"), settings.empty_store).map_err(unavailable)?;
         let txn = store.begin_setup().map_err(unavailable)?;
         {
             // Create every table up front so readers never meet a missing one.
@@ -105,14 +125,24 @@ impl EmbeddedBus {
             txn.open_table(SCHEDULE).map_err(storage)?;
             txn.open_table(DEAD).map_err(storage)?;
             txn.open_table(REFS).map_err(storage)?;
+            txn.open_table(SETTLED).map_err(storage)?;
             txn.open_table(META).map_err(storage)?;
         }
+        index_settled_events(&txn).map_err(storage)?;
+        let released = release_abandoned_leases(&txn).map_err(storage)?;
         txn.commit().map_err(storage)?;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "deliveries leased by the previous run are due again"
+            );
+        }
         let bus = EmbeddedBus {
             store,
             subscriptions: RwLock::default(),
             wakers: RwLock::default(),
             settings,
+            integrity_failures: Default::default(),
         };
         bus.subscribe(subscriptions);
         Ok(bus)
@@ -145,44 +175,81 @@ impl EmbeddedBus {
             .ok_or_else(|| BusError::UnknownConsumer(consumer.to_owned()))
     }
 
-    /// Leases due rows now; answers what it leased.
+    /// Leases due rows of one lane now; answers what it leased. A row whose
+    /// stored bytes fail their checksum is not handed out: it is parked in
+    /// the consumer's dead-letter queue with the reason (and counted), so
+    /// altered bytes never reach a plugin.
     async fn lease_due(
         &self,
         consumer: &str,
+        lane: Lane,
         max: usize,
     ) -> Result<Vec<(u64, u64, u32, Vec<u8>)>, BusError> {
-        let consumer_key = consumer.to_owned();
+        let consumer_name = consumer.to_owned();
+        let queue_key = lane_queue(consumer, lane);
         let visibility = self.settings.visibility_timeout.as_millis() as u64;
-        self.store
+        let (leased, damaged) = self
+            .store
             .write(Persist::Lazy, move |txn| {
                 let now = now_ms();
                 let lease_until = now + visibility;
                 let mut schedule = txn.open_table(SCHEDULE)?;
                 let due: Vec<(u64, u64, u32)> = schedule
-                    .range((consumer_key.as_str(), 0, 0)..=(consumer_key.as_str(), now, u64::MAX))?
+                    .range((queue_key.as_str(), 0, 0)..=(queue_key.as_str(), now, u64::MAX))?
                     .take(max)
                     .map(|row| {
                         let (key, deliveries) = row?;
                         let (_, due, seq) = key.value();
-                        Ok::<_, redb::StorageError>((due, seq, deliveries.value()))
+                        Ok::<_, redb::StorageError>((due, seq, deliveries.value() & !LEASED))
                     })
                     .collect::<Result<_, _>>()?;
                 let events = txn.open_table(EVENTS)?;
                 let mut leased = Vec::with_capacity(due.len());
+                let mut damaged = Vec::new();
                 for (due, seq, deliveries) in due {
-                    schedule.remove((consumer_key.as_str(), due, seq))?;
+                    schedule.remove((queue_key.as_str(), due, seq))?;
                     let Some(bytes) = events.get(seq)? else {
                         // The log lost the event (cannot happen short of
                         // manual edits); the row would otherwise spin forever.
                         continue;
                     };
-                    schedule.insert((consumer_key.as_str(), lease_until, seq), deliveries + 1)?;
-                    leased.push((lease_until, seq, deliveries + 1, bytes.value().to_vec()));
+                    let bytes = bytes.value().to_vec();
+                    if let Err(damage) = Envelope::verify(&bytes) {
+                        let reason = format!("not delivered: {damage}");
+                        park(
+                            txn,
+                            &consumer_name,
+                            DeadQueue::DeadLetter,
+                            seq,
+                            deliveries,
+                            reason.clone(),
+                            &bytes,
+                        )?;
+                        release_ref(txn, seq)?;
+                        damaged.push((seq, reason));
+                        continue;
+                    }
+                    schedule.insert(
+                        (queue_key.as_str(), lease_until, seq),
+                        (deliveries + 1) | LEASED,
+                    )?;
+                    leased.push((lease_until, seq, deliveries + 1, bytes));
                 }
-                Ok(leased)
+                Ok((leased, damaged))
             })
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        for (seq, reason) in &damaged {
+            self.integrity_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(
+                consumer,
+                seq,
+                reason,
+                "stored event failed its integrity check; parked in the dead-letter queue"
+            );
+        }
+        Ok(leased)
     }
 
     /// When the next row of `consumer` comes due, if it has any.
@@ -197,6 +264,42 @@ impl EmbeddedBus {
             Some(row) => Ok(Some(row.map_err(storage)?.0.value().1)),
             None => Ok(None),
         }
+    }
+
+    /// Moves a leased row's expiry to `now + visibility timeout`. `false`
+    /// if the lease had already expired and the row moved on.
+    async fn extend_lease(&self, delivery: &mut Delivery) -> Result<bool, BusError> {
+        let DeliveryHandle::Embedded { due_ms, seq } = delivery.handle else {
+            panic!("a delivery of another engine was renewed on the embedded engine");
+        };
+        let queue_key = lane_queue(&delivery.consumer, delivery.lane);
+        let visibility = self.settings.visibility_timeout.as_millis() as u64;
+        let renewed = self
+            .store
+            .write(Persist::Lazy, move |txn| {
+                let mut schedule = txn.open_table(SCHEDULE)?;
+                let removed = schedule
+                    .remove((queue_key.as_str(), due_ms, seq))?
+                    .map(|v| v.value());
+                let Some(value) = removed else {
+                    return Ok(None);
+                };
+                let lease_until = (now_ms() + visibility).max(due_ms);
+                schedule.insert((queue_key.as_str(), lease_until, seq), value)?;
+                Ok(Some(lease_until))
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(match renewed {
+            Some(lease_until) => {
+                delivery.handle = DeliveryHandle::Embedded {
+                    due_ms: lease_until,
+                    seq,
+                };
+                true
+            }
+            None => false,
+        })
     }
 
     /// Moves a leased row: to a new due time, or out of the queue.
@@ -224,7 +327,7 @@ impl EmbeddedBus {
                 let mut schedule = txn.open_table(SCHEDULE)?;
                 let removed = schedule
                     .remove((queue_key.as_str(), due_ms, seq))?
-                    .map(|v| v.value());
+                    .map(|v| v.value() & !LEASED);
                 let Some(deliveries) = removed else {
                     // The lease expired and the row moved on: someone else
                     // owns this event now, so this holder must not touch it.
@@ -243,19 +346,7 @@ impl EmbeddedBus {
                         schedule.insert((queue_key.as_str(), now_ms(), seq), undo)?;
                     }
                     Settle::Park(queue, reason) => {
-                        let meta = serde_json::to_vec(&DeadMeta {
-                            attempts,
-                            reason,
-                            at_ms: now_ms(),
-                        })
-                        .expect("dead-letter meta serializes");
-                        let mut value = (meta.len() as u32).to_be_bytes().to_vec();
-                        value.extend_from_slice(&meta);
-                        value.extend_from_slice(&envelope);
-                        txn.open_table(DEAD)?.insert(
-                            (consumer.as_str(), queue_code(queue), seq),
-                            value.as_slice(),
-                        )?;
+                        park(txn, &consumer, queue, seq, attempts, reason, &envelope)?;
                     }
                 }
                 Ok(true)
@@ -272,40 +363,55 @@ impl EmbeddedBus {
         Ok(settled)
     }
 
-    /// Deletes settled events older than the retention, at most `limit`.
-    /// Events still waiting for a consumer are kept whatever their age.
-    /// Returns how many were deleted.
+    /// Deletes settled events older than the retention, at most `limit`,
+    /// oldest first. Events still waiting for a consumer are kept whatever
+    /// their age, and do not hold back the deletion of younger settled
+    /// ones. Returns how many were deleted.
     pub async fn compact(&self, limit: usize) -> Result<usize, BusError> {
         let cutoff = now_ms().saturating_sub(self.settings.retention.as_millis() as u64);
         self.store
             .write(Persist::Lazy, move |txn| {
                 let mut events = txn.open_table(EVENTS)?;
+                let mut settled = txn.open_table(SETTLED)?;
                 let refs = txn.open_table(REFS)?;
-                let mut old = Vec::new();
-                for row in events.iter()?.take(limit) {
-                    let (seq, bytes) = row?;
-                    let received_at = Envelope::decode(bytes.value())
-                        .map(|e| e.received_at_ms)
-                        .unwrap_or(0);
-                    // The log is in arrival order: the first young event ends the scan.
+                let candidates: Vec<u64> = settled
+                    .iter()?
+                    .take(limit)
+                    .map(|row| row.map(|(seq, _)| seq.value()))
+                    .collect::<Result<_, _>>()?;
+                let mut deleted = 0;
+                for seq in candidates {
+                    // Queued again by a replay since it settled: not settled.
+                    if refs.get(seq)?.is_some() {
+                        settled.remove(seq)?;
+                        continue;
+                    }
+                    let received_at = match events.get(seq)? {
+                        Some(bytes) => Envelope::decode(bytes.value())
+                            .map(|e| e.received_at_ms)
+                            .unwrap_or(0),
+                        None => {
+                            settled.remove(seq)?;
+                            continue;
+                        }
+                    };
+                    // Seqs follow arrival: the first young event ends the scan.
                     if received_at >= cutoff {
                         break;
                     }
-                    if refs.get(seq.value())?.is_none() {
-                        old.push(seq.value());
-                    }
+                    events.remove(seq)?;
+                    settled.remove(seq)?;
+                    deleted += 1;
                 }
-                for seq in &old {
-                    events.remove(*seq)?;
-                }
-                Ok(old.len())
+                Ok(deleted)
             })
             .await
             .map_err(unavailable)
     }
 
-    /// Forgets dedup entries older than the window. Returns how many.
-    pub async fn expire_dedup(&self) -> Result<usize, BusError> {
+    /// Forgets dedup entries older than the window, at most `limit`.
+    /// Returns how many.
+    pub async fn expire_dedup(&self, limit: usize) -> Result<usize, BusError> {
         let cutoff = now_ms().saturating_sub(self.settings.dedup_window.as_millis() as u64);
         self.store
             .write(Persist::Lazy, move |txn| {
@@ -313,7 +419,7 @@ impl EmbeddedBus {
                 let mut dedup = txn.open_table(DEDUP)?;
                 let old: Vec<(u64, String)> = expiry
                     .range((0, "")..(cutoff, ""))?
-                    .take(10_000)
+                    .take(limit)
                     .map(|row| row.map(|(key, _)| (key.value().0, key.value().1.to_owned())))
                     .collect::<Result<_, _>>()?;
                 for (at, key) in &old {
@@ -325,6 +431,50 @@ impl EmbeddedBus {
             .await
             .map_err(unavailable)
     }
+}
+
+/// Writes a dead-letter or review entry: why, and a copy of the envelope.
+fn park(
+    txn: &redb::WriteTransaction,
+    consumer: &str,
+    queue: DeadQueue,
+    seq: u64,
+    attempts: u32,
+    reason: String,
+    envelope: &[u8],
+) -> Result<(), redb::Error> {
+    let meta = serde_json::to_vec(&DeadMeta {
+        attempts,
+        reason,
+        at_ms: now_ms(),
+    })
+    .expect("dead-letter meta serializes");
+    let mut value = (meta.len() as u32).to_be_bytes().to_vec();
+    value.extend_from_slice(&meta);
+    value.extend_from_slice(envelope);
+    txn.open_table(DEAD)?
+        .insert((consumer, queue_code(queue), seq), value.as_slice())?;
+    Ok(())
+}
+
+/// Makes every lease left by an earlier run due now. Returns how many.
+fn release_abandoned_leases(txn: &redb::WriteTransaction) -> Result<usize, redb::Error> {
+    let mut schedule = txn.open_table(SCHEDULE)?;
+    let now = now_ms();
+    let mut abandoned = Vec::new();
+    for row in schedule.iter()? {
+        let (key, value) = row?;
+        let value = value.value();
+        if value & LEASED != 0 {
+            let (queue, due, seq) = key.value();
+            abandoned.push((queue.to_owned(), due, seq, value & !LEASED));
+        }
+    }
+    for (queue, due, seq, deliveries) in &abandoned {
+        schedule.remove((queue.as_str(), *due, *seq))?;
+        schedule.insert((queue.as_str(), now, *seq), *deliveries)?;
+    }
+    Ok(abandoned.len())
 }
 
 /// Queues `seq` in `consumer`'s replay lane, due now, as a fresh delivery.
@@ -340,6 +490,7 @@ fn enqueue_again(
     let mut refs = txn.open_table(REFS)?;
     let count = refs.get(seq)?.map(|v| v.value()).unwrap_or(0);
     refs.insert(seq, count + 1)?;
+    txn.open_table(SETTLED)?.remove(seq)?;
     Ok(())
 }
 
@@ -360,7 +511,28 @@ fn release_ref(txn: &redb::WriteTransaction, seq: u64) -> Result<(), redb::Error
         refs.insert(seq, left - 1)?;
     } else {
         refs.remove(seq)?;
+        txn.open_table(SETTLED)?.insert(seq, ())?;
     }
+    Ok(())
+}
+
+/// Builds the `settled` index of a log written before it existed: every
+/// event no queue refers to. Once per file.
+fn index_settled_events(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get(SETTLED_INDEXED)?.is_some() {
+        return Ok(());
+    }
+    let events = txn.open_table(EVENTS)?;
+    let refs = txn.open_table(REFS)?;
+    let mut settled = txn.open_table(SETTLED)?;
+    for row in events.iter()? {
+        let seq = row?.0.value();
+        if refs.get(seq)?.is_none() {
+            settled.insert(seq, ())?;
+        }
+    }
+    meta.insert(SETTLED_INDEXED, 1)?;
     Ok(())
 }
 
@@ -416,7 +588,9 @@ impl Bus for EmbeddedBus {
                 for consumer in &consumers {
                     schedule.insert((consumer.as_str(), now, seq), 0)?;
                 }
-                if !consumers.is_empty() {
+                if consumers.is_empty() {
+                    txn.open_table(SETTLED)?.insert(seq, ())?;
+                } else {
                     txn.open_table(REFS)?.insert(seq, consumers.len() as u32)?;
                 }
                 Ok(Appended::Stored)
@@ -445,7 +619,7 @@ impl Bus for EmbeddedBus {
         let deadline = tokio::time::Instant::now() + wait;
         let consumer_name: Arc<str> = Arc::from(consumer);
         loop {
-            let leased = self.lease_due(&queue, max.max(1)).await?;
+            let leased = self.lease_due(consumer, lane, max.max(1)).await?;
             if !leased.is_empty() {
                 return leased
                     .into_iter()
@@ -474,6 +648,10 @@ impl Bus for EmbeddedBus {
                 _ = tokio::time::sleep_until(sleep_until) => {}
             }
         }
+    }
+
+    async fn extend(&self, delivery: &mut Delivery) -> Result<bool, BusError> {
+        self.extend_lease(delivery).await
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), BusError> {
@@ -542,13 +720,20 @@ impl Bus for EmbeddedBus {
         {
             let (key, value) = row.map_err(storage)?;
             let (meta, envelope) = split_dead(value.value())?;
+            // A copy damaged at rest is still listed (with its identity),
+            // and says so; replaying it parks it again, never delivers it.
+            let (envelope, damage) = Envelope::decode_unverified(envelope)?;
+            let reason = match damage {
+                Some(damage) => format!("{} (and this copy: {damage})", meta.reason),
+                None => meta.reason,
+            };
             out.push(DeadLetter {
                 id: key.value().2,
                 consumer: consumer.to_owned(),
                 queue,
-                envelope: Envelope::decode(envelope)?,
+                envelope,
                 attempts: meta.attempts,
-                reason: meta.reason,
+                reason,
                 at_ms: meta.at_ms,
             });
         }
@@ -730,6 +915,11 @@ impl Bus for EmbeddedBus {
         let txn = self.store.read().map_err(unavailable)?;
         txn.open_table(META).map_err(storage)?;
         Ok(())
+    }
+
+    fn integrity_failures(&self) -> u64 {
+        self.integrity_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn writer_counts(&self) -> Option<crate::durable::WriterCounts> {

@@ -9,7 +9,9 @@
 //! - `append` returns `Ok` only once the event is durable; ingest answers 2xx
 //!   only after that.
 //! - An event leaves a consumer's queue only by `ack` or `dead_letter`. A
-//!   delivery whose holder dies comes back after the visibility timeout.
+//!   delivery whose holder dies comes back after the visibility timeout;
+//!   a live holder renews its lease (`extend`) while its call runs, so the
+//!   timeout stays short however long the call.
 //!
 //! [`Bus`] is the seam between engines: `embedded` (redb, one machine) and
 //! `nats` (JetStream, several processes). Both pass one behavioural suite
@@ -33,7 +35,7 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-pub use envelope::{Envelope, EnvelopeError};
+pub use envelope::{Envelope, EnvelopeError, KeyFormat};
 
 /// What one consumer receives: events of `source` whose type matches a pattern.
 #[derive(Debug, Clone)]
@@ -202,6 +204,11 @@ pub trait Bus: Send + Sync + 'static {
         wait: Duration,
     ) -> Result<Vec<Delivery>, BusError>;
 
+    /// Renews the lease: the delivery stays ours for another visibility
+    /// timeout from now. `Ok(false)` when the lease is known lost (it
+    /// expired and the event moved on); the handle may change.
+    async fn extend(&self, delivery: &mut Delivery) -> Result<bool, BusError>;
+
     /// Done: the delivery leaves the consumer's queue.
     async fn ack(&self, delivery: &Delivery) -> Result<(), BusError>;
 
@@ -237,6 +244,13 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Checks the engine can serve (for `/readyz`).
     async fn ping(&self) -> Result<(), BusError>;
+
+    /// Stored events found altered at rest since start (each parked in its
+    /// consumer's dead-letter queue instead of delivered). JetStream checks
+    /// its own file store, so only the embedded engine counts here.
+    fn integrity_failures(&self) -> u64 {
+        0
+    }
 
     /// What the engine's single writer has done, where it has one (the
     /// embedded engine; JetStream's server does its own writing).

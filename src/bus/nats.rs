@@ -51,6 +51,9 @@ const H_REASON: &str = "switchyard-reason";
 const H_ATTEMPTS: &str = "switchyard-attempts";
 const H_DEAD_AT: &str = "switchyard-dead-at";
 const H_GENERATION: &str = "switchyard-generation";
+/// Present on events whose `Idempotency-Key`s name their source (see
+/// [`KeyFormat`]); absent on events stored by older builds.
+const H_KEYS: &str = "switchyard-key-format";
 
 /// Settings of the JetStream engine (from `[bus]`).
 #[derive(Debug, Clone)]
@@ -109,16 +112,14 @@ pub struct NatsBus {
     /// Releases this process made, per (consumer, stream sequence): JetStream
     /// counts a `NAK` as a delivery, but a release must not cost an attempt.
     released: Mutex<HashMap<(Arc<str>, u64), u32>>,
-    progress_every: Duration,
 }
 
-/// A leased JetStream message. Cloning shares it; the `+WPI` ticker stops when
-/// the delivery is settled or the last clone is dropped.
+/// A leased JetStream message. Cloning shares it; dispatch renews it with
+/// `+WPI` ([`Bus::extend`]) while the call runs.
 #[derive(Clone)]
 pub struct NatsLease {
     message: Arc<jetstream::Message>,
     pub stream_sequence: u64,
-    progress: Arc<ProgressTicker>,
 }
 
 impl std::fmt::Debug for NatsLease {
@@ -136,14 +137,6 @@ impl PartialEq for NatsLease {
 }
 
 impl Eq for NatsLease {}
-
-struct ProgressTicker(tokio::task::JoinHandle<()>);
-
-impl Drop for ProgressTicker {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// How long past its own expiry a pull may go unanswered before it is
 /// given up as lost.
@@ -264,6 +257,9 @@ fn envelope_headers(envelope: &Envelope) -> HeaderMap {
     if let Some(generation) = envelope.generation {
         headers.insert(H_GENERATION, generation.to_string().as_str());
     }
+    if envelope.key_format == KeyFormat::SourceScoped {
+        headers.insert(H_KEYS, "source-scoped");
+    }
     headers
 }
 
@@ -301,6 +297,10 @@ fn envelope_from(
         received_at_ms: number(H_RECEIVED)? as u64,
         traceparent: header(headers, H_TRACEPARENT).map(str::to_owned),
         generation: header(headers, H_GENERATION).and_then(|g| g.parse().ok()),
+        key_format: match header(headers, H_KEYS) {
+            Some("source-scoped") => KeyFormat::SourceScoped,
+            _ => KeyFormat::Legacy,
+        },
         payload: payload.clone(),
     })
 }
@@ -408,7 +408,6 @@ impl NatsBus {
             ack_wait: settings.visibility_timeout,
             replicas: settings.replicas,
             released: Mutex::new(HashMap::new()),
-            progress_every: (settings.visibility_timeout / 3).max(Duration::from_millis(200)),
         };
         bus.resubscribe(subscribers).await?;
         Ok(bus)
@@ -555,7 +554,6 @@ impl NatsBus {
 
     async fn settle(&self, delivery: &Delivery, kind: AckKind) -> Result<(), BusError> {
         let lease = Self::lease(delivery);
-        lease.progress.0.abort();
         if !matches!(kind, AckKind::Nak(None)) {
             self.released
                 .lock()
@@ -635,20 +633,6 @@ impl NatsBus {
                 .copied()
                 .unwrap_or(0);
             let message = Arc::new(message);
-            let progress = {
-                let message = Arc::clone(&message);
-                let every = self.progress_every;
-                ProgressTicker(tokio::spawn(async move {
-                    let mut ticks = tokio::time::interval(every);
-                    ticks.tick().await;
-                    loop {
-                        ticks.tick().await;
-                        if message.ack_with(AckKind::Progress).await.is_err() {
-                            return;
-                        }
-                    }
-                }))
-            };
             deliveries.push(Delivery {
                 consumer: Arc::clone(&consumer_name),
                 lane,
@@ -657,7 +641,6 @@ impl NatsBus {
                 handle: DeliveryHandle::Nats(NatsLease {
                     message,
                     stream_sequence,
-                    progress: Arc::new(progress),
                 }),
             });
         }
@@ -720,6 +703,18 @@ impl Bus for NatsBus {
                     humantime::format_duration(answer_within)
                 )))
             })
+    }
+
+    /// `+WPI`, confirmed by the server: it restarts the `ack_wait` clock.
+    /// JetStream does not say whether the message was redelivered meanwhile,
+    /// so only a failed round trip counts as a lost lease.
+    async fn extend(&self, delivery: &mut Delivery) -> Result<bool, BusError> {
+        Self::lease(delivery)
+            .message
+            .double_ack_with(AckKind::Progress)
+            .await
+            .map(|()| true)
+            .map_err(unavailable)
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), BusError> {

@@ -51,6 +51,10 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Time allowed for a webhook body to arrive after its headers.
     pub body_read_timeout: Duration,
+    /// Slowest average rate a body may arrive at (bytes/s), after a grace.
+    pub min_body_rate: u64,
+    /// Bodies one client address may be sending at once.
+    pub max_bodies_per_client: usize,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Webhook requests handled at once over all sources.
@@ -391,16 +395,17 @@ impl SecretRef {
         )
     }
 
-    /// Reads the secret. Trailing newlines of files are trimmed.
+    /// Reads the secret. Leading and trailing whitespace is trimmed, from
+    /// files and variables alike (an editor's newline or a pasted space is
+    /// never part of a signing secret or a token).
     pub fn resolve(&self) -> Result<Secret, String> {
         let value = match self {
             SecretRef::Env(name) => std::env::var(name)
                 .map_err(|_| format!("environment variable `{name}` is not set"))?,
             SecretRef::File(path) => std::fs::read_to_string(path)
-                .map_err(|err| format!("cannot read secret file `{}`: {err}", path.display()))?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
+                .map_err(|err| format!("cannot read secret file `{}`: {err}", path.display()))?,
         };
+        let value = value.trim().to_owned();
         if value.is_empty() {
             return Err(format!("secret {self} is empty"));
         }
@@ -561,6 +566,17 @@ impl fmt::Display for ParseError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_lose_surrounding_whitespace_from_files_and_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), " admin-token-0123456789 \r\n").unwrap();
+        let file = SecretRef::parse("file:token", dir.path()).unwrap();
+        assert_eq!(file.resolve().unwrap().expose(), "admin-token-0123456789");
+        std::fs::write(dir.path().join("blank"), " \n").unwrap();
+        let blank = SecretRef::parse("file:blank", dir.path()).unwrap();
+        assert!(blank.resolve().unwrap_err().contains("is empty"));
+    }
 
     #[test]
     fn patterns_match_like_routes_say() {

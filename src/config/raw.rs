@@ -64,6 +64,16 @@ pub struct RawServer {
     /// headers are in; the answer is 408 and the connection is closed when
     /// it runs out. A duration like `"30s"`. Default `"30s"`.
     pub body_read_timeout: Option<String>,
+    /// Slowest a webhook body may arrive, on average, after a 2 s grace: a
+    /// client sending slower is cut off with 408 instead of holding a
+    /// request slot until `body_read_timeout`. Size per second, e.g.
+    /// `"1KiB"`. Default `"1KiB"`.
+    pub min_body_rate: Option<String>,
+    /// Most webhook bodies one client address may be sending at once
+    /// (bodies are read before their signature can be checked); more are
+    /// shed with 503 and `Retry-After: 1`. An integer from 1 to 1000000.
+    /// Default `64`. Takes a restart to change.
+    pub max_bodies_per_client: Option<i64>,
     /// Proxies whose `X-Forwarded-For` is believed: a list of CIDRs or bare
     /// addresses, e.g. `["10.0.0.0/8", "127.0.0.1"]`. The client address of
     /// a request is the peer address unless the peer is in this list; then
@@ -105,7 +115,7 @@ pub struct RawBus {
     pub kind: Option<String>,
     /// Embedded only: directory of the log, relative to routes.toml. Default `"data/bus"`. Env override: `SWITCHYARD_BUS_PATH`.
     pub path: Option<String>,
-    /// How long a delivery stays leased before it is redelivered if its worker died. Duration. Default `"5m"`.
+    /// How long a delivery stays leased if its worker dies: a live worker renews the lease every third of it while the call runs, so this is the failover time, not a bound on calls. At least 1s. Duration. Default `"10s"`.
     pub visibility_timeout: Option<String>,
     /// How long an event id is remembered for ingest dedup. Duration. Default `"7d"`.
     pub dedup_window: Option<String>,
@@ -202,7 +212,7 @@ pub struct RawIdempotency {
     pub key_prefix: Option<String>,
     /// How long a `done` key is remembered; longer than the provider's retry window. Duration. Default `"7d"`.
     pub ttl: Option<String>,
-    /// How long a `processing` key holds if its worker dies. Duration. Default `"5m"`.
+    /// How long a `processing` key holds if its worker dies; renewed every third of it while the call runs. At least 1s. Duration. Default `"10s"`.
     pub lease: Option<String>,
 }
 
@@ -376,7 +386,7 @@ pub struct RawRetry {
 pub struct RawLimits {
     /// CPU time of one call (guest code only). Duration. Default `"100ms"`.
     pub cpu: Option<String>,
-    /// Wall-clock time of one call, outbound calls included; shorter than `bus.visibility_timeout`. Duration. Default `"30s"`.
+    /// Wall-clock time of one call, outbound calls included (its leases are renewed meanwhile, so it may exceed them). Duration. Default `"30s"`.
     pub wall: Option<String>,
     /// Linear memory of one instance. Size. Default `"32MiB"`.
     pub memory: Option<String>,

@@ -5,6 +5,9 @@ use super::raw::*;
 use super::units::{parse_duration, parse_size};
 use super::*;
 
+/// The shortest lease (`bus.visibility_timeout`, `idempotency.lease`).
+const MIN_LEASE: Duration = Duration::from_secs(1);
+
 /// Validates a parsed file. Relative paths resolve against `base_dir`.
 pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigIssue>> {
     let mut check = Checker {
@@ -38,7 +41,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigIss
         .enumerate()
         .map(|(index, route)| check.route(index, route, &raw))
         .collect();
-    check.cross_checks(&raw, &consumers, &idempotency, &bus);
+    check.cross_checks(&raw, &idempotency, &bus);
     if check.issues.is_empty() {
         Ok(Config {
             server,
@@ -183,6 +186,17 @@ impl Checker<'_> {
                 raw.body_read_timeout.as_ref(),
                 Duration::from_secs(30),
             ),
+            min_body_rate: self.size(
+                "server.min_body_rate".into(),
+                raw.min_body_rate.as_ref(),
+                1 << 10,
+            ),
+            max_bodies_per_client: self.count(
+                "server.max_bodies_per_client".into(),
+                raw.max_bodies_per_client,
+                (1, 1_000_000),
+                64,
+            ) as usize,
             trusted_proxies: self.nets("server.trusted_proxies", &raw.trusted_proxies),
             max_concurrency: self.count(
                 "server.max_concurrency".into(),
@@ -286,7 +300,7 @@ impl Checker<'_> {
             visibility_timeout: self.duration(
                 "bus.visibility_timeout".into(),
                 raw.visibility_timeout.as_ref(),
-                Duration::from_secs(300),
+                Duration::from_secs(10),
             ),
             dedup_window: self.duration(
                 "bus.dedup_window".into(),
@@ -623,7 +637,7 @@ impl Checker<'_> {
             lease: self.duration(
                 "idempotency.lease".into(),
                 raw.lease.as_ref(),
-                Duration::from_secs(300),
+                Duration::from_secs(10),
             ),
         }
     }
@@ -993,14 +1007,7 @@ impl Checker<'_> {
         }
     }
 
-    fn cross_checks(
-        &mut self,
-        raw: &RawConfig,
-        consumers: &BTreeMap<String, ConsumerConfig>,
-        idempotency: &IdempotencyConfig,
-        bus: &BusConfig,
-    ) {
-        let visibility_timeout = &bus.visibility_timeout;
+    fn cross_checks(&mut self, raw: &RawConfig, idempotency: &IdempotencyConfig, bus: &BusConfig) {
         let mut paths: BTreeMap<String, &str> = BTreeMap::new();
         for (name, source) in &raw.sources {
             let path = source
@@ -1014,26 +1021,17 @@ impl Checker<'_> {
                 );
             }
         }
-        // A lease shorter than a call lets a second worker start the same
-        // event while the first is still inside the plugin.
-        for (name, consumer) in consumers {
-            if consumer.limits.wall >= idempotency.lease {
+        // Leases are renewed every third of their length while a call runs
+        // (so a call may outlast them); below a second, one slow Redis or
+        // NATS round trip would lose them.
+        for (key, lease) in [
+            ("bus.visibility_timeout", bus.visibility_timeout),
+            ("idempotency.lease", idempotency.lease),
+        ] {
+            if lease < MIN_LEASE {
                 self.issue(
-                    format!("consumers.{name}.limits.wall"),
-                    format!(
-                        "must be shorter than `idempotency.lease` ({})",
-                        humantime::format_duration(idempotency.lease)
-                    ),
-                );
-            }
-            // Same for the bus lease: it would redeliver mid-call.
-            if consumer.limits.wall >= *visibility_timeout {
-                self.issue(
-                    format!("consumers.{name}.limits.wall"),
-                    format!(
-                        "must be shorter than `bus.visibility_timeout` ({})",
-                        humantime::format_duration(*visibility_timeout)
-                    ),
+                    key,
+                    "must be at least 1s: it is renewed every third of it while a call runs",
                 );
             }
         }

@@ -1,25 +1,37 @@
 //! Idempotency keys per (consumer, event): the guard that makes redelivery safe.
 //!
 //! Protocol, the same on every backend:
-//! 1. `claim`: set the key to a fresh lease token if it does not exist
-//!    (`SET key token NX PX lease`). A `done` value means the effect already
+//! 1. `claim`: take the key with a fresh lease token if it is free or its
+//!    holder's lease expired. A `done` value means the effect already
 //!    happened: ack and skip. A live lease means another worker is on it.
-//! 2. after success, `complete`: `SET key done EX ttl`, with a TTL longer
+//! 2. while the call runs, `renew` every third of the lease: the lease stays
+//!    short (a dead worker's key is free within seconds) however long the
+//!    call. A renewal that finds the key no longer ours answers `false`.
+//! 3. after success, `complete`: `SET key done EX ttl`, with a TTL longer
 //!    than the provider's retry window (Stripe retries for 3 days; default 7).
-//! 3. after a retryable failure, `release`: delete the key, but only if it
+//! 4. after a retryable failure, `release`: delete the key, but only if it
 //!    still holds our token (a late worker must not free someone else's lease).
+//!
+//! A lease is stored as `<token>|<renewed at ms>|<lease ms>` and outlives its
+//! lease (three times as long), so the worker that takes an expired one over
+//! learns how long its holder had been silent: the failover time. Redis uses
+//! its own clock (`TIME`), so the hosts' clocks need not agree.
 //!
 //! Backends: Redis (shared by many switchyard processes) and embedded (redb,
 //! one process).
 
 use crate::bus::now_ms;
-use crate::durable::{DurableError, GroupCommit, Persist};
+use crate::durable::{DurableError, EmptyStore, GroupCommit, Persist};
 use async_trait::async_trait;
 use redb::{ReadableTable, TableDefinition};
 use std::path::Path;
 use std::time::Duration;
 
 const DONE: &str = "done";
+
+/// A stored lease outlives its expiry by this factor, so a takeover can tell
+/// how long the holder was silent.
+const LEASE_RECORD_FACTOR: u64 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -31,18 +43,55 @@ pub enum Claim {
     HeldElsewhere,
 }
 
-/// Proof of holding a key, needed to release it.
+/// Proof of holding a key, needed to renew and release it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     token: String,
+    /// Set when the key was taken over from a holder whose lease had
+    /// expired: how long ago that holder last renewed it.
+    pub taken_over_after: Option<Duration>,
 }
 
 impl Lease {
-    fn fresh() -> Lease {
+    fn fresh(prefix: &str) -> Lease {
         Lease {
-            token: format!("processing:{:032x}", rand::random::<u128>()),
+            token: format!("{prefix}{:032x}", rand::random::<u128>()),
+            taken_over_after: None,
         }
     }
+}
+
+/// A stored lease: `<token>|<renewed at ms>|<lease ms>`.
+struct StoredLease<'a> {
+    token: &'a str,
+    renewed_ms: u64,
+    lease_ms: u64,
+}
+
+impl<'a> StoredLease<'a> {
+    fn parse(value: &'a str) -> Option<StoredLease<'a>> {
+        let mut parts = value.rsplitn(3, '|');
+        let lease_ms = parts.next()?.parse().ok()?;
+        let renewed_ms = parts.next()?.parse().ok()?;
+        let token = parts.next()?;
+        Some(StoredLease {
+            token,
+            renewed_ms,
+            lease_ms,
+        })
+    }
+
+    fn encode(token: &str, renewed_ms: u64, lease: Duration) -> String {
+        format!("{token}|{renewed_ms}|{}", lease_ms(lease))
+    }
+
+    fn expires_ms(&self) -> u64 {
+        self.renewed_ms + self.lease_ms
+    }
+}
+
+fn lease_ms(lease: Duration) -> u64 {
+    lease.as_millis().max(1) as u64
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -54,6 +103,14 @@ pub enum IdempotencyError {
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + 'static {
     async fn claim(&self, key: &str, lease: Duration) -> Result<Claim, IdempotencyError>;
+    /// Extends a lease we hold to `lease` from now. `Ok(false)`: the key is
+    /// no longer ours (expired and taken over, or gone).
+    async fn renew(
+        &self,
+        key: &str,
+        held: &Lease,
+        lease: Duration,
+    ) -> Result<bool, IdempotencyError>;
     async fn complete(&self, key: &str, ttl: Duration) -> Result<(), IdempotencyError>;
     async fn release(&self, key: &str, lease: &Lease) -> Result<(), IdempotencyError>;
     /// Drops up to `limit` expired keys, where the backend does not do it
@@ -68,10 +125,60 @@ pub fn key(prefix: &str, consumer: &str, source: &str, event_id: &str) -> String
     format!("{prefix}idem:{consumer}:{source}:{event_id}")
 }
 
+/// Takes a free or expired key (Redis time, so hosts' clocks do not matter).
+/// Answers `{"done"}`, `{"held"}`, or `{"acquired", silent ms or -1}`.
+/// A value without the `|renewed|lease` suffix (written by a version before
+/// renewals) is held until Redis expires it.
+const CLAIM_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[2])
+local current = redis.call('GET', KEYS[1])
+local silent = -1
+if current then
+  if current == 'done' then return {'done', 0} end
+  local renewed, held_for = string.match(current, '|(%d+)|(%d+)$')
+  if renewed == nil then return {'held', 0} end
+  renewed = tonumber(renewed)
+  if renewed + tonumber(held_for) > now then return {'held', 0} end
+  silent = now - renewed
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. now .. '|' .. lease, 'PX', lease * tonumber(ARGV[3]))
+return {'acquired', silent}
+"#;
+
+/// Renews our unexpired lease; 1 if renewed, 0 if the key is not ours.
+const RENEW_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+local prefix = ARGV[1] .. '|'
+if string.sub(current, 1, string.len(prefix)) ~= prefix then return 0 end
+local renewed, held_for = string.match(current, '|(%d+)|(%d+)$')
+if tonumber(renewed) + tonumber(held_for) <= now then return 0 end
+local lease = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], prefix .. now .. '|' .. lease, 'PX', lease * tonumber(ARGV[3]))
+return 1
+"#;
+
+/// Deletes the key if it holds our lease.
+const RELEASE_SCRIPT: &str = r#"
+local current = redis.call('GET', KEYS[1])
+local prefix = ARGV[1] .. '|'
+if current and string.sub(current, 1, string.len(prefix)) == prefix then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
 /// Redis backend. The connection manager reconnects by itself; while Redis is
 /// down every call fails and dispatch leaves events in the bus.
 pub struct RedisStore {
     connection: redis::aio::ConnectionManager,
+    claim: redis::Script,
+    renew: redis::Script,
+    release: redis::Script,
 }
 
 impl RedisStore {
@@ -85,7 +192,12 @@ impl RedisStore {
         let connection = redis::aio::ConnectionManager::new_with_config(client, config)
             .await
             .map_err(redis_error)?;
-        Ok(RedisStore { connection })
+        Ok(RedisStore {
+            connection,
+            claim: redis::Script::new(CLAIM_SCRIPT),
+            renew: redis::Script::new(RENEW_SCRIPT),
+            release: redis::Script::new(RELEASE_SCRIPT),
+        })
     }
 }
 
@@ -97,33 +209,43 @@ fn redis_error(err: redis::RedisError) -> IdempotencyError {
 impl IdempotencyStore for RedisStore {
     async fn claim(&self, key: &str, lease: Duration) -> Result<Claim, IdempotencyError> {
         let mut connection = self.connection.clone();
-        // Two rounds at most: the key can expire between SET NX and GET.
-        for _ in 0..2 {
-            let token = Lease::fresh();
-            let set: Option<String> = redis::cmd("SET")
-                .arg(key)
-                .arg(&token.token)
-                .arg("NX")
-                .arg("PX")
-                .arg(lease.as_millis().max(1) as u64)
-                .query_async(&mut connection)
-                .await
-                .map_err(redis_error)?;
-            if set.is_some() {
-                return Ok(Claim::Acquired(token));
+        let mut held = Lease::fresh("processing:");
+        let (answer, silent_ms): (String, i64) = self
+            .claim
+            .key(key)
+            .arg(&held.token)
+            .arg(lease_ms(lease))
+            .arg(LEASE_RECORD_FACTOR)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(redis_error)?;
+        Ok(match answer.as_str() {
+            "done" => Claim::AlreadyDone,
+            "held" => Claim::HeldElsewhere,
+            _ => {
+                held.taken_over_after =
+                    (silent_ms >= 0).then(|| Duration::from_millis(silent_ms as u64));
+                Claim::Acquired(held)
             }
-            let current: Option<String> = redis::cmd("GET")
-                .arg(key)
-                .query_async(&mut connection)
-                .await
-                .map_err(redis_error)?;
-            match current.as_deref() {
-                Some(DONE) => return Ok(Claim::AlreadyDone),
-                Some(_) => return Ok(Claim::HeldElsewhere),
-                None => continue,
-            }
-        }
-        Ok(Claim::HeldElsewhere)
+        })
+    }
+
+    async fn renew(
+        &self,
+        key: &str,
+        held: &Lease,
+        lease: Duration,
+    ) -> Result<bool, IdempotencyError> {
+        let mut connection = self.connection.clone();
+        self.renew
+            .key(key)
+            .arg(&held.token)
+            .arg(lease_ms(lease))
+            .arg(LEASE_RECORD_FACTOR)
+            .invoke_async::<i64>(&mut connection)
+            .await
+            .map(|renewed| renewed == 1)
+            .map_err(redis_error)
     }
 
     async fn complete(&self, key: &str, ttl: Duration) -> Result<(), IdempotencyError> {
@@ -140,10 +262,7 @@ impl IdempotencyStore for RedisStore {
 
     async fn release(&self, key: &str, lease: &Lease) -> Result<(), IdempotencyError> {
         let mut connection = self.connection.clone();
-        let script = redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
-        );
-        script
+        self.release
             .key(key)
             .arg(&lease.token)
             .invoke_async::<i64>(&mut connection)
@@ -171,20 +290,41 @@ const KEYS: TableDefinition<&str, (u64, &str)> = TableDefinition::new("keys");
 const EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("expiry");
 
 /// Embedded backend: one redb file, group-committed. `done` marks are durable
-/// before `complete` returns; leases are lazy (a crash drops them with their
-/// holder, which is what a lease expiry would do).
+/// before `complete` returns; leases are lazy. The file belongs to one
+/// process, so a lease left by an earlier run (its token carries that run's
+/// id) has no live holder and is taken over at once after a restart.
 pub struct EmbeddedStore {
     store: GroupCommit,
+    /// `processing:<this run's id>:`, the start of every token we hand out.
+    run_prefix: String,
 }
 
 fn durable_error(err: DurableError) -> IdempotencyError {
     IdempotencyError::Unavailable(err.to_string())
 }
 
+/// What a claim finds in a key's stored value.
+enum Found {
+    Done,
+    Live,
+    /// A lease nobody holds any more; how long since it was renewed, if known.
+    Abandoned(Option<Duration>),
+}
+
 impl EmbeddedStore {
+    /// Opens `<dir>/idempotency.redb`, refusing to replace a vanished one
+    /// with an empty one (see [`EmptyStore`]).
     pub fn open(dir: &Path) -> Result<EmbeddedStore, IdempotencyError> {
-        let store = GroupCommit::open(&dir.join("idempotency.redb")).map_err(durable_error)?;
-        Ok(EmbeddedStore { store })
+        Self::open_with(dir, EmptyStore::Refuse)
+    }
+
+    pub fn open_with(dir: &Path, empty: EmptyStore) -> Result<EmbeddedStore, IdempotencyError> {
+        let store =
+            GroupCommit::open(&dir.join("idempotency.redb"), empty).map_err(durable_error)?;
+        Ok(EmbeddedStore {
+            store,
+            run_prefix: format!("processing:{:016x}:", rand::random::<u64>()),
+        })
     }
 
     async fn put(
@@ -198,20 +338,45 @@ impl EmbeddedStore {
         self.store
             .write(sync, move |txn| {
                 let expires = now_ms() + ttl.as_millis() as u64;
-                let mut keys = txn.open_table(KEYS)?;
-                let mut expiry = txn.open_table(EXPIRY)?;
-                let old = keys
-                    .insert(key.as_str(), (expires, value.as_str()))?
-                    .map(|old| old.value().0);
-                if let Some(old_expires) = old {
-                    expiry.remove((old_expires, key.as_str()))?;
-                }
-                expiry.insert((expires, key.as_str()), ())?;
-                Ok(())
+                put_key(txn, &key, expires, &value)
             })
             .await
             .map_err(durable_error)
     }
+}
+
+/// Reads a stored value: a lease is live only if this run took it and it
+/// has not expired.
+fn found(run_prefix: &str, value: &str, now: u64) -> Found {
+    if value == DONE {
+        return Found::Done;
+    }
+    match StoredLease::parse(value) {
+        Some(stored) if stored.token.starts_with(run_prefix) && stored.expires_ms() > now => {
+            Found::Live
+        }
+        Some(stored) => Found::Abandoned(Some(Duration::from_millis(
+            now.saturating_sub(stored.renewed_ms),
+        ))),
+        None => Found::Abandoned(None),
+    }
+}
+
+/// Writes a key and its expiry index entry, replacing any earlier one.
+fn put_key(
+    txn: &redb::WriteTransaction,
+    key: &str,
+    expires: u64,
+    value: &str,
+) -> Result<(), redb::Error> {
+    let mut keys = txn.open_table(KEYS)?;
+    let mut expiry = txn.open_table(EXPIRY)?;
+    let old = keys.insert(key, (expires, value))?.map(|old| old.value().0);
+    if let Some(old_expires) = old {
+        expiry.remove((old_expires, key))?;
+    }
+    expiry.insert((expires, key), ())?;
+    Ok(())
 }
 
 #[async_trait]
@@ -243,31 +408,67 @@ impl IdempotencyStore for EmbeddedStore {
 
     async fn claim(&self, key: &str, lease: Duration) -> Result<Claim, IdempotencyError> {
         let key = key.to_owned();
+        let run_prefix = self.run_prefix.clone();
+        let mut held = Lease::fresh(&self.run_prefix);
+        let token = held.token.clone();
+        let found = self
+            .store
+            .write(Persist::Lazy, move |txn| {
+                let now = now_ms();
+                let found = txn
+                    .open_table(KEYS)?
+                    .get(key.as_str())?
+                    .filter(|value| value.value().0 > now)
+                    .map(|value| found(&run_prefix, value.value().1, now));
+                if let None | Some(Found::Abandoned(_)) = found {
+                    let value = StoredLease::encode(&token, now, lease);
+                    let expires = now + lease_ms(lease) * LEASE_RECORD_FACTOR;
+                    put_key(txn, &key, expires, &value)?;
+                }
+                Ok(found)
+            })
+            .await
+            .map_err(durable_error)?;
+        Ok(match found {
+            Some(Found::Done) => Claim::AlreadyDone,
+            Some(Found::Live) => Claim::HeldElsewhere,
+            Some(Found::Abandoned(silent)) => {
+                held.taken_over_after = silent;
+                Claim::Acquired(held)
+            }
+            None => Claim::Acquired(held),
+        })
+    }
+
+    async fn renew(
+        &self,
+        key: &str,
+        held: &Lease,
+        lease: Duration,
+    ) -> Result<bool, IdempotencyError> {
+        let key = key.to_owned();
+        let token = held.token.clone();
         self.store
             .write(Persist::Lazy, move |txn| {
                 let now = now_ms();
-                let mut keys = txn.open_table(KEYS)?;
-                let current = keys
+                let ours = txn
+                    .open_table(KEYS)?
                     .get(key.as_str())?
-                    .map(|v| (v.value().0, v.value().1.to_owned()));
-                if let Some((expires, value)) = &current
-                    && *expires > now
-                {
-                    return Ok(if value == DONE {
-                        Claim::AlreadyDone
-                    } else {
-                        Claim::HeldElsewhere
-                    });
+                    .and_then(|value| {
+                        StoredLease::parse(value.value().1)
+                            .map(|stored| stored.token == token && stored.expires_ms() > now)
+                    })
+                    .unwrap_or(false);
+                if ours {
+                    let value = StoredLease::encode(&token, now, lease);
+                    put_key(
+                        txn,
+                        &key,
+                        now + lease_ms(lease) * LEASE_RECORD_FACTOR,
+                        &value,
+                    )?;
                 }
-                let token = Lease::fresh();
-                let expires = now + lease.as_millis() as u64;
-                keys.insert(key.as_str(), (expires, token.token.as_str()))?;
-                let mut expiry = txn.open_table(EXPIRY)?;
-                if let Some((old_expires, _)) = current {
-                    expiry.remove((old_expires, key.as_str()))?;
-                }
-                expiry.insert((expires, key.as_str()), ())?;
-                Ok(Claim::Acquired(token))
+                Ok(ours)
             })
             .await
             .map_err(durable_error)
@@ -283,9 +484,11 @@ impl IdempotencyStore for EmbeddedStore {
         self.store
             .write(Persist::Lazy, move |txn| {
                 let mut keys = txn.open_table(KEYS)?;
-                let current = keys
-                    .get(key.as_str())?
-                    .map(|v| (v.value().0, v.value().1 == token));
+                let current = keys.get(key.as_str())?.map(|v| {
+                    let ours =
+                        StoredLease::parse(v.value().1).is_some_and(|stored| stored.token == token);
+                    (v.value().0, ours)
+                });
                 if let Some((expires, true)) = current {
                     keys.remove(key.as_str())?;
                     txn.open_table(EXPIRY)?.remove((expires, key.as_str()))?;

@@ -21,8 +21,12 @@ use std::time::Duration;
 use tower::{Layer, Service};
 
 /// How long a worker that meets someone else's live lease waits before it
-/// looks again. Short: the other holder usually finishes within a call.
-const HELD_ELSEWHERE_DELAY: Duration = Duration::from_secs(5);
+/// looks again: a quarter of the lease, so a dead holder's key is taken
+/// over soon after it expires; at most 5 s, since a live holder usually
+/// finishes within a call.
+fn held_elsewhere_delay(lease: Duration) -> Duration {
+    (lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+}
 
 /// Claims the (consumer, event) key before the call and settles it after.
 #[derive(Clone)]
@@ -31,6 +35,7 @@ pub struct IdempotencyLayer {
     key_prefix: Arc<str>,
     lease: Duration,
     ttl: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl IdempotencyLayer {
@@ -39,12 +44,14 @@ impl IdempotencyLayer {
         key_prefix: &str,
         lease: Duration,
         ttl: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         IdempotencyLayer {
             store,
             key_prefix: Arc::from(key_prefix),
             lease,
             ttl,
+            metrics,
         }
     }
 }
@@ -96,12 +103,44 @@ where
                 Claim::AlreadyDone => return Ok(Verdict::AlreadyDone),
                 Claim::HeldElsewhere => {
                     return Ok(Verdict::Busy {
-                        retry_in: HELD_ELSEWHERE_DELAY,
+                        retry_in: held_elsewhere_delay(policy.lease),
                     });
                 }
                 Claim::Acquired(lease) => lease,
             };
-            let verdict = inner.call(delivery).await;
+            let consumer = Arc::clone(&delivery.consumer);
+            if let Some(silent) = lease.taken_over_after {
+                policy.metrics.lease_taken_over(&consumer, silent);
+                tracing::info!(
+                    consumer = %consumer,
+                    event_id = %envelope.event_id,
+                    silent_ms = silent.as_millis() as u64,
+                    "took over a lease its holder stopped renewing"
+                );
+            }
+            let mut held = (key.clone(), lease);
+            let (verdict, lost) =
+                super::while_renewing(inner.call(delivery), policy.lease, &mut held, |held| {
+                    let (store, metrics) = (Arc::clone(&policy.store), Arc::clone(&policy.metrics));
+                    let (consumer, length) = (Arc::clone(&consumer), policy.lease);
+                    Box::pin(async move {
+                        let (key, lease) = &*held;
+                        let renewed = store
+                            .renew(key, lease, length)
+                            .await
+                            .map_err(|err| err.to_string());
+                        metrics.lease_renewal(&consumer, "key", matches!(renewed, Ok(true)));
+                        renewed
+                    })
+                })
+                .await;
+            let (_, lease) = held;
+            if let Some(why) = lost {
+                // Not ours any more (or unknown): leave the key to its expiry
+                // or its new holder, and let the event come back under the
+                // same key.
+                return Err(DispatchError::LeaseLost(format!("idempotency key: {why}")));
+            }
             match &verdict {
                 Ok(Verdict::Delivered { .. }) => policy.store.complete(&key, policy.ttl).await?,
                 // A rejected or reviewed event may be replayed by an operator
@@ -167,7 +206,7 @@ impl Service<Delivery> for PluginCall {
             let report = plugin
                 .call(
                     event,
-                    &envelope.effect_id(),
+                    &envelope.effect_key(),
                     envelope.traceparent.as_deref(),
                 )
                 .await;

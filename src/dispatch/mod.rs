@@ -10,6 +10,12 @@
 //! Nothing is dropped: every verdict ends in an ack (done, or known done), a
 //! delayed redelivery, or a durable dead-letter/review entry. If settling
 //! fails, the lease simply expires and the event comes back.
+//!
+//! Leases are short and renewed: while a call runs, its worker extends the
+//! bus lease and the idempotency key's lease every third of their length
+//! ([`LeaseRenewal`]). A dead worker stops renewing, so its events move to a
+//! live one within a lease; a live worker whose renewal fails no longer
+//! trusts its call's outcome and retries the event under the same key.
 
 pub mod breaker;
 pub mod idempotency;
@@ -67,6 +73,42 @@ pub enum DispatchError {
     Idempotency(#[from] IdempotencyError),
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// A renewal failed while the call ran: another worker may hold the
+    /// event now, so this call's outcome is not trusted.
+    #[error("lease lost during the call: {0}")]
+    LeaseLost(String),
+}
+
+/// How often a held lease is renewed: a third of its length, so two
+/// renewals can fail (or be late) before it expires.
+pub fn renewal_interval(lease: Duration) -> Duration {
+    (lease / 3).max(Duration::from_millis(50))
+}
+
+/// Runs `work` to completion while `renew` extends a lease (held in
+/// `lease`) every `renewal_interval(length)`. Returns the work's output and,
+/// if a renewal failed or found the lease gone, why (renewing stops then).
+pub async fn while_renewing<T, L>(
+    work: impl std::future::Future<Output = T>,
+    length: Duration,
+    lease: &mut L,
+    mut renew: impl for<'a> FnMut(&'a mut L) -> futures::future::BoxFuture<'a, Result<bool, String>>,
+) -> (T, Option<String>) {
+    let every = renewal_interval(length);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(work);
+    let mut lost = None;
+    loop {
+        tokio::select! {
+            output = &mut work => return (output, lost),
+            _ = ticks.tick(), if lost.is_none() => match renew(lease).await {
+                Ok(true) => {}
+                Ok(false) => lost = Some("the lease expired and was taken over".to_owned()),
+                Err(err) => lost = Some(err),
+            },
+        }
+    }
 }
 
 /// The assembled policy stack of one consumer.
@@ -82,6 +124,8 @@ pub struct StackParts {
     pub rate_limit: Option<Arc<RateLimiter>>,
     /// Counts the rate limiter's waits (`switchyard_rate_limit_waits_total`).
     pub rate_limit_waits: prometheus_client::metrics::counter::Counter,
+    /// Lease renewals and takeovers are counted here.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Builds one consumer's stack, outermost layer first.
@@ -107,6 +151,7 @@ where
             &parts.key_prefix,
             parts.lease,
             parts.ttl,
+            parts.metrics,
         ))
         // Before the limiter: while open, the consumer pulls nothing and
         // spends no rate permits; it records each call's effect on health.
@@ -231,6 +276,8 @@ pub struct ConsumerLoop {
     pub paused: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
     pub tracer: Tracer,
+    /// The bus lease (`bus.visibility_timeout`), renewed while a call runs.
+    pub visibility_timeout: Duration,
 }
 
 /// How long one pull waits for work before the loop checks for shutdown.
@@ -357,7 +404,7 @@ impl ConsumerLoop {
 
     async fn deliver(
         &self,
-        delivery: Delivery,
+        mut delivery: Delivery,
         mut service: ConsumerService,
         schedule: RetrySchedule,
     ) {
@@ -392,7 +439,21 @@ impl ConsumerLoop {
             call.envelope = Arc::new(envelope);
         }
         let started = std::time::SystemTime::now();
-        let verdict = tracing::Instrument::instrument(service.call(call), span).await;
+        let call = tracing::Instrument::instrument(service.call(call), span);
+        let (mut verdict, lost) =
+            while_renewing(call, self.visibility_timeout, &mut delivery, |lease| {
+                let (bus, metrics) = (Arc::clone(&self.bus), Arc::clone(&self.metrics));
+                Box::pin(async move {
+                    let renewed = bus.extend(lease).await.map_err(|err| err.to_string());
+                    metrics.lease_renewal(&lease.consumer, "bus", matches!(renewed, Ok(true)));
+                    renewed
+                })
+            })
+            .await;
+        if let Some(why) = lost {
+            tracing::warn!(consumer = %self.name, event_id = %delivery.envelope.event_id, why, "bus lease lost during the call; the event is retried");
+            verdict = Err(DispatchError::LeaseLost(format!("bus: {why}")));
+        }
         if let (Some(parent), Some(deliver_span)) = (trace, deliver_span)
             && self.tracer.enabled()
         {

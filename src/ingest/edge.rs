@@ -1,7 +1,9 @@
 //! Edge guards that run before a body is read: who is calling (the client
 //! address, honouring `X-Forwarded-For` only from trusted proxies), whether
-//! that address may post to the source, and whether there is room for one
-//! more request (concurrency and rate limits that shed load early).
+//! that address may post to the source, whether there is room for one
+//! more request (concurrency and rate limits that shed load early), and how
+//! many bodies one address may be sending at once ([`BodyReads`]); while a
+//! body is read, a minimum rate ([`BodyPace`]) cuts off slow senders.
 //!
 //! None of these is the security check: the signature is. They keep
 //! strangers and floods from costing body reads, HMACs and bus appends.
@@ -103,6 +105,8 @@ pub enum ShedReason {
     SourceConcurrency,
     GlobalRate,
     SourceRate,
+    /// One client address is already sending its share of bodies.
+    ClientBodies,
 }
 
 impl ShedReason {
@@ -112,6 +116,7 @@ impl ShedReason {
             ShedReason::SourceConcurrency => "source_concurrency",
             ShedReason::GlobalRate => "global_rate",
             ShedReason::SourceRate => "source_rate",
+            ShedReason::ClientBodies => "client_bodies",
         }
     }
 
@@ -125,6 +130,81 @@ impl ShedReason {
 pub struct Shed {
     pub reason: ShedReason,
     pub retry_after: Duration,
+}
+
+/// Bodies being read, per client address: a few clients that open many
+/// connections and send their bodies slowly cannot hold every slot of
+/// `max_concurrency` (the signature is checked only once the body is in).
+pub struct BodyReads {
+    per_client: usize,
+    reading: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// One body being read; frees its client's slot on drop.
+pub struct BodyRead {
+    reads: Arc<BodyReads>,
+    client: IpAddr,
+}
+
+impl BodyReads {
+    pub fn new(per_client: usize) -> Arc<BodyReads> {
+        Arc::new(BodyReads {
+            per_client,
+            reading: Default::default(),
+        })
+    }
+
+    /// A slot for one more body from `client`, or the shed if it has all
+    /// of its share in flight.
+    pub fn start(self: &Arc<Self>, client: IpAddr) -> Result<BodyRead, Shed> {
+        let mut reading = self.reading.lock().expect("body reads lock");
+        let count = reading.entry(client).or_default();
+        if *count >= self.per_client {
+            return Err(Shed {
+                reason: ShedReason::ClientBodies,
+                retry_after: CONCURRENCY_RETRY_AFTER,
+            });
+        }
+        *count += 1;
+        Ok(BodyRead {
+            reads: Arc::clone(self),
+            client,
+        })
+    }
+}
+
+impl Drop for BodyRead {
+    fn drop(&mut self) {
+        let mut reading = self.reads.reading.lock().expect("body reads lock");
+        if let Some(count) = reading.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                reading.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// The slowest a body may arrive: after `grace`, at least `bytes_per_second`
+/// on average. A client under it is cut off (408) instead of holding a
+/// request slot for the whole `body_read_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyPace {
+    pub grace: Duration,
+    pub bytes_per_second: u64,
+}
+
+impl BodyPace {
+    /// The latest the next chunk may arrive, `received` bytes in, for a
+    /// body whose headers arrived at `started`.
+    pub fn next_chunk_by(
+        self,
+        started: tokio::time::Instant,
+        received: u64,
+    ) -> tokio::time::Instant {
+        let earned = Duration::from_secs_f64(received as f64 / self.bytes_per_second.max(1) as f64);
+        started + self.grace + earned
+    }
 }
 
 /// The settings a [`Limits`] was built from; a reload keeps the running

@@ -165,6 +165,10 @@ pub struct SourceEndpoint {
 pub struct EdgeSettings {
     pub max_body: u64,
     pub body_read_timeout: Duration,
+    /// The slowest a body may arrive.
+    pub body_pace: edge::BodyPace,
+    /// Bodies each client address may be sending at once.
+    pub body_reads: Arc<edge::BodyReads>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Over all sources.
     pub limits: Limits,
@@ -493,6 +497,7 @@ pub fn verify_and_parse(
                 .unwrap_or(0),
             traceparent,
             generation: None,
+            key_format: crate::bus::envelope::KeyFormat::SourceScoped,
             payload: body,
         },
         parent_span_id: sender.map(|sender| sender.span_id),
@@ -523,13 +528,26 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
-async fn read_capped<S, B>(mut body: S, cap: u64) -> Result<Bytes, IngestError>
+/// Reads the body up to `cap` bytes, no slower than `pace`.
+async fn read_capped<S, B>(
+    mut body: S,
+    cap: u64,
+    pace: edge::BodyPace,
+) -> Result<Bytes, IngestError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: bytes::Buf,
 {
+    let started = tokio::time::Instant::now();
     let mut collected = BytesMut::new();
-    while let Some(chunk) = body.next().await {
+    loop {
+        let by = pace.next_chunk_by(started, collected.len() as u64);
+        let Some(chunk) = tokio::time::timeout_at(by, body.next())
+            .await
+            .map_err(|_| IngestError::BodyTimeout)?
+        else {
+            break;
+        };
         let mut chunk = chunk.map_err(|_| IngestError::BodyRead)?;
         if (collected.len() + chunk.remaining()) as u64 > cap {
             return Err(IngestError::TooLarge(cap));
@@ -545,6 +563,21 @@ where
 }
 
 impl Ingest {
+    /// Logs and counts a refused webhook; hands the error back.
+    fn refused(&self, source: &SourceEndpoint, err: IngestError) -> IngestError {
+        tracing::warn!(source = %source.name, error = %err, "webhook refused");
+        if let IngestError::Signature(reason) = &err {
+            self.metrics
+                .verification_failures
+                .get_or_create(&crate::telemetry::metrics::SourceReason {
+                    source: source.name.clone(),
+                    reason: reason.reason().to_owned(),
+                })
+                .inc();
+        }
+        err
+    }
+
     async fn handle<S, B>(
         &self,
         method: Method,
@@ -562,31 +595,47 @@ impl Ingest {
         if method != Method::POST {
             return Err(IngestError::MethodNotAllowed);
         }
-        if let Some(allowlist) = &source.allowlist {
-            let client = peer.and_then(|peer| {
-                edge::client_ip(peer.0.ip(), &headers, &self.edge.trusted_proxies)
-            });
-            if !allowlist.allows(client) {
-                tracing::warn!(
-                    source = %source.name,
-                    client = %client.map_or("unknown".to_owned(), |ip| ip.to_string()),
-                    "webhook refused: address not allowed"
-                );
-                return Err(IngestError::AddressNotAllowed);
-            }
+        let client = peer
+            .and_then(|peer| edge::client_ip(peer.0.ip(), &headers, &self.edge.trusted_proxies));
+        if let Some(allowlist) = &source.allowlist
+            && !allowlist.allows(client)
+        {
+            tracing::warn!(
+                source = %source.name,
+                client = %client.map_or("unknown".to_owned(), |ip| ip.to_string()),
+                "webhook refused: address not allowed"
+            );
+            return Err(IngestError::AddressNotAllowed);
         }
+        // What the headers alone can tell, before any slot or body read: a
+        // missing or malformed signature header, a stale timestamp.
+        if let Err(err) = signature::precheck(
+            source.kind,
+            &headers,
+            source.tolerance.as_secs() as i64,
+            (self.clock)(),
+        ) {
+            return Err(self.refused(source, err.into()));
+        }
+        let shed = |shed: Shed| {
+            self.metrics
+                .ingest_shed
+                .get_or_create(&crate::telemetry::metrics::SourceReason {
+                    source: source.name.clone(),
+                    reason: shed.reason.label().to_owned(),
+                })
+                .inc();
+            IngestError::Shed(shed)
+        };
+        // Until the body is in and its signature checked: one address
+        // cannot fill `max_concurrency` with slow bodies.
+        let body_read = client
+            .map(|client| self.edge.body_reads.start(client))
+            .transpose()
+            .map_err(shed)?;
         // Held until the answer is ready: the bus append counts as in flight.
         let _admission: Admission =
-            Limits::admit(&source.limits, &self.edge.limits).map_err(|shed| {
-                self.metrics
-                    .ingest_shed
-                    .get_or_create(&crate::telemetry::metrics::SourceReason {
-                        source: source.name.clone(),
-                        reason: shed.reason.label().to_owned(),
-                    })
-                    .inc();
-                IngestError::Shed(shed)
-            })?;
+            Limits::admit(&source.limits, &self.edge.limits).map_err(shed)?;
         let max_body = self.edge.max_body;
         let declared = headers
             .get(header::CONTENT_LENGTH)
@@ -598,25 +647,15 @@ impl Ingest {
         if !is_json(&headers) {
             return Err(IngestError::UnsupportedMediaType);
         }
-        let body = tokio::time::timeout(self.edge.body_read_timeout, read_capped(body, max_body))
-            .await
-            .map_err(|_| IngestError::BodyTimeout)??;
-        let verified = match verify_and_parse(source, &headers, body, (self.clock)()) {
-            Ok(verified) => verified,
-            Err(err) => {
-                tracing::warn!(source = %source.name, error = %err, "webhook refused");
-                if let IngestError::Signature(reason) = &err {
-                    self.metrics
-                        .verification_failures
-                        .get_or_create(&crate::telemetry::metrics::SourceReason {
-                            source: source.name.clone(),
-                            reason: reason.reason().to_owned(),
-                        })
-                        .inc();
-                }
-                return Err(err);
-            }
-        };
+        let body = tokio::time::timeout(
+            self.edge.body_read_timeout,
+            read_capped(body, max_body, self.edge.body_pace),
+        )
+        .await
+        .map_err(|_| IngestError::BodyTimeout)??;
+        let verified = verify_and_parse(source, &headers, body, (self.clock)())
+            .map_err(|err| self.refused(source, err))?;
+        drop(body_read);
         let envelope = verified.envelope();
         let append_started = std::time::Instant::now();
         let span_started = std::time::SystemTime::now();

@@ -180,6 +180,24 @@ pub fn verify_request(
     }
 }
 
+/// What can be checked before the body arrives: the signature headers are
+/// present, once, and well formed, and a signed timestamp is within the
+/// tolerance. A request failing this is refused without its body being
+/// read (a stale `t=1` cannot hold a connection while it dribbles a body).
+pub fn precheck(
+    kind: SourceKind,
+    headers: &HeaderMap,
+    tolerance_secs: i64,
+    now: i64,
+) -> Result<(), SignatureError> {
+    // Verifying with no key runs every check but the HMAC, which then
+    // cannot match: that "no match" is the only outcome that passes.
+    match verify_request(kind, headers, b"", &[], tolerance_secs, now) {
+        Ok(_) | Err(SignatureError::NoMatch) => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
 /// The value of a header that must appear once, as text.
 pub fn single_header<'a>(
     headers: &'a HeaderMap,

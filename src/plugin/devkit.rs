@@ -475,9 +475,9 @@ pub async fn run_test(
         .load("test", consumer, &connections)
         .map_err(|err| DevkitError::Load(err.to_string()))?;
     let memory_limit = consumer.limits.memory;
-    let effect_id = event.id.clone();
+    let effect_key = format!("{}:{}", event.source, event.id);
     // On the plugin threads, as in the hub: its guest time is the call's CPU.
-    let report = Arc::new(loaded).call(event, &effect_id, None).await;
+    let report = Arc::new(loaded).call(event, &effect_key, None).await;
     let cpu = report.guest_time;
     let requests = recorded.lock().expect("recorder lock").clone();
     Ok(summarize(report, requests, cpu, memory_limit))

@@ -191,6 +191,18 @@ impl AddressRefused {
     }
 }
 
+/// Why a base URL can never be reached under `policy`, as far as the URL
+/// alone tells: a literal address the policy refuses, or a metadata host
+/// name. (A host name is checked again at each connection, once resolved.)
+pub fn base_url_refusal(base: &reqwest::Url, policy: AddressPolicy) -> Option<AddressRefused> {
+    // The URL parser has normalised IP literals (`[::1]`, `2130706433`).
+    let host = base.host_str().unwrap_or_default();
+    match host.trim_start_matches('[').trim_end_matches(']').parse() {
+        Ok(ip) => policy.check_literal(ip).err(),
+        Err(_) => check_host_name(host).err(),
+    }
+}
+
 /// Refuses a metadata host name before any lookup (whatever it would
 /// resolve to).
 pub fn check_host_name(host: &str) -> Result<(), AddressRefused> {

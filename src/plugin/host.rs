@@ -69,12 +69,7 @@ impl Connection {
         let policy = AddressPolicy {
             allow_private: config.allow_private,
         };
-        // The URL parser has normalised IP literals (`[::1]`, `2130706433`).
-        let host = base.host_str().unwrap_or_default();
-        let refused = match host.trim_start_matches('[').trim_end_matches(']').parse() {
-            Ok(ip) => policy.check_literal(ip).err(),
-            Err(_) => egress::check_host_name(host).err(),
-        };
+        let refused = egress::base_url_refusal(&base, policy);
         if let Some(refused) = &refused {
             tracing::warn!(
                 connection = name,
@@ -210,6 +205,9 @@ impl CallRecord {
 pub struct HostState {
     pub context: Arc<ConsumerContext>,
     pub event_id: String,
+    /// Names this delivery's effects in `Idempotency-Key`s
+    /// ([`Envelope::effect_key`](crate::bus::Envelope::effect_key)).
+    pub effect_key: String,
     /// The delivery's trace context: each outbound call is a child span of
     /// it, and the downstream gets that span in `traceparent`.
     pub trace: Option<TraceContext>,
@@ -242,6 +240,7 @@ impl HostState {
     pub fn new(
         context: Arc<ConsumerContext>,
         event_id: String,
+        effect_key: String,
         trace: Option<TraceContext>,
         turns: super::pool::CallTurns,
     ) -> HostState {
@@ -254,6 +253,7 @@ impl HostState {
         HostState {
             context,
             event_id,
+            effect_key,
             trace,
             calls: Vec::new(),
             retry_after: None,
@@ -349,7 +349,7 @@ impl HostState {
         let call_number = self.calls.len() + 1;
         // Stable across redeliveries of the same event: a downstream that
         // honours it applies the effect once even if our ack was lost.
-        let key = format!("{}:{}:{call_number}", self.consumer(), self.event_id);
+        let key = format!("{}:{}:{call_number}", self.consumer(), self.effect_key);
         headers.insert(
             "idempotency-key",
             HeaderValue::from_str(&key).map_err(|_| {

@@ -390,21 +390,21 @@ impl ConsumerPlugin {
     /// Runs `handle(event)` in a fresh instance under the consumer's budgets.
     /// `traceparent` is the event's trace context; every outbound call
     /// carries it on as a child span.
-    /// `effect_id` names this delivery's effects in `Idempotency-Key`s: the
-    /// event id, or that of a forced replay's generation.
+    /// `effect_key` names this delivery's effects in `Idempotency-Key`s
+    /// ([`Envelope::effect_key`](crate::bus::Envelope::effect_key)).
     ///
     /// The call runs on the guest pool, never on the caller's runtime.
     pub async fn call(
         self: &Arc<Self>,
         event: PluginEvent,
-        effect_id: &str,
+        effect_key: &str,
         traceparent: Option<&str>,
     ) -> CallReport {
         let this = Arc::clone(self);
-        let effect_id = effect_id.to_owned();
+        let effect_key = effect_key.to_owned();
         let traceparent = traceparent.map(str::to_owned);
         let run = self.pool.spawn(async move {
-            this.call_on_pool(event, effect_id, traceparent.as_deref())
+            this.call_on_pool(event, effect_key, traceparent.as_deref())
                 .await
         });
         match run.await {
@@ -431,7 +431,7 @@ impl ConsumerPlugin {
     async fn call_on_pool(
         &self,
         event: PluginEvent,
-        effect_id: String,
+        effect_key: String,
         traceparent: Option<&str>,
     ) -> CallReport {
         let started = Instant::now();
@@ -442,7 +442,8 @@ impl ConsumerPlugin {
             self.pre.engine(),
             HostState::new(
                 Arc::clone(&self.context),
-                effect_id,
+                event.id.clone(),
+                effect_key,
                 traceparent.and_then(crate::telemetry::otlp::TraceContext::parse),
                 turns.clone(),
             ),

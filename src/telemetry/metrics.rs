@@ -70,6 +70,20 @@ pub struct ConsumerLabel {
     pub consumer: String,
 }
 
+/// A lease renewal: which lease (`bus` or `key`) and whether it held
+/// (`renewed`) or was lost (`lost`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeaseRenewal {
+    pub consumer: String,
+    pub lease: &'static str,
+    pub outcome: &'static str,
+}
+
+fn failover_histogram() -> Histogram {
+    // 0.5 s .. ~17 min
+    Histogram::new(exponential_buckets(0.5, 2.0, 12))
+}
+
 fn latency_histogram() -> Histogram {
     // 0.25 ms .. ~8 s
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -89,6 +103,8 @@ pub struct Metrics {
     pub bus_writer_commits: Family<DurabilityLabel, Counter>,
     pub bus_writer_operations: Counter,
     pub bus_writer_busy: Counter<f64, AtomicU64>,
+    /// Stored events found altered at rest since start (mirrored at scrape).
+    pub bus_integrity_failures: Gauge,
     pub deliveries: Family<ConsumerOutcome, Counter>,
     pub plugin_duration: Family<ConsumerLabel, Histogram, fn() -> Histogram>,
     /// Guest time per consumer on the plugin threads (mirrored at scrape).
@@ -115,6 +131,13 @@ pub struct Metrics {
     pub sandbox_stops: Family<ConsumerReason, Counter>,
     /// Answers of plugins' outbound calls, by consumer and status.
     pub downstream_answers: Family<ConsumerAnswer, Counter>,
+    /// Renewals of the leases a running call holds.
+    pub lease_renewals: Family<LeaseRenewal, Counter>,
+    /// Idempotency leases taken over from a holder that stopped renewing.
+    pub leases_taken_over: Family<ConsumerLabel, Counter>,
+    /// At each takeover, how long the previous holder had been silent: the
+    /// time from a worker's death to its event's redelivery.
+    pub failover: Family<ConsumerLabel, Histogram, fn() -> Histogram>,
     /// 1 while an alert of the anomaly watch is active, then 0.
     pub alert_active: Family<AlertLabel, Gauge>,
 }
@@ -137,6 +160,7 @@ impl Metrics {
             bus_writer_commits: Family::default(),
             bus_writer_operations: Counter::default(),
             bus_writer_busy: Counter::default(),
+            bus_integrity_failures: Gauge::default(),
             deliveries: Family::default(),
             plugin_duration: Family::new_with_constructor(latency_histogram),
             plugin_cpu: Family::default(),
@@ -153,6 +177,9 @@ impl Metrics {
             rate_limit_waits: Family::default(),
             sandbox_stops: Family::default(),
             downstream_answers: Family::default(),
+            lease_renewals: Family::default(),
+            leases_taken_over: Family::default(),
+            failover: Family::new_with_constructor(failover_histogram),
             alert_active: Family::default(),
         };
         {
@@ -196,6 +223,11 @@ impl Metrics {
                 "bus_writer_busy_seconds",
                 "Time the embedded bus's single writer spent applying and committing; a rate near 1 means it is saturated and caps ingest",
                 metrics.bus_writer_busy.clone(),
+            );
+            r.register(
+                "bus_integrity_failures",
+                "Stored events whose checksum failed since start: parked in the dead-letter queue, never delivered",
+                metrics.bus_integrity_failures.clone(),
             );
             r.register(
                 "dispatch_deliveries",
@@ -278,12 +310,47 @@ impl Metrics {
                 metrics.downstream_answers.clone(),
             );
             r.register(
+                "dispatch_lease_renewals",
+                "Renewals of the leases running calls hold, by consumer, lease (bus, key) and outcome (renewed, lost)",
+                metrics.lease_renewals.clone(),
+            );
+            r.register(
+                "dispatch_leases_taken_over",
+                "Idempotency leases taken over from a worker that stopped renewing them (it died or hung)",
+                metrics.leases_taken_over.clone(),
+            );
+            r.register(
+                "dispatch_failover_seconds",
+                "Time from a worker's last lease renewal to another worker taking its event over",
+                metrics.failover.clone(),
+            );
+            r.register(
                 "alert_active",
                 "1 while an anomaly-watch alert is active, by rule and subject",
                 metrics.alert_active.clone(),
             );
         }
         metrics
+    }
+
+    pub fn lease_renewal(&self, consumer: &str, lease: &'static str, renewed: bool) {
+        self.lease_renewals
+            .get_or_create(&LeaseRenewal {
+                consumer: consumer.to_owned(),
+                lease,
+                outcome: if renewed { "renewed" } else { "lost" },
+            })
+            .inc();
+    }
+
+    pub fn lease_taken_over(&self, consumer: &str, silent: Duration) {
+        let label = ConsumerLabel {
+            consumer: consumer.to_owned(),
+        };
+        self.leases_taken_over.get_or_create(&label).inc();
+        self.failover
+            .get_or_create(&label)
+            .observe(silent.as_secs_f64());
     }
 
     pub fn ingest(&self, source: &str, outcome: &str, took: Duration) {

@@ -34,6 +34,25 @@ async fn the_admin_api_needs_the_right_bearer_token() {
     let url = hub.admin_url("/v1/consumers");
     let missing = hub.client.get(&url).send().await.unwrap();
     assert_eq!(missing.status().as_u16(), 401);
+    assert_eq!(
+        missing
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer realm=\"switchyard-admin\""),
+        "a 401 names the scheme it wants"
+    );
+    // The scheme is case-insensitive (RFC 9110, RFC 6750).
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let response = hub
+            .client
+            .get(&url)
+            .header("authorization", format!("{scheme} {ADMIN_TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{scheme}");
+    }
     for wrong in [
         "wrong",
         "admin-token-for-tests-012345678",

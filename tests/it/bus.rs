@@ -99,6 +99,7 @@ fn open_embedded(dir: &std::path::Path, visibility: Duration, retention: Duratio
         visibility_timeout: visibility,
         dedup_window: Duration::from_secs(3600),
         retention,
+        empty_store: Default::default(),
     };
     // A previous instance's writer thread may still be closing the file.
     for _ in 0..100 {
@@ -121,6 +122,7 @@ fn event(id: &str, event_type: &str) -> Envelope {
         received_at_ms: 1,
         traceparent: None,
         generation: None,
+        key_format: switchyard::bus::envelope::KeyFormat::SourceScoped,
         payload: Bytes::from(format!(r#"{{"id":"{id}","type":"{event_type}"}}"#)),
     }
 }
@@ -194,7 +196,44 @@ both_engines!(
     dead_letters_can_be_replayed_and_discarded,
     history_replay_reaches_only_the_named_consumer,
     backlog_and_oldest_age_follow_the_queue,
+    a_renewed_lease_is_kept_past_its_visibility_timeout,
 );
+
+/// A holder that is still working renews its lease (`extend`, what dispatch
+/// does every third of the timeout while a call runs), so a long call is not
+/// handed to a second worker; once it stops renewing, the event comes back.
+async fn a_renewed_lease_is_kept_past_its_visibility_timeout(engine: Engine) {
+    let place = Place::new(engine).await;
+    let bus = place.open(Duration::from_secs(1)).await;
+    bus.append(&event("evt_1", "customer.created"))
+        .await
+        .unwrap();
+    let mut held = pull_one(&bus, "crm").await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        assert!(bus.extend(&mut held).await.unwrap(), "the lease is ours");
+        let stolen = bus
+            .pull("crm", Lane::Live, 1, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(stolen.is_empty(), "redelivered while its holder renewed it");
+    }
+    // The holder stops renewing (it died): within the timeout it is back.
+    let second = bus
+        .pull("crm", Lane::Live, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1, "back after the holder stopped renewing");
+    assert_eq!(second[0].attempt, 2);
+    if matches!(engine, Engine::Embedded) {
+        assert!(
+            !bus.extend(&mut held).await.unwrap(),
+            "a renewal after the lease moved on reports it lost"
+        );
+    }
+    bus.ack(&second[0]).await.unwrap();
+    assert_eq!(bus.backlog("crm").await.unwrap(), 0);
+}
 
 async fn appends_route_to_subscribers_and_dedup(engine: Engine) {
     let place = Place::new(engine).await;
@@ -486,29 +525,6 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-// The NATS engine only.
-
-/// JetStream redelivers after `ack_wait`; a holder that is still working
-/// keeps its delivery with progress acks (`+WPI`), so a long plugin call is
-/// not handed to a second worker. (The embedded engine instead requires the
-/// call's wall limit to be shorter than the visibility timeout.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_being_worked_on_is_kept_alive_past_its_ack_wait() {
-    let place = Place::new(Engine::Nats).await;
-    let bus = place.open(Duration::from_secs(1)).await;
-    bus.append(&event("evt_1", "customer.created"))
-        .await
-        .unwrap();
-    let held = pull_one(&bus, "crm").await;
-    let stolen = bus
-        .pull("crm", Lane::Live, 1, Duration::from_secs(3))
-        .await
-        .unwrap();
-    assert!(stolen.is_empty(), "redelivered while its holder was alive");
-    bus.ack(&held).await.unwrap();
-    assert_eq!(bus.backlog("crm").await.unwrap(), 0);
-}
-
 // The embedded engine only.
 
 fn open(dir: &std::path::Path, visibility: Duration) -> EmbeddedBus {
@@ -524,6 +540,37 @@ fn open_with_retention(
 }
 
 const NO_WAIT: Duration = Duration::from_millis(0);
+
+/// The file belongs to one process: after a restart nobody holds the
+/// previous run's leases, so they are due at once, not after the timeout.
+#[tokio::test]
+async fn a_restart_makes_the_previous_runs_leases_due_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let bus = open(dir.path(), Duration::from_secs(600));
+        bus.append(&event("evt_1", "customer.created"))
+            .await
+            .unwrap();
+        bus.append(&event("evt_2", "customer.created"))
+            .await
+            .unwrap();
+        let leased = bus.pull("crm", Lane::Live, 1, NO_WAIT).await.unwrap();
+        assert_eq!(leased.len(), 1);
+        // Killed while holding it: nothing settles the lease.
+    }
+    let bus = open(dir.path(), Duration::from_secs(600));
+    let again = bus.pull("crm", Lane::Live, 2, NO_WAIT).await.unwrap();
+    let mut attempts: Vec<(String, u32)> = again
+        .iter()
+        .map(|d| (d.envelope.event_id.clone(), d.attempt))
+        .collect();
+    attempts.sort();
+    assert_eq!(
+        attempts,
+        [("evt_1".to_owned(), 2), ("evt_2".to_owned(), 1)],
+        "the leased event is due again at once, its attempt counted"
+    );
+}
 
 #[tokio::test]
 async fn a_stale_ack_after_the_lease_moved_on_is_ignored() {
@@ -604,5 +651,132 @@ async fn compaction_deletes_only_settled_events_past_the_retention() {
             .await
             .unwrap(),
         Appended::Duplicate
+    );
+}
+
+/// More events wait for a paused consumer than one compaction looks at:
+/// younger settled events are deleted anyway, the waiting ones kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_progresses_behind_more_pending_events_than_a_batch() {
+    use switchyard::bus::embedded::COMPACT_BATCH;
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Arc::new(open_with_retention(
+        dir.path(),
+        Duration::from_secs(60),
+        Duration::ZERO,
+    ));
+    // The erp consumer is paused: its invoices wait, older than everything.
+    let waiting = COMPACT_BATCH + 50;
+    for chunk in (0..waiting).collect::<Vec<_>>().chunks(1000) {
+        let appends = chunk.iter().map(|n| {
+            let bus = Arc::clone(&bus);
+            async move {
+                bus.append(&event(&format!("evt_inv_{n}"), "invoice.paid"))
+                    .await
+                    .unwrap()
+            }
+        });
+        futures::future::join_all(appends).await;
+    }
+    // Then crm settles some customer events.
+    for n in 0..100 {
+        bus.append(&event(&format!("evt_cus_{n}"), "customer.created"))
+            .await
+            .unwrap();
+    }
+    loop {
+        let pulled = bus.pull("crm", Lane::Live, 64, NO_WAIT).await.unwrap();
+        if pulled.is_empty() {
+            break;
+        }
+        for delivery in &pulled {
+            bus.ack(delivery).await.unwrap();
+        }
+    }
+    assert_eq!(bus.compact(COMPACT_BATCH).await.unwrap(), 100);
+    assert_eq!(bus.compact(COMPACT_BATCH).await.unwrap(), 0);
+    assert_eq!(bus.backlog("erp").await.unwrap(), waiting as u64);
+    // The waiting events are all still there to deliver.
+    let first = bus.pull("erp", Lane::Live, 1, NO_WAIT).await.unwrap();
+    assert_eq!(first[0].envelope.event_id, "evt_inv_0");
+}
+
+/// One bit flipped at rest in a stored payload (`4900` → `4800`): the event
+/// is not handed out with altered bytes; it is parked in the dead-letter
+/// queue with the reason, and counted (the `bus_integrity_failures` metric).
+#[tokio::test]
+async fn a_payload_altered_at_rest_is_parked_never_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let bus = open(dir.path(), Duration::from_secs(60));
+        let mut invoice = event("evt_flip", "invoice.paid");
+        invoice.payload = Bytes::from_static(
+            br#"{"id":"evt_flip","type":"invoice.paid","data":{"object":{"amount_paid":4900}}}"#,
+        );
+        bus.append(&invoice).await.unwrap();
+        bus.append(&event("evt_intact", "invoice.paid"))
+            .await
+            .unwrap();
+    }
+    // Flip one bit of the amount wherever the file holds it ('9' is 0x39,
+    // '8' is 0x38).
+    let file = dir.path().join("bus.redb");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let needle = b"\"amount_paid\":4900";
+    let mut flipped = 0;
+    for start in 0..bytes.len().saturating_sub(needle.len()) {
+        if &bytes[start..start + needle.len()] == needle {
+            bytes[start + needle.len() - 3] ^= 0x01;
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0, "the payload is stored as written");
+    std::fs::write(&file, bytes).unwrap();
+
+    let bus = open(dir.path(), Duration::from_secs(60));
+    let delivered = bus
+        .pull("erp", Lane::Live, 10, Duration::from_millis(200))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = delivered
+        .iter()
+        .map(|d| d.envelope.event_id.as_str())
+        .collect();
+    assert_eq!(ids, ["evt_intact"], "the altered event is not handed out");
+    assert!(
+        delivered
+            .iter()
+            .all(|d| !String::from_utf8_lossy(&d.envelope.payload).contains("4800"))
+    );
+    let parked = bus
+        .dead_letters("erp", DeadQueue::DeadLetter)
+        .await
+        .unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].envelope.event_id, "evt_flip");
+    assert!(
+        parked[0].reason.contains("failed its integrity check"),
+        "{}",
+        parked[0].reason
+    );
+    assert_eq!(bus.integrity_failures(), 1);
+    // Replaying it parks it again: altered bytes are never delivered.
+    assert_eq!(
+        bus.requeue_dead("erp", DeadQueue::DeadLetter, &[parked[0].id])
+            .await
+            .unwrap(),
+        1
+    );
+    let again = bus
+        .pull("erp", Lane::Replay, 10, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    assert_eq!(
+        bus.dead_letters("erp", DeadQueue::DeadLetter)
+            .await
+            .unwrap()
+            .len(),
+        1
     );
 }

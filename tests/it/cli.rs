@@ -177,3 +177,69 @@ async fn sign_send_delivers_to_a_running_hub() {
     )
     .await;
 }
+
+/// `check` refuses what would fail at run time anyway: an admin token short
+/// enough to guess, and connections the address policy would refuse on
+/// every call (a private literal address without `allow_private`, a cloud
+/// metadata host). A literal loopback base URL stays fine.
+#[test]
+fn check_fails_for_a_short_admin_token_and_unreachable_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("stripe"), "whsec_test").unwrap();
+    // Surrounding whitespace is not part of a token: trimmed, it is short.
+    std::fs::write(dir.path().join("admin"), "  short-token \n").unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+token = "file:admin"
+
+[sources.stripe]
+secrets = ["file:stripe"]
+
+[connections.crm]
+base_url = "http://127.0.0.1:9"
+
+[connections.erp]
+base_url = "http://10.1.2.3:8080"
+
+[connections.marketing]
+base_url = "http://169.254.169.254/latest"
+allow_private = true
+
+[consumers.crm]
+plugin = "{crm}"
+connections = ["crm", "erp", "marketing"]
+
+[[routes]]
+source = "stripe"
+events = ["*"]
+consumers = ["crm"]
+"#,
+            crm = plugin_path("crm").display()
+        ),
+    )
+    .unwrap();
+    let output = switchyard()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "admin.token: 11 characters is too short",
+        "connections.erp.base_url: every call would be refused: `10.1.2.3` is a private address",
+        "connections.marketing.base_url: every call would be refused:",
+        "3 problem(s)",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("connections.crm"), "{stderr}");
+}

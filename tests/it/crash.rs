@@ -122,3 +122,78 @@ consumers = ["crm"]
     }
     assert_one_key_per_effect(&crm, |r| r.path.clone());
 }
+
+/// A bus or idempotency file that held data and is now empty or missing is
+/// not taken as a new, empty store: `serve` refuses, names the file and the
+/// flag, and changes nothing; `--accept-empty-store` starts afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_or_missing_store_is_refused_unless_accepted() {
+    let crm = MockDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut options = HubOptions::new(crm_routes(&crm, ""));
+    options.listen_port = Some(port);
+    let config = write_config(dir.path(), &options);
+    let serve = |extra: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        command
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true);
+        command
+    };
+    // A first run stores an event, then dies.
+    let mut first = spawn_command(serve(&[]), port).await;
+    let (body, _) = numbered_event(&unique(""), 0);
+    let client = reqwest::Client::new();
+    let response = post_signed(&client, &format!("http://127.0.0.1:{port}"), &body)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+
+    let bus_file = dir.path().join("data/bus/bus.redb");
+    let idempotency_file = dir.path().join("data/idempotency/idempotency.redb");
+    for (file, damage) in [
+        (&bus_file, "empty"),
+        (&idempotency_file, "empty"),
+        (&bus_file, "missing"),
+    ] {
+        let kept = file.with_extension("redb.kept");
+        std::fs::copy(file, &kept).unwrap();
+        match damage {
+            "empty" => std::fs::write(file, b"").unwrap(),
+            _ => std::fs::remove_file(file).unwrap(),
+        }
+        let refused = tokio::time::timeout(
+            Duration::from_secs(30),
+            serve(&[]).stderr(std::process::Stdio::piped()).output(),
+        )
+        .await
+        .expect("serve refuses at once")
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{file:?} {damage}: {stderr}");
+        assert!(
+            stderr.contains(&format!("the store file is {damage}"))
+                && stderr.contains(".redb.id")
+                && stderr.contains("--accept-empty-store"),
+            "{file:?} {damage}: {stderr}"
+        );
+        match damage {
+            "empty" => assert_eq!(std::fs::metadata(file).unwrap().len(), 0, "left as it was"),
+            _ => assert!(!file.exists(), "left as it was"),
+        }
+        std::fs::rename(&kept, file).unwrap();
+    }
+    // Restored from the copy: it starts again.
+    let mut restored = spawn_command(serve(&[]), port).await;
+    restored.start_kill().unwrap();
+    restored.wait().await.unwrap();
+    // The operator accepts starting afresh.
+    std::fs::write(&bus_file, b"").unwrap();
+    let _fresh = spawn_command(serve(&["--accept-empty-store"]), port).await;
+}

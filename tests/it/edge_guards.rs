@@ -1,6 +1,8 @@
 //! Edge hardening: per-source address allowlists (inline and from a file
 //! that reloads), `X-Forwarded-For` believed only from trusted proxies, and
-//! load shedding by concurrency (503) and rate (429) with `Retry-After`.
+//! load shedding by concurrency (503) and rate (429) with `Retry-After`,
+//! and the guards against slow bodies: headers checked before the body is
+//! read, a cap on one client's bodies in flight, a minimum body rate.
 //! Whatever is refused or shed persisted nothing.
 
 use crate::harness::*;
@@ -137,6 +139,8 @@ async fn sheds_while_one_request_is_held(mut options: HubOptions, reason: &str) 
     let mock = MockDownstream::start().await;
     options.routes = crm_routes(&mock, "");
     options.admin = true;
+    // The held body may trickle for as long as the test needs.
+    options.server_extra.push_str("\nmin_body_rate = \"1B\"");
     let hub = TestHub::start(options).await;
 
     // A request takes the one slot and keeps it while its body trickles in.
@@ -145,14 +149,17 @@ async fn sheds_while_one_request_is_held(mut options: HubOptions, reason: &str) 
     let mut head = signed_head(&held).into_bytes();
     head.extend_from_slice(&held[..half]);
     let mut slow = raw_connection(hub.hub.addr, &head).await;
-    // Probes carry a bad signature, so one that got in persists nothing.
+    // Probes carry a bad signature (with a current timestamp, so they get
+    // past the header checks to the slots), so one that got in persists
+    // nothing.
     let probe = event("evt_probe");
+    let bad_signature = format!("t={},v1=00", now());
     eventually(Duration::from_secs(10), "the slot is taken", || async {
         let (status, _) = hub
             .post(
                 "/webhooks/stripe",
                 &probe,
-                &[("stripe-signature", "t=1,v1=00")],
+                &[("stripe-signature", bad_signature.as_str())],
             )
             .await;
         status == 503
@@ -233,4 +240,128 @@ async fn a_source_rate_limit_added_by_a_reload_applies_at_once() {
     let (status, answer) = hub.send(&event("evt_reload_rate_b")).await;
     assert_eq!((status, answer["error"].as_str()), (429, Some("shed")));
     assert_eq!(hub.persisted("crm", "stripe").await, 4);
+}
+
+/// The head of a signed POST of `body` from `client` (via a trusted proxy),
+/// signed at `timestamp`.
+fn head_from(body: &[u8], client: &str, timestamp: i64) -> String {
+    format!(
+        "POST /webhooks/stripe HTTP/1.1\r\nHost: switchyard\r\nContent-Type: application/json\r\n\
+         X-Forwarded-For: {client}\r\nStripe-Signature: {}\r\nContent-Length: {}\r\n\r\n",
+        switchyard::ingest::signature::signature_header(SECRET, timestamp, body),
+        body.len()
+    )
+}
+
+/// A stale signed timestamp (`t=1`) is refused from the headers alone: the
+/// answer comes without a byte of the body, so such requests cannot hold
+/// slots while they dribble one.
+#[tokio::test]
+async fn a_stale_timestamp_is_refused_before_the_body_is_read() {
+    let mock = MockDownstream::start().await;
+    let mut options = HubOptions::new(crm_routes(&mock, ""));
+    options.server_extra = "body_read_timeout = \"60s\"".into();
+    let hub = TestHub::start(options).await;
+    let body = event("evt_stale");
+    let mut stalled =
+        raw_connection(hub.hub.addr, head_from(&body, "203.0.113.1", 1).as_bytes()).await;
+    let (status, answer) = read_response(&mut stalled, Duration::from_secs(10)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("bad_signature"), "{answer}");
+    assert_eq!(hub.persisted("crm", "stripe").await, 0);
+}
+
+/// One client address may be sending only its share of bodies at once;
+/// past it, 503 with `Retry-After`, while other clients are served.
+#[tokio::test]
+async fn one_client_cannot_hold_more_than_its_share_of_body_reads() {
+    let mock = MockDownstream::start().await;
+    let mut options = HubOptions::new(crm_routes(&mock, ""));
+    options.server_extra =
+        "max_bodies_per_client = 2\nmin_body_rate = \"1B\"\ntrusted_proxies = [\"127.0.0.1\"]"
+            .into();
+    options.admin = true;
+    let hub = TestHub::start(options).await;
+    let greedy = "203.0.113.7";
+    let mut held = Vec::new();
+    for n in 0..2 {
+        let body = event(&format!("evt_held_{n}"));
+        let half = body.len() / 2;
+        let mut bytes = head_from(&body, greedy, now()).into_bytes();
+        bytes.extend_from_slice(&body[..half]);
+        held.push((raw_connection(hub.hub.addr, &bytes).await, body, half));
+    }
+    let third = event("evt_third");
+    eventually(
+        Duration::from_secs(10),
+        "the client's share is taken",
+        || async {
+            let mut stream = raw_connection(
+                hub.hub.addr,
+                &[head_from(&third, greedy, now()).as_bytes(), &third[..]].concat(),
+            )
+            .await;
+            read_response(&mut stream, Duration::from_secs(5)).await.0 == 503
+        },
+    )
+    .await;
+    let (status, _) = post_from(&hub, &event("evt_other"), Some("198.51.100.9")).await;
+    assert_eq!(status, 200, "another client is served");
+    let text = hub.metrics_text().await;
+    assert!(
+        text.contains(
+            r#"switchyard_ingest_shed_requests_total{source="stripe",reason="client_bodies"}"#
+        ),
+        "{text}"
+    );
+    for (mut stream, body, half) in held {
+        stream.write_all(&body[half..]).await.unwrap();
+        let (status, answer) = read_response(&mut stream, Duration::from_secs(10)).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, _) = post_from(&hub, &third, Some(greedy)).await;
+    assert_eq!(status, 200, "its share is free again");
+}
+
+/// A body arriving slower than `min_body_rate` (after a 2 s grace) is cut
+/// off with 408 long before `body_read_timeout`.
+#[tokio::test]
+async fn a_body_slower_than_the_minimum_rate_gets_408() {
+    let mock = MockDownstream::start().await;
+    let mut options = HubOptions::new(crm_routes(&mock, ""));
+    options.server_extra = "body_read_timeout = \"60s\"\nmin_body_rate = \"100B\"".into();
+    let hub = TestHub::start(options).await;
+    let body = event("evt_dribble");
+    let stream = raw_connection(
+        hub.hub.addr,
+        head_from(&body, "203.0.113.2", now()).as_bytes(),
+    )
+    .await;
+    let (mut reader, mut writer) = stream.into_split();
+    let dribble = tokio::spawn(async move {
+        for byte in body {
+            if writer.write_all(&[byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let received = tokio::time::timeout(Duration::from_secs(15), async {
+        use tokio::io::AsyncReadExt;
+        let mut received = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = reader.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&buf[..n]);
+        }
+        received
+    })
+    .await
+    .expect("cut off well before body_read_timeout");
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    dribble.abort();
+    assert_eq!(hub.persisted("crm", "stripe").await, 0);
 }

@@ -194,7 +194,7 @@ async fn every_fixture_reaches_exactly_its_consumers_once_even_when_sent_three_t
         .unwrap();
     assert_eq!(
         created.header("idempotency-key"),
-        Some("crm:evt_1PgKq3LzX8bYw3NcCusCrt01:1")
+        Some("crm:stripe:evt_1PgKq3LzX8bYw3NcCusCrt01:1")
     );
     assert_eq!(created.header("content-type"), Some("application/json"));
 

@@ -16,6 +16,7 @@ mod crash;
 mod dashboard;
 mod edge_guards;
 mod end_to_end;
+mod failover;
 mod faults;
 mod idempotency;
 mod ingest_edge;

@@ -210,6 +210,12 @@ async fn with_nats_down_ingest_answers_503_and_accepts_again_after_restart() {
     }
     let ready = hub.client.get(hub.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503, "not ready without the bus");
+    // Public: it names the part that is down, never the error's text.
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"status": "not_ready", "reason": "bus unavailable"})
+    );
 
     nats.restart().await;
     // The same requests, re-sent as Stripe would, are accepted once the hub

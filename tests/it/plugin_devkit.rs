@@ -63,7 +63,8 @@ fn plugin_test_shows_the_outcome_every_request_time_and_memory() {
     assert!(
         headers
             .iter()
-            .any(|h| h[0] == "idempotency-key" && h[1].as_str().unwrap().starts_with("test:evt_")),
+            .any(|h| h[0] == "idempotency-key"
+                && h[1].as_str().unwrap().starts_with("test:stripe:evt_")),
         "{headers:?}"
     );
     assert!(run["wall_us"].as_u64().unwrap() > 0);

@@ -255,7 +255,7 @@ async fn guest_supplied_host_headers_are_dropped_and_credentials_injected() {
     );
     assert_eq!(
         spoofed.header("idempotency-key"),
-        Some("bad:evt_1PgKq3LzX8bYw3NcCusCrt01:1")
+        Some("bad:stripe:evt_1PgKq3LzX8bYw3NcCusCrt01:1")
     );
     assert_eq!(spoofed.header("x-custom"), Some("kept"));
     hub.hub.shutdown().await;

@@ -52,7 +52,10 @@ async fn the_readme_walkthrough_reaches_all_three_consumers() {
 
     let env = [
         ("STRIPE_WEBHOOK_SECRET", "whsec_test_secret".to_owned()),
-        ("SWITCHYARD_ADMIN_TOKEN", "dev-admin-token".to_owned()),
+        (
+            "SWITCHYARD_ADMIN_TOKEN",
+            "dev-admin-token-0123456789".to_owned(),
+        ),
         ("SWITCHYARD_LISTEN", format!("127.0.0.1:{listen}")),
         ("SWITCHYARD_ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
         ("SWITCHYARD_ADMIN_URL", format!("http://127.0.0.1:{admin}")),
@@ -123,7 +126,7 @@ async fn the_readme_walkthrough_reaches_all_three_consumers() {
     assert!(
         printed.iter().any(|l| l.starts_with("crm ")
             && l.contains("PUT    /contacts/cus_")
-            && l.contains("idempotency-key=crm:evt_")),
+            && l.contains("idempotency-key=crm:stripe:evt_")),
         "{printed:#?}"
     );
     assert!(
