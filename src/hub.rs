@@ -471,6 +471,17 @@ impl Shared {
                     concurrency: consumer.concurrency,
                     health,
                     plugin_digest: plugin.digest().to_owned(),
+                    routes: config
+                        .routes
+                        .iter()
+                        .filter(|route| route.consumers.contains(name))
+                        .flat_map(|route| {
+                            route
+                                .events
+                                .iter()
+                                .map(|pattern| (route.source.clone(), pattern.clone()))
+                        })
+                        .collect(),
                 }),
             );
         }
@@ -639,7 +650,8 @@ impl Supervisor {
         self.seen = file_hash(&path);
         let outcome = self.switch_to(&path).await;
         match &outcome {
-            Ok(report) => tracing::warn!(
+            Ok(report) => tracing::info!(
+                config = %path.display(),
                 added = ?report.added,
                 removed = ?report.removed,
                 "config reloaded"

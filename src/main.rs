@@ -104,6 +104,10 @@ enum Command {
         /// (new idempotency keys): for a downstream that lost data.
         #[arg(long)]
         force: bool,
+        /// Also event types the consumer's routes do not send it (by
+        /// default only those are replayed).
+        #[arg(long)]
+        all_types: bool,
         /// Events queued per batch by the background job.
         #[arg(long)]
         batch_size: Option<usize>,
@@ -223,16 +227,84 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
 /// Where the admin API is and how to authenticate.
 #[derive(clap::Args, Clone)]
 struct AdminArgs {
-    /// Base URL of the admin listener.
-    #[arg(
-        long,
-        env = "SWITCHYARD_ADMIN_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    admin_url: String,
-    /// Bearer token of the admin API.
+    /// Base URL of the admin listener. Default: the `[admin] listen` of the
+    /// config (`-c`), else `http://127.0.0.1:8081`.
+    #[arg(long, env = "SWITCHYARD_ADMIN_URL")]
+    admin_url: Option<String>,
+    /// Bearer token of the admin API. Default: the `[admin] token` of the
+    /// config (`-c`).
     #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: String,
+    admin_token: Option<String>,
+}
+
+/// The config the command was given, and whether it was given on purpose
+/// (`-c` or `SWITCHYARD_CONFIG`) rather than the default `routes.toml`.
+static CONFIG_GIVEN: std::sync::OnceLock<(PathBuf, bool)> = std::sync::OnceLock::new();
+
+/// The address a client reaches a listener bound to `listen` at.
+fn reachable(listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, listen.port())
+}
+
+impl AdminArgs {
+    /// The admin API this command talks to, and its token: the flags (or
+    /// their variables) first, then the config's `[admin]`, so `-c
+    /// other/routes.toml` reaches the hub that config runs. A URL and an
+    /// explicit config that name different hubs are an error.
+    fn target(&self) -> Result<(String, String)> {
+        let (path, explicit) = CONFIG_GIVEN
+            .get()
+            .cloned()
+            .unwrap_or_else(|| (PathBuf::from("routes.toml"), false));
+        let config = Config::load(&path).ok().and_then(|config| config.admin);
+        if explicit && config.is_none() && self.admin_url.is_none() {
+            bail!(
+                "`{}` has no usable [admin] table (or does not load): pass --admin-url",
+                path.display()
+            );
+        }
+        let url = match (&self.admin_url, &config) {
+            (Some(url), Some(admin)) if explicit => {
+                let named = reqwest::Url::parse(url)
+                    .ok()
+                    .and_then(|url| url.socket_addrs(|| None).ok())
+                    .unwrap_or_default();
+                let listen = reachable(admin.listen);
+                if !named.iter().any(|addr| {
+                    *addr == listen
+                        || (addr.port() == listen.port() && admin.listen.ip().is_unspecified())
+                }) {
+                    bail!(
+                        "--admin-url `{url}` and `{}` ([admin] listen = {}) name different hubs; drop one",
+                        path.display(),
+                        admin.listen
+                    );
+                }
+                url.clone()
+            }
+            (Some(url), _) => url.clone(),
+            (None, Some(admin)) => format!("http://{}", reachable(admin.listen)),
+            (None, None) => "http://127.0.0.1:8081".to_owned(),
+        };
+        let token = match (&self.admin_token, &config) {
+            (Some(token), _) => token.clone(),
+            (None, Some(admin)) => admin
+                .token
+                .resolve()
+                .map_err(|err| anyhow::anyhow!("admin token of `{}`: {err}", path.display()))?
+                .expose()
+                .to_owned(),
+            (None, None) => {
+                bail!("no admin token: pass --admin-token or set SWITCHYARD_ADMIN_TOKEN")
+            }
+        };
+        Ok((url, token))
+    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -307,8 +379,39 @@ enum JobAction {
     },
 }
 
+/// Like any Unix tool, a command whose output is cut short (`| head`) just
+/// stops (exit 141, as if by SIGPIPE) instead of reporting a panic: Rust
+/// ignores SIGPIPE, so `println!` meets the broken pipe as an error.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    let explicit = matches!(
+        matches.value_source("config"),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    );
+    let _ = CONFIG_GIVEN.set((cli.config.clone(), explicit));
+    quiet_on_broken_pipe();
     telemetry::init(cli.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("start tokio runtime");
     match runtime.block_on(run(cli)) {
@@ -402,9 +505,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             since,
             until,
             force,
+            all_types,
             batch_size,
             yes,
         } => {
+            if all_types {
+                eprintln!(
+                    "warning: --all-types replays events of types `{consumer}`'s routes do not send it; its plugin will see them"
+                );
+            }
             let millis = |text: &str| -> Result<u64> {
                 let at = humantime::parse_rfc3339_weak(text)
                     .with_context(|| format!("`{text}` is not a time like 2026-11-29T10:00:00Z"))?;
@@ -417,6 +526,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 "until_ms": until.as_deref().map(millis).transpose()?,
                 "dry_run": !yes,
                 "force": force,
+                "all_types": all_types,
                 "batch_size": batch_size,
             });
             let path = format!("/v1/consumers/{consumer}/replay");
@@ -722,10 +832,11 @@ async fn admin_call(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<serde_json::Value> {
-    let url = format!("{}{path}", admin.admin_url.trim_end_matches('/'));
+    let (base, token) = admin.target()?;
+    let url = format!("{}{path}", base.trim_end_matches('/'));
     let mut request = reqwest::Client::new()
         .request(method, &url)
-        .bearer_auth(&admin.admin_token);
+        .bearer_auth(&token);
     if let Some(body) = body {
         request = request.json(&body);
     }

@@ -46,4 +46,5 @@ if command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1 \
 fi
 
 # 3. Everything: unit, integration, doc tests, and a build of the benches.
-cargo test --all-targets
+# --no-fail-fast: one failing test binary does not hide the others' results.
+cargo test --all-targets --no-fail-fast

@@ -84,6 +84,8 @@ pub struct ConsumerControl {
     /// SHA-256 of the running plugin: a reload with another lifts a
     /// quarantine.
     pub plugin_digest: String,
+    /// What its routes send it: (source, event pattern).
+    pub routes: Vec<(String, EventPattern)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,8 +165,14 @@ pub struct ParkedDetail {
 #[serde(deny_unknown_fields)]
 pub struct HistoryReplay {
     pub source: String,
-    /// Event type pattern; all types when absent.
+    /// Event type pattern; all types when absent. Only the types the
+    /// consumer's routes send it from `source` are replayed, unless
+    /// `all_types`.
     pub event_type: Option<String>,
+    /// Replay matching events even of types the consumer's routes do not
+    /// send it (its plugin will see events it never subscribed to).
+    #[serde(default)]
+    pub all_types: bool,
     /// Received at or after this unix-millisecond instant.
     pub since_ms: u64,
     /// Received before this instant; now when absent.
@@ -361,7 +369,7 @@ impl HubControl {
     /// Stops the consumer taking new work; in-flight deliveries finish.
     pub fn pause(&self, name: &str) -> Result<(), AdminError> {
         self.consumer(name)?.paused.send_replace(true);
-        tracing::warn!(consumer = name, "consumer paused by operator");
+        tracing::info!(consumer = name, "consumer paused by operator");
         Ok(())
     }
 
@@ -370,7 +378,7 @@ impl HubControl {
         let control = self.consumer(name)?;
         let was_quarantined = control.health.clear();
         control.paused.send_replace(false);
-        tracing::warn!(
+        tracing::info!(
             consumer = name,
             was_quarantined,
             "consumer resumed by operator"
@@ -454,7 +462,7 @@ impl HubControl {
         consumer: &str,
         request: &HistoryReplay,
     ) -> Result<HistoryOutcome, AdminError> {
-        self.consumer(consumer)?;
+        let control = self.consumer(consumer)?;
         let pattern = EventPattern::parse(request.event_type.as_deref().unwrap_or("*"))
             .map_err(AdminError::BadFilter)?;
         let until = request.until_ms.unwrap_or(u64::MAX);
@@ -463,16 +471,34 @@ impl HubControl {
                 "`since_ms` must be before `until_ms`".into(),
             ));
         }
-        let ids = self
-            .bus
-            .history(consumer, &request.source, &pattern, request.since_ms, until)
-            .await?;
+        // The types the consumer's routes send it from this source, within
+        // what was asked for; everything asked for only on request.
+        let patterns: Vec<EventPattern> = if request.all_types {
+            vec![pattern]
+        } else {
+            control
+                .routes
+                .iter()
+                .filter(|(source, _)| *source == request.source)
+                .filter_map(|(_, routed)| routed.intersect(&pattern))
+                .collect()
+        };
+        let mut ids = std::collections::BTreeSet::new();
+        for pattern in &patterns {
+            ids.extend(
+                self.bus
+                    .history(consumer, &request.source, pattern, request.since_ms, until)
+                    .await?,
+            );
+        }
+        let ids: Vec<u64> = ids.into_iter().collect();
         let matched = ids.len();
         let job = (!request.dry_run).then(|| {
-            tracing::warn!(
+            tracing::info!(
                 consumer,
                 matched,
                 force = request.force,
+                all_types = request.all_types,
                 "history replay started"
             );
             self.jobs.start(
@@ -554,7 +580,7 @@ impl HubControl {
                 .or_default()
                 .push(entry.id);
         }
-        tracing::warn!(
+        tracing::info!(
             queue = ?queue,
             action = ?action,
             matched = outcome.matched,

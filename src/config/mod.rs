@@ -332,6 +332,20 @@ impl EventPattern {
         })
     }
 
+    /// The types both patterns match, as a pattern; `None` if none.
+    pub fn intersect(&self, other: &EventPattern) -> Option<EventPattern> {
+        use EventPattern::*;
+        match (self, other) {
+            (Any, pattern) | (pattern, Any) => Some(pattern.clone()),
+            (Exact(exact), pattern) | (pattern, Exact(exact)) => {
+                pattern.matches(exact).then(|| Exact(exact.clone()))
+            }
+            (Prefix(a), Prefix(b)) if a.starts_with(b.as_str()) => Some(Prefix(a.clone())),
+            (Prefix(a), Prefix(b)) if b.starts_with(a.as_str()) => Some(Prefix(b.clone())),
+            (Prefix(_), Prefix(_)) => None,
+        }
+    }
+
     pub fn matches(&self, event_type: &str) -> bool {
         match self {
             EventPattern::Any => true,
@@ -576,6 +590,28 @@ mod tests {
         std::fs::write(dir.path().join("blank"), " \n").unwrap();
         let blank = SecretRef::parse("file:blank", dir.path()).unwrap();
         assert!(blank.resolve().unwrap_err().contains("is empty"));
+    }
+
+    #[test]
+    fn patterns_intersect_to_what_both_match() {
+        let parse = |text: &str| EventPattern::parse(text).unwrap();
+        let both = |a: &str, b: &str| parse(a).intersect(&parse(b));
+        assert_eq!(both("*", "invoice.*"), Some(parse("invoice.*")));
+        assert_eq!(both("invoice.paid", "*"), Some(parse("invoice.paid")));
+        assert_eq!(
+            both("invoice.*", "invoice.paid"),
+            Some(parse("invoice.paid"))
+        );
+        assert_eq!(both("customer.*", "invoice.paid"), None);
+        assert_eq!(
+            both("customer.*", "customer.subscription.*"),
+            Some(parse("customer.subscription.*"))
+        );
+        assert_eq!(both("customer.*", "invoice.*"), None);
+        assert_eq!(
+            both("invoice.paid", "invoice.paid"),
+            Some(parse("invoice.paid"))
+        );
     }
 
     #[test]

@@ -524,7 +524,8 @@ consumers = ["erp"]
     })
     .await;
 
-    // Replaying history the CRM already applied changes nothing downstream.
+    // Replaying history the CRM already applied changes nothing downstream
+    // (and only its routed types, `customer.*`, are replayed).
     let (_, again) = second
         .admin(
             Method::POST,
@@ -532,8 +533,8 @@ consumers = ["erp"]
             Some(json!({"source": "stripe", "since_ms": before, "dry_run": false})),
         )
         .await;
-    assert_eq!(again["matched"], 3);
-    assert_eq!(second.finished_job(&again).await["queued"], 3);
+    assert_eq!(again["matched"], 1);
+    assert_eq!(second.finished_job(&again).await["queued"], 1);
     second.drained(WITHIN).await;
     assert_eq!(
         crm.effects().len(),
@@ -688,4 +689,44 @@ async fn a_forced_history_replay_applies_effects_again() {
         "a forced replay is a new effect: {keys:?}"
     );
     assert_eq!(crm.effects()[0].path, crm.effects()[1].path);
+}
+
+/// A history replay without `--type` replays what the consumer's routes
+/// send it, not every event of the source; `all_types` asks for the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_replay_keeps_to_the_consumers_routes_unless_all_types() {
+    let crm = MockDownstream::start().await;
+    let hub = admin_hub(&crm).await;
+    let since_ms = now() as u64 * 1000 - 1000;
+    for fixture in [
+        "customer.created.json",
+        "invoice.paid.json",
+        "checkout.session.completed.json",
+    ] {
+        assert_eq!(hub.send_fixture(fixture).await.0, 200);
+    }
+    hub.drained(WITHIN).await;
+    let matched = |all_types: bool| {
+        let hub = &hub;
+        async move {
+            let (status, outcome) = hub
+                .admin(
+                    Method::POST,
+                    "/v1/consumers/crm/replay",
+                    Some(json!({
+                        "source": "stripe",
+                        "since_ms": since_ms,
+                        "dry_run": true,
+                        "force": true,
+                        "all_types": all_types,
+                    })),
+                )
+                .await;
+            assert_eq!(status, 200, "{outcome}");
+            outcome["matched"].as_u64().unwrap()
+        }
+    };
+    // crm's routes send it `customer.*` only.
+    assert_eq!(matched(false).await, 1);
+    assert_eq!(matched(true).await, 3);
 }

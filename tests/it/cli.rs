@@ -243,3 +243,86 @@ consumers = ["crm"]
     }
     assert!(!stderr.contains("connections.crm"), "{stderr}");
 }
+
+/// The admin commands reach the hub of the config they are given (`-c`):
+/// its `[admin] listen` and token, with no URL or token in the environment;
+/// an explicit URL naming another hub than `-c` is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_reach_the_hub_of_the_config_they_are_given() {
+    let mock = MockDownstream::start().await;
+    let mut hubs = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, admin_port) = (free_port(), free_port());
+        let mut options = HubOptions::new(crm_routes(&mock, ""));
+        options.admin = true;
+        let config = write_config(dir.path(), &options);
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(
+                "[server]\nlisten = \"127.0.0.1:0\"",
+                &format!("[server]\nlisten = \"127.0.0.1:{port}\""),
+            )
+            .replace(
+                "[admin]\nlisten = \"127.0.0.1:0\"",
+                &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\""),
+            );
+        std::fs::write(&config, text).unwrap();
+        let child = spawn_hub(&config, port).await;
+        hubs.push((dir, config, admin_port, child));
+    }
+    let cli = |args: &[&str], config: &std::path::Path| {
+        switchyard()
+            .args(args)
+            .arg("-c")
+            .arg(config)
+            .env_remove("SWITCHYARD_ADMIN_URL")
+            .env_remove("SWITCHYARD_ADMIN_TOKEN")
+            .env_remove("SWITCHYARD_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let state = |config: &std::path::Path| {
+        let output = cli(&["consumers", "--json"], config);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let consumers: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        consumers[0]["state"].as_str().unwrap().to_owned()
+    };
+    let (first, second) = (&hubs[0].1, &hubs[1].1);
+    let paused = cli(&["pause", "crm"], second);
+    assert!(
+        paused.status.success(),
+        "{}",
+        String::from_utf8_lossy(&paused.stderr)
+    );
+    assert_eq!(state(first), "running");
+    assert_eq!(state(second), "paused");
+    let other_hub = format!("http://127.0.0.1:{}", hubs[0].2);
+    let refused = cli(&["resume", "crm", "--admin-url", &other_hub], second);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("name different hubs"), "{stderr}");
+    assert_eq!(state(first), "running");
+    assert_eq!(state(second), "paused");
+}
+
+/// Output cut short (`switchyard … | head`) stops the command quietly, as
+/// with any Unix tool, instead of a panic on the broken pipe (exit 101).
+#[test]
+fn a_closed_output_pipe_stops_the_cli_without_a_panic() {
+    let mut child = switchyard()
+        .args(["config", "reference"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(output.status.code(), Some(101), "{stderr}");
+}
