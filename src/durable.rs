@@ -329,9 +329,17 @@ fn open_database(path: &Path) -> Result<Database, DurableError> {
     Database::builder()
         .set_cache_size(CACHE_BYTES)
         .create(path)
-        .map_err(|err| DurableError::Open {
-            path: path.display().to_string(),
-            message: err.to_string(),
+        .map_err(|err| {
+            let hint = match err {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    " (another switchyard is probably using this data directory)"
+                }
+                _ => "",
+            };
+            DurableError::Open {
+                path: path.display().to_string(),
+                message: format!("{err}{hint}"),
+            }
         })
 }
 

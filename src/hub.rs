@@ -47,8 +47,10 @@ pub enum HubError {
     Plugin(#[from] PluginError),
     #[error("{message}")]
     Connection { message: String },
-    #[error("cannot listen on `{addr}`: {source}")]
+    #[error("{key}: cannot listen on `{addr}`: {source}{hint}", hint = if source.kind() == std::io::ErrorKind::AddrInUse { " (another switchyard, or another program, is using it)" } else { "" })]
     Bind {
+        /// `server.listen` or `admin.listen`.
+        key: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -744,6 +746,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
             .await
             .map_err(|source| {
                 vec![HubError::Bind {
+                    key: "server.listen",
                     addr: config.server.listen,
                     source,
                 }]
@@ -751,6 +754,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
     };
     let addr = listener.local_addr().map_err(|source| {
         vec![HubError::Bind {
+            key: "server.listen",
             addr: config.server.listen,
             source,
         }]
@@ -856,6 +860,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
                 Some(listener) => listener,
                 None => TcpListener::bind(admin.listen).await.map_err(|source| {
                     vec![HubError::Bind {
+                        key: "admin.listen",
                         addr: admin.listen,
                         source,
                     }]
@@ -863,6 +868,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
             };
             let admin_addr = listener.local_addr().map_err(|source| {
                 vec![HubError::Bind {
+                    key: "admin.listen",
                     addr: admin.listen,
                     source,
                 }]

@@ -872,8 +872,17 @@ async fn consumers(admin: &AdminArgs, json: bool) -> Result<ExitCode> {
     let rows: Vec<switchyard::admin::ConsumerStatus> = serde_json::from_value(value)?;
     // CPU: the consumer's share of all guest time on the plugin threads.
     println!(
-        "{:<16} {:<18} {:>8} {:>10} {:>10} {:>8} {:>6} {:>6} {:>5}  LAST ERROR",
-        "CONSUMER", "STATE", "BACKLOG", "OLDEST", "DELIVERED", "RETRIED", "DLQ", "REVIEW", "CPU"
+        "{:<16} {:<18} {:<9} {:>8} {:>10} {:>10} {:>8} {:>6} {:>6} {:>5}  LAST ERROR",
+        "CONSUMER",
+        "STATE",
+        "BREAKER",
+        "BACKLOG",
+        "OLDEST",
+        "DELIVERED",
+        "RETRIED",
+        "DLQ",
+        "REVIEW",
+        "CPU"
     );
     for row in rows {
         let oldest = row
@@ -886,10 +895,19 @@ async fn consumers(admin: &AdminArgs, json: bool) -> Result<ExitCode> {
             .quarantined
             .as_deref()
             .or(row.stats.last_error.as_deref());
+        // `-`: the consumer runs without a circuit breaker.
+        let breaker = match row.breaker {
+            Some(state) => serde_json::to_value(state)?
+                .as_str()
+                .unwrap_or("?")
+                .to_owned(),
+            None => "-".to_owned(),
+        };
         println!(
-            "{:<16} {:<18} {:>8} {:>10} {:>10} {:>8} {:>6} {:>6} {:>4.0}%  {}",
+            "{:<16} {:<18} {:<9} {:>8} {:>10} {:>10} {:>8} {:>6} {:>6} {:>4.0}%  {}",
             row.name,
             serde_json::to_value(row.state)?.as_str().unwrap_or("?"),
+            breaker,
             row.backlog,
             oldest,
             row.stats.delivered,

@@ -5,6 +5,38 @@ use super::raw::*;
 use super::units::{parse_duration, parse_size};
 use super::*;
 
+/// `; did you mean `x`?` for the known name closest to a mistyped one
+/// (within two edits), or nothing.
+fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> String {
+    known
+        .map(|candidate| (edit_distance(name, candidate), candidate))
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(_, candidate)| format!("; did you mean `{candidate}`?"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance, counting an adjacent swap (`epr` for `erp`) as one.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    rows[0] = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let substitution = rows[i - 1][j - 1] + usize::from(a[i - 1] != b[j - 1]);
+            let mut best = substitution.min(rows[i - 1][j] + 1).min(rows[i][j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
+}
+
 /// The shortest lease (`bus.visibility_timeout`, `idempotency.lease`).
 const MIN_LEASE: Duration = Duration::from_secs(1);
 
@@ -795,7 +827,10 @@ impl Checker<'_> {
             if !all.connections.contains_key(connection) {
                 self.issue(
                     format!("{}[{index}]", at("connections")),
-                    format!("unknown connection `{connection}`"),
+                    format!(
+                        "unknown connection `{connection}`{}",
+                        did_you_mean(connection, all.connections.keys())
+                    ),
                 );
             }
         }
@@ -972,7 +1007,13 @@ impl Checker<'_> {
         if raw.source.is_none() {
             self.issue(at("source"), "a source name is required");
         } else if !all.sources.contains_key(&source) {
-            self.issue(at("source"), format!("unknown source `{source}`"));
+            self.issue(
+                at("source"),
+                format!(
+                    "unknown source `{source}`{}",
+                    did_you_mean(&source, all.sources.keys())
+                ),
+            );
         }
         if raw.events.is_empty() {
             self.issue(at("events"), "list at least one event pattern, or `*`");
@@ -996,7 +1037,10 @@ impl Checker<'_> {
             if !all.consumers.contains_key(consumer) {
                 self.issue(
                     format!("{}[{i}]", at("consumers")),
-                    format!("unknown consumer `{consumer}`"),
+                    format!(
+                        "unknown consumer `{consumer}`{}",
+                        did_you_mean(consumer, all.consumers.keys())
+                    ),
                 );
             }
         }
@@ -1058,5 +1102,21 @@ impl Default for RetryConfig {
             attempts: 25,
             max_retry_after: Duration::from_secs(3600),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::did_you_mean;
+
+    #[test]
+    fn a_near_miss_names_the_known_name() {
+        let known = ["crm".to_owned(), "erp".to_owned(), "marketing".to_owned()];
+        assert_eq!(did_you_mean("epr", known.iter()), "; did you mean `erp`?");
+        assert_eq!(
+            did_you_mean("marketting", known.iter()),
+            "; did you mean `marketing`?"
+        );
+        assert_eq!(did_you_mean("salesforce", known.iter()), "");
     }
 }

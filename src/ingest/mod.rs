@@ -591,7 +591,11 @@ impl Ingest {
         B: bytes::Buf,
     {
         let sources = self.sources();
-        let source = sources.get(path).ok_or(IngestError::UnknownSource)?;
+        let source = sources.get(path).ok_or_else(|| {
+            // Often a provider configured with a wrong URL: worth a line.
+            tracing::info!(path, "webhook refused: no source at this path (404)");
+            IngestError::UnknownSource
+        })?;
         if method != Method::POST {
             return Err(IngestError::MethodNotAllowed);
         }

@@ -301,8 +301,13 @@ async fn the_cli_shows_consumers_and_replays_reviews() {
     let table = cli(&["consumers"]);
     println!("{table}");
     assert!(table.starts_with("CONSUMER"), "{table}");
+    assert!(table.lines().next().unwrap().contains("BREAKER"), "{table}");
     let erp_line = table.lines().find(|l| l.starts_with("erp")).unwrap();
     assert!(erp_line.contains("running"), "{erp_line}");
+    assert!(
+        erp_line.contains("closed"),
+        "the breaker's state: {erp_line}"
+    );
     assert!(erp_line.contains("has no order_id"), "{erp_line}");
     let reviews = cli(&["dlq", "list", "--review"]);
     assert!(
