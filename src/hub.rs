@@ -473,17 +473,7 @@ impl Shared {
                     concurrency: consumer.concurrency,
                     health,
                     plugin_digest: plugin.digest().to_owned(),
-                    routes: config
-                        .routes
-                        .iter()
-                        .filter(|route| route.consumers.contains(name))
-                        .flat_map(|route| {
-                            route
-                                .events
-                                .iter()
-                                .map(|pattern| (route.source.clone(), pattern.clone()))
-                        })
-                        .collect(),
+                    routes: Subscription::of(config, name).filters,
                 }),
             );
         }

@@ -56,21 +56,26 @@ impl Subscription {
         config
             .consumers
             .keys()
-            .map(|consumer| Subscription {
-                consumer: consumer.clone(),
-                filters: config
-                    .routes
-                    .iter()
-                    .filter(|route| route.consumers.contains(consumer))
-                    .flat_map(|route| {
-                        route
-                            .events
-                            .iter()
-                            .map(|pattern| (route.source.clone(), pattern.clone()))
-                    })
-                    .collect(),
-            })
+            .map(|consumer| Subscription::of(config, consumer))
             .collect()
+    }
+
+    /// What the routes of `config` send `consumer`.
+    pub fn of(config: &crate::config::Config, consumer: &str) -> Subscription {
+        Subscription {
+            consumer: consumer.to_owned(),
+            filters: config
+                .routes
+                .iter()
+                .filter(|route| route.consumers.iter().any(|name| name == consumer))
+                .flat_map(|route| {
+                    route
+                        .events
+                        .iter()
+                        .map(|pattern| (route.source.clone(), pattern.clone()))
+                })
+                .collect(),
+        }
     }
 }
 

@@ -256,18 +256,9 @@ async fn admin_commands_reach_the_hub_of_the_config_they_are_given() {
         let (port, admin_port) = (free_port(), free_port());
         let mut options = HubOptions::new(crm_routes(&mock, ""));
         options.admin = true;
+        options.listen_port = Some(port);
+        options.admin_port = Some(admin_port);
         let config = write_config(dir.path(), &options);
-        let text = std::fs::read_to_string(&config)
-            .unwrap()
-            .replace(
-                "[server]\nlisten = \"127.0.0.1:0\"",
-                &format!("[server]\nlisten = \"127.0.0.1:{port}\""),
-            )
-            .replace(
-                "[admin]\nlisten = \"127.0.0.1:0\"",
-                &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\""),
-            );
-        std::fs::write(&config, text).unwrap();
         let child = spawn_hub(&config, port).await;
         hubs.push((dir, config, admin_port, child));
     }

@@ -339,6 +339,9 @@ pub struct HubOptions {
     /// Listen on this port instead of port 0 (for child processes, which
     /// cannot hand back the port they got).
     pub listen_port: Option<u16>,
+    /// The admin API (with `admin`) on this port instead of port 0, for the
+    /// same reason.
+    pub admin_port: Option<u16>,
     /// The `[bus]` engine keys; the embedded bus under `data/bus` if `None`.
     pub bus: Option<String>,
     /// Extra `[bus]` keys.
@@ -366,6 +369,7 @@ impl HubOptions {
             redis_url: "redis://127.0.0.1:6379".to_owned(),
             idempotency_lease: "2m",
             listen_port: None,
+            admin_port: None,
             bus: None,
             bus_extra: String::new(),
             server_extra: String::new(),
@@ -460,9 +464,12 @@ pub fn write_config(dir: &Path, options: &HubOptions) -> PathBuf {
     std::fs::write(dir.join("crm_token"), CRM_TOKEN).unwrap();
     std::fs::write(dir.join("admin_token"), ADMIN_TOKEN).unwrap();
     let admin = if options.admin {
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"file:admin_token\"\n"
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{}\"\ntoken = \"file:admin_token\"\n",
+            options.admin_port.unwrap_or(0)
+        )
     } else {
-        ""
+        String::new()
     };
     let lease = options.idempotency_lease;
     let idempotency = match &options.redis_prefix {
