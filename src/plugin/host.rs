@@ -430,16 +430,23 @@ impl HostState {
     /// Waits for the connection's rate limit, sends, reads the answer.
     async fn exchange(
         &mut self,
-        connection: &Connection,
+        connection: &Arc<Connection>,
         builder: reqwest::RequestBuilder,
         name: &str,
     ) -> Result<http::Response, http::Error> {
-        if let Some(limiter) = &connection.limiter {
-            limiter.acquire().await;
-        }
-        let mut response = match builder.send().await {
+        let cap = self.context.limits.response_body;
+        let fetch = fetch(Arc::clone(connection), builder, cap);
+        let fetched = self
+            .turns
+            .on_host(fetch)
+            .await
+            .unwrap_or_else(|| Err(FetchError::Lost));
+        let response = match fetched {
             Ok(response) => response,
-            Err(err) => {
+            Err(FetchError::Lost) => {
+                return Err(http::Error::Connect(format!("`{name}`: the call was lost")));
+            }
+            Err(FetchError::Send(err)) => {
                 return Err(if let Some(refused) = AddressRefused::find_in(&err) {
                     let message = format!("connection `{name}`: {refused}");
                     self.stopped(SandboxStop::Address, &message);
@@ -451,13 +458,13 @@ impl HostState {
                 });
             }
         };
-        let status = response.status().as_u16();
+        let status = response.status.as_u16();
         if let Some(last) = self.calls.last_mut() {
             last.status = Some(status);
         }
-        if response.status().is_redirection()
+        if response.status.is_redirection()
             && let Some(target) = response
-                .headers()
+                .headers
                 .get(reqwest::header::LOCATION)
                 .and_then(|location| location.to_str().ok())
                 .and_then(|location| connection.base.join(location).ok())
@@ -472,45 +479,93 @@ impl HostState {
             return Err(http::Error::NotGranted(message));
         }
         if (status == 429 || status == 503)
-            && let Some(after) = retry_after(response.headers())
+            && let Some(after) = retry_after(&response.headers)
         {
             self.retry_after = Some(self.retry_after.map_or(after, |seen| seen.max(after)));
         }
         let response_headers = response
-            .headers()
+            .headers
             .iter()
             .filter_map(|(name, value)| {
                 Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
             })
             .collect();
-        let cap = self.context.limits.response_body;
-        let too_large = format!("response body larger than {cap} bytes");
-        if response.content_length().is_some_and(|length| length > cap) {
-            self.stopped(SandboxStop::ResponseBody, &too_large);
-            return Err(http::Error::LimitExceeded(too_large));
-        }
-        let mut body = Vec::new();
-        loop {
-            let chunk = response.chunk().await.map_err(|err| {
-                if err.is_timeout() {
-                    http::Error::Timeout
-                } else {
-                    http::Error::Connect(format!("`{name}` broke off the response"))
-                }
-            })?;
-            let Some(chunk) = chunk else { break };
-            if (body.len() + chunk.len()) as u64 > cap {
+        let body = match response.body {
+            Ok(body) => body,
+            Err(BodyProblem::TooLarge) => {
+                let too_large = format!("response body larger than {cap} bytes");
                 self.stopped(SandboxStop::ResponseBody, &too_large);
                 return Err(http::Error::LimitExceeded(too_large));
             }
-            body.extend_from_slice(&chunk);
-        }
+            Err(BodyProblem::Timeout) => return Err(http::Error::Timeout),
+            Err(BodyProblem::Broken) => {
+                return Err(http::Error::Connect(format!(
+                    "`{name}` broke off the response"
+                )));
+            }
+        };
         Ok(http::Response {
             status,
             headers: response_headers,
             body,
         })
     }
+}
+
+/// A downstream's answer, read on the host's runtime.
+struct Fetched {
+    status: reqwest::StatusCode,
+    headers: HeaderMap,
+    body: Result<Vec<u8>, BodyProblem>,
+}
+
+enum FetchError {
+    Send(reqwest::Error),
+    /// The host's task ended without an answer (it panicked).
+    Lost,
+}
+
+enum BodyProblem {
+    TooLarge,
+    Timeout,
+    Broken,
+}
+
+/// Sends the request through the connection's rate limit and reads the
+/// answer, its body up to `cap` bytes: the network part of an outbound call,
+/// which runs on the host's runtime (no guest turn held meanwhile).
+async fn fetch(
+    connection: Arc<Connection>,
+    builder: reqwest::RequestBuilder,
+    cap: u64,
+) -> Result<Fetched, FetchError> {
+    if let Some(limiter) = &connection.limiter {
+        limiter.acquire().await;
+    }
+    let mut response = builder.send().await.map_err(FetchError::Send)?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = if response.content_length().is_some_and(|length| length > cap) {
+        Err(BodyProblem::TooLarge)
+    } else {
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(None) => break Ok(body),
+                Ok(Some(chunk)) if (body.len() + chunk.len()) as u64 > cap => {
+                    break Err(BodyProblem::TooLarge);
+                }
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Err(err) if err.is_timeout() => break Err(BodyProblem::Timeout),
+                Err(_) => break Err(BodyProblem::Broken),
+            }
+        }
+    };
+    Ok(Fetched {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Appends a guest path to a base URL and refuses anything that would leave
@@ -553,12 +608,8 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 impl http::Host for HostState {
     async fn send(&mut self, request: http::Request) -> Result<http::Response, http::Error> {
-        // No guest code runs while the host waits on a downstream: the turn
-        // goes to another call meanwhile.
-        self.turns.give_back();
-        let answer = self.send_checked(request).await;
-        self.turns.take().await;
-        answer
+        // The network part gives the turn up while it runs (`fetch`).
+        self.send_checked(request).await
     }
 }
 

@@ -24,6 +24,7 @@ use pool::{CallTurns, GuestPool, Share};
 
 pub use host::Connection;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -91,7 +92,6 @@ pub struct CallReport {
     pub outcome: CallOutcome,
     pub calls: Vec<CallRecord>,
     pub wall: Duration,
-    pub cpu_ticks: u64,
     /// Guest time on the pool (turns held), and time spent waiting for
     /// turns.
     pub guest_time: Duration,
@@ -182,7 +182,7 @@ pub struct PluginHost {
     engine: Engine,
     linker: Linker<HostState>,
     /// The epoch ticker runs while this or any loaded plugin lives.
-    ticker_alive: Arc<()>,
+    ticker_alive: Arc<AtomicU64>,
     tracer: crate::telemetry::otlp::Tracer,
     /// Where loaded plugins run; a pool of its own unless one is given.
     pool: OnceLock<Arc<GuestPool>>,
@@ -192,6 +192,7 @@ impl PluginHost {
     /// Plugins loaded from now on run on `pool` (the hub's, shared by every
     /// generation of consumers so fair shares carry across reloads).
     pub fn with_pool(self, pool: Arc<GuestPool>) -> PluginHost {
+        pool.preempts(&self.engine);
         let _ = self.pool.set(pool);
         self
     }
@@ -202,6 +203,7 @@ impl PluginHost {
         }
         let pool = GuestPool::new(GuestPool::default_threads())
             .map_err(|err| PluginError::Pool(err.to_string()))?;
+        pool.preempts(&self.engine);
         Ok(self.pool.get_or_init(|| Arc::new(pool)))
     }
 
@@ -242,7 +244,7 @@ impl PluginHost {
         let mut linker = Linker::new(&engine);
         bindings::Consumer::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|err| PluginError::Engine(err.to_string()))?;
-        let alive = Arc::new(());
+        let alive = Arc::new(AtomicU64::new(0));
         spawn_ticker(engine.clone(), Arc::downgrade(&alive));
         Ok(PluginHost {
             engine,
@@ -347,12 +349,19 @@ pub fn componentize(bytes: &[u8]) -> Result<Vec<u8>, String> {
         .map_err(|err| format!("cannot make a component of this module: {err:#}"))
 }
 
-fn spawn_ticker(engine: Engine, alive: Weak<()>) {
+/// Advances `engine`'s epoch every tick while `alive` lives, and counts
+/// the ticks in it (the pool advances the epoch too, to preempt: those
+/// check-ins are no tick of CPU time).
+fn spawn_ticker(engine: Engine, alive: Weak<AtomicU64>) {
     std::thread::Builder::new()
         .name("wasm-epoch".into())
         .spawn(move || {
-            while alive.upgrade().is_some() {
+            while let Some(ticks) = alive.upgrade() {
+                drop(ticks);
                 std::thread::sleep(TICK);
+                if let Some(ticks) = alive.upgrade() {
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                }
                 engine.increment_epoch();
             }
         })
@@ -368,7 +377,7 @@ pub struct ConsumerPlugin {
     /// SHA-256 of the component: tells a new plugin version on reload.
     digest: String,
     /// Without ticks there is no CPU budget: keep the ticker running.
-    _ticker_alive: Arc<()>,
+    _ticker_alive: Arc<AtomicU64>,
     context: Arc<ConsumerContext>,
 }
 
@@ -403,10 +412,14 @@ impl ConsumerPlugin {
         let this = Arc::clone(self);
         let effect_key = effect_key.to_owned();
         let traceparent = traceparent.map(str::to_owned);
+        // The host's work for the guest stays on the caller's runtime.
+        let host = tokio::runtime::Handle::current();
         let run = self.pool.spawn(async move {
-            this.call_on_pool(event, effect_key, traceparent.as_deref())
+            this.call_on_pool(event, effect_key, traceparent.as_deref(), host)
                 .await
         });
+        // The pool's threads may all be running guests: make one look now.
+        self.share.nudge();
         match run.await {
             Ok(report) => report,
             // Only a pool shut down under a running call (the hub is
@@ -419,7 +432,6 @@ impl ConsumerPlugin {
                 },
                 calls: Vec::new(),
                 wall: Duration::ZERO,
-                cpu_ticks: 0,
                 guest_time: Duration::ZERO,
                 pool_wait: Duration::ZERO,
                 peak_memory: 0,
@@ -433,9 +445,10 @@ impl ConsumerPlugin {
         event: PluginEvent,
         effect_key: String,
         traceparent: Option<&str>,
+        host: tokio::runtime::Handle,
     ) -> CallReport {
         let started = Instant::now();
-        let turns = CallTurns::new(&self.share);
+        let turns = CallTurns::new(&self.share, host);
         let limits = self.context.limits;
         let cpu_budget_ticks = (limits.cpu.as_micros() / TICK.as_micros()).max(1) as u64;
         let mut store = Store::new(
@@ -449,14 +462,21 @@ impl ConsumerPlugin {
             ),
         );
         store.limiter(|state| state);
-        // Check in every tick: count the tick as guest CPU time, give the
-        // turn back and queue for the next (see `pool`), so other consumers,
-        // the wall-clock timeout and other tasks keep running even while a
-        // guest spins.
+        // Check in every tick (or sooner, when the pool preempts): count a
+        // tick of CPU time if the ticker advanced since the last check-in,
+        // stop a guest past its budget, else give the turn back and queue
+        // for the next (see `pool`), so other consumers, the wall-clock
+        // timeout and other tasks keep running even while a guest spins.
+        let ticks = Arc::clone(&self._ticker_alive);
+        let mut seen = ticks.load(Ordering::Relaxed);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
-            state.cpu_ticks += 1;
+            let now = ticks.load(Ordering::Relaxed);
+            if now != seen {
+                seen = now;
+                state.cpu_ticks += 1;
+            }
             if state.cpu_ticks > cpu_budget_ticks {
                 return Err(wasmtime::Error::msg("cpu budget exceeded"));
             }
@@ -534,7 +554,6 @@ impl ConsumerPlugin {
             outcome,
             calls: state.calls.clone(),
             wall: started.elapsed(),
-            cpu_ticks: state.cpu_ticks,
             guest_time,
             pool_wait,
             peak_memory: state.peak_memory as u64,

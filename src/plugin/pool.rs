@@ -1,17 +1,20 @@
 //! The guest pool: where plugin code runs, and whose turn it is.
 //!
 //! **Apart from the edge.** Every plugin call runs on this pool: a tokio
-//! runtime of its own whose worker threads (one less than the cores unless
-//! `server.plugin_threads` says otherwise) run at a lower OS priority
+//! runtime of its own whose worker threads run at a lower OS priority
 //! (nice 10). The runtime that answers webhooks and drives the bus never
 //! executes guest code, and when the cores are short the kernel prefers the
 //! edge and the bus writer to any plugin.
 //!
 //! **Turns.** Guest code runs only while its call holds one of the pool's
-//! turns (as many as it has threads). A call takes a turn before it
-//! instantiates, gives it back while it waits on the host (an outbound HTTP
-//! call) and at every epoch tick, then asks again. A looping plugin therefore
-//! holds a core for at most one tick before the scheduler decides again.
+//! turns (one per thread: one less than the cores unless
+//! `server.plugin_threads` says otherwise). A call takes a turn before it
+//! instantiates, gives it back while the host works for it and at every
+//! epoch tick, then asks again. A looping plugin therefore holds a core for
+//! at most one tick before the scheduler decides again. The host's work for
+//! a guest (an outbound HTTP call: connecting, writing, waiting, reading)
+//! runs on the runtime the call came from, never behind a guest, so a
+//! request leaves as soon as the guest sends it.
 //!
 //! **Weighted fair share.** Each consumer has a virtual time: the guest time
 //! its calls used, divided by its `cpu_weight`. A free turn goes to the
@@ -19,19 +22,30 @@
 //! calls). So while several consumers want the pool, guest time splits in
 //! proportion to their weights whatever their concurrency, and a consumer
 //! that used more recently waits behind one that used less. A consumer that
-//! was idle re-enters at the pool's virtual clock (the smallest virtual time
-//! among the busy ones): idling banks no credit, and its share went to the
-//! others meanwhile. A light consumer arriving among heavy ones has the
-//! smallest virtual time, so it gets the next turn: its wait is one tick at
-//! most.
+//! was idle re-enters one tick behind the pool's virtual clock (the smallest
+//! virtual time among the busy ones): idling banks no more credit than that,
+//! and its share went to the others meanwhile.
+//!
+//! **Preemption.** A call that must wait while a consumer with a larger
+//! virtual time holds a turn does not wait for that guest's next tick: it
+//! advances the engines' epoch, and every running guest checks in at once
+//! (within microseconds: the check sits at each loop head and function
+//! entry). The same happens when a call is handed to the pool and when a
+//! downstream's answer comes back, from the caller's side: the running guest
+//! steps aside so the pool's thread picks the call up. So a light consumer
+//! arriving among heavy ones runs almost at once, each time it asks. The
+//! turn the guest gives up is *reserved* for the arriving call, not handed
+//! to another waiting guest: a hand-over on a pool thread wakes the next
+//! guest first on that thread (tokio's LIFO slot), ahead of a call that
+//! arrived from outside, which would then wait several ticks.
 //!
 //! **Quotas.** `cpu_per_second` holds a consumer to that many cores' worth of
 //! guest time (a token bucket holding one second of it). A consumer over its
 //! quota is passed over until the bucket refills, even while turns are free.
 //!
 //! What the pool measures is the time a call held a turn: guest time as the
-//! scheduler sees it, the same clock the per-event CPU budget counts in
-//! epoch ticks.
+//! scheduler sees it, the clock the per-event CPU budget is counted on too
+//! (an epoch advanced early must not charge a guest a whole tick).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -42,6 +56,16 @@ use tokio::sync::oneshot;
 
 /// Nice value of the pool's threads: below the edge and the bus writer.
 const GUEST_NICE: i32 = 10;
+
+/// How far behind the pool's clock an idle consumer re-enters, in virtual
+/// nanoseconds: one tick, so a consumer that comes back after a pause (or
+/// after a downstream answered) goes before the busy ones.
+const WAKE_CREDIT: f64 = 1_000_000.0;
+
+/// How long a turn stays reserved for a call on its way to the pool (see
+/// [`Scheduler::reserve`]); past that (the call was dropped before it
+/// asked) the turn is free for all again.
+const RESERVATION: Duration = Duration::from_millis(5);
 
 /// The threads guest code runs on, and the scheduler of their turns.
 pub struct GuestPool {
@@ -79,7 +103,7 @@ pub struct ShareUsage {
 }
 
 impl GuestPool {
-    /// A pool of `threads` threads (at least one).
+    /// A pool where `threads` calls (at least one) run guest code at once.
     pub fn new(threads: usize) -> std::io::Result<GuestPool> {
         let threads = threads.max(1);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -98,6 +122,7 @@ impl GuestPool {
             scheduler: Arc::new(Scheduler {
                 turns: threads,
                 handle: handle.clone(),
+                engines: Mutex::default(),
                 state: Mutex::new(State {
                     free: threads,
                     ..State::default()
@@ -118,6 +143,14 @@ impl GuestPool {
 
     pub fn threads(&self) -> usize {
         self.scheduler.turns
+    }
+
+    /// Guests of `engine` run here: a waiting call that deserves a turn
+    /// preempts them by advancing its epoch.
+    pub fn preempts(&self, engine: &wasmtime::Engine) {
+        let mut engines = self.scheduler.engines.lock().expect("pool engines lock");
+        engines.retain(|known| known.upgrade().is_some());
+        engines.push(engine.weak());
     }
 
     /// The share of `consumer`, created or (on a reload) given its new
@@ -151,7 +184,7 @@ impl GuestPool {
         }
     }
 
-    /// Runs `call` on the pool.
+    /// Runs `call` on the pool (then [`Share::nudge`] the call's share).
     pub fn spawn<F>(&self, call: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
@@ -202,6 +235,13 @@ fn lower_priority() {
 }
 
 impl Share {
+    /// From outside the pool, once a call of this share is runnable there:
+    /// if it deserves a turn before a running guest, reserves one for it and
+    /// preempts, so a pool thread polls the call now rather than at a tick.
+    pub fn nudge(&self) {
+        self.scheduler.reserve(self.id);
+    }
+
     /// Waits for a turn.
     async fn turn(&self) -> Turn {
         let mut turn = match self.scheduler.request(self.id) {
@@ -223,6 +263,8 @@ impl Share {
 pub struct CallTurns {
     share: Share,
     held: Arc<Mutex<Held>>,
+    /// The runtime the call came from: where the host works for the guest.
+    host: tokio::runtime::Handle,
 }
 
 #[derive(Default)]
@@ -233,11 +275,39 @@ struct Held {
 }
 
 impl CallTurns {
-    pub fn new(share: &Share) -> CallTurns {
+    /// `host`: the runtime that does the call's host work.
+    pub fn new(share: &Share, host: tokio::runtime::Handle) -> CallTurns {
         CallTurns {
             share: share.clone(),
             held: Arc::default(),
+            host,
         }
+    }
+
+    /// Runs the host's `work` for the guest (an outbound call) on the host
+    /// runtime, without the turn, and takes a turn again once it is done.
+    /// `None` if the work panicked.
+    pub async fn on_host<F>(&self, work: F) -> Option<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.give_back();
+        let (done, answer) = oneshot::channel();
+        let share = self.share.clone();
+        let task = self.host.spawn(async move {
+            let output = work.await;
+            // The call is woken first, then the running guests step aside:
+            // by the time one checks in, the call is queued on the pool.
+            if done.send(output).is_ok() {
+                share.nudge();
+            }
+        });
+        // A call cut short (wall clock) stops its host work too.
+        let _abort = AbortOnDrop(task);
+        let output = answer.await.ok();
+        self.take().await;
+        output
     }
 
     fn held(&self) -> MutexGuard<'_, Held> {
@@ -297,10 +367,28 @@ impl CallTurns {
         }
     }
 
+    /// Guest time used so far, the running turn's included.
+    pub fn guest_time(&self) -> Duration {
+        let held = self.held();
+        held.ran
+            + held
+                .turn
+                .as_ref()
+                .map_or(Duration::ZERO, |turn| turn.since.elapsed())
+    }
+
     /// Time spent waiting for turns, and guest time used.
     pub fn totals(&self) -> (Duration, Duration) {
         let held = self.held();
         (held.waited, held.ran)
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -351,6 +439,8 @@ struct Scheduler {
     /// Runs the timer that wakes a consumer whose quota refills.
     handle: tokio::runtime::Handle,
     state: Mutex<State>,
+    /// The engines whose guests run here (one per configuration loaded).
+    engines: Mutex<Vec<wasmtime::EngineWeak>>,
 }
 
 #[derive(Default)]
@@ -366,6 +456,11 @@ struct State {
     busy: Duration,
     /// A quota refill timer is pending.
     wake_armed: bool,
+    /// Turns held back for calls on their way to the pool, and until when.
+    reserved: usize,
+    reserved_until: Option<Instant>,
+    /// The timer that lifts stale reservations is pending.
+    expiry_armed: bool,
 }
 
 #[derive(Default)]
@@ -376,12 +471,44 @@ struct ShareState {
     vtime: f64,
     queue: VecDeque<oneshot::Sender<Turn>>,
     running: usize,
+    /// Calls on their way to the pool with a turn reserved.
+    arriving: usize,
     quota: Option<Quota>,
     used: Duration,
     throttled: u64,
 }
 
 impl State {
+    /// Lifts the reservations once they are stale.
+    fn expire_reservations(&mut self, now: Instant) {
+        if self.reserved_until.is_some_and(|until| now >= until) {
+            self.reserved = 0;
+            self.reserved_until = None;
+            for share in &mut self.shares {
+                share.arriving = 0;
+            }
+        }
+    }
+
+    /// Share `id`'s virtual time if it asked now.
+    fn asking_vtime(&self, id: usize) -> f64 {
+        let share = &self.shares[id];
+        if share.idle() {
+            share.vtime.max(self.clock - WAKE_CREDIT)
+        } else {
+            share.vtime
+        }
+    }
+
+    /// Whether another share with a virtual time above `vtime` runs guest
+    /// code now.
+    fn runs_behind(&self, id: usize, vtime: f64) -> bool {
+        self.shares
+            .iter()
+            .enumerate()
+            .any(|(other, share)| other != id && share.running > 0 && share.vtime > vtime)
+    }
+
     /// Books `ran` of guest time to share `id`.
     fn charge(&mut self, id: usize, ran: Duration) {
         self.busy += ran;
@@ -449,15 +576,26 @@ impl Scheduler {
         let now = Instant::now();
         let mut state = self.lock();
         let state = &mut *state;
+        state.expire_reservations(now);
         let share = &mut state.shares[id];
         if share.idle() {
-            share.vtime = share.vtime.max(state.clock);
+            share.vtime = share.vtime.max(state.clock - WAKE_CREDIT);
         }
         let allowed = share.quota_allows(now).is_ok();
         if !allowed {
             share.throttled += 1;
         }
-        if allowed && state.free > 0 && state.waiting == 0 {
+        let reserved_for_me = share.arriving > 0;
+        if reserved_for_me {
+            share.arriving -= 1;
+            state.reserved -= 1;
+            if state.reserved == 0 {
+                state.reserved_until = None;
+            }
+        }
+        let share = &mut state.shares[id];
+        let unreserved = state.free > state.reserved && state.waiting == 0;
+        if allowed && state.free > 0 && (reserved_for_me || unreserved) {
             state.free -= 1;
             share.running += 1;
             return Ok(self.turn(id));
@@ -466,7 +604,72 @@ impl Scheduler {
         share.queue.push_back(hand_over);
         state.waiting += 1;
         self.dispatch(state, now);
+        let still_waiting = !state.shares[id].queue.is_empty();
+        if allowed && still_waiting && state.runs_behind(id, state.shares[id].vtime) {
+            self.preempt();
+        }
         Err(handed)
+    }
+
+    /// For a call of share `id` on its way to the pool: if every turn is
+    /// taken and it would go before a running guest, holds the next turn a
+    /// guest gives up for it (for [`RESERVATION`] at most) and preempts.
+    fn reserve(self: &Arc<Self>, id: usize) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.expire_reservations(now);
+        let every_turn_taken = state.free <= state.reserved;
+        let deserves = state.runs_behind(id, state.asking_vtime(id));
+        // A share that already runs or waits has asked (the call on its way
+        // may have been polled before this nudge, and a waiting call
+        // preempted when it asked): a reservation nobody takes would only
+        // idle a turn until it lapses.
+        let asked = !state.shares[id].idle();
+        if !every_turn_taken || !deserves || asked || state.reserved >= self.turns {
+            return;
+        }
+        state.reserved += 1;
+        state.shares[id].arriving += 1;
+        state.reserved_until = Some(now + RESERVATION);
+        self.expire_later(state);
+        self.preempt();
+    }
+
+    /// Lifts stale reservations even if nobody asks again (the reserved
+    /// calls were dropped on their way): a turn must not stay idle.
+    fn expire_later(self: &Arc<Self>, state: &mut State) {
+        if state.expiry_armed {
+            return;
+        }
+        state.expiry_armed = true;
+        let this = Arc::clone(self);
+        self.handle.spawn(async move {
+            loop {
+                let until = {
+                    let mut state = this.lock();
+                    let now = Instant::now();
+                    state.expire_reservations(now);
+                    match state.reserved_until {
+                        Some(until) => until,
+                        None => {
+                            state.expiry_armed = false;
+                            this.dispatch(&mut state, now);
+                            return;
+                        }
+                    }
+                };
+                tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+            }
+        });
+    }
+
+    /// Every running guest checks in now rather than at its next tick.
+    fn preempt(&self) {
+        let engines = self.engines.lock().expect("pool engines lock");
+        for engine in engines.iter().filter_map(wasmtime::EngineWeak::upgrade) {
+            engine.increment_epoch();
+        }
     }
 
     fn release(self: &Arc<Self>, id: usize, ran: Duration) {
@@ -484,16 +687,19 @@ impl Scheduler {
         let now = Instant::now();
         let mut state = self.lock();
         let state = &mut *state;
+        state.expire_reservations(now);
         state.charge(id, ran);
         let mine = state.shares[id].vtime;
         let over_quota = state.shares[id].quota_allows(now).is_err();
+        // A call on its way holds a reservation no free turn backs yet.
+        let reserved = state.reserved > state.free;
         let someone_first = state.waiting > 0
             && state.shares.iter_mut().enumerate().any(|(other, share)| {
                 !share.queue.is_empty()
                     && (other == id || share.vtime < mine)
                     && share.quota_allows(now).is_ok()
             });
-        if !over_quota && !someone_first {
+        if !over_quota && !someone_first && !reserved {
             return None;
         }
         let share = &mut state.shares[id];
@@ -509,9 +715,11 @@ impl Scheduler {
         Some(handed)
     }
 
-    /// Hands free turns to waiting calls, smallest virtual time first.
+    /// Hands free turns, but those reserved, to waiting calls, smallest
+    /// virtual time first.
     fn dispatch(self: &Arc<Self>, state: &mut State, now: Instant) {
-        while state.free > 0 && state.waiting > 0 {
+        state.expire_reservations(now);
+        while state.free > state.reserved && state.waiting > 0 {
             let mut next: Option<(usize, f64)> = None;
             let mut refill_in: Option<Duration> = None;
             for (id, share) in state.shares.iter_mut().enumerate() {
@@ -586,8 +794,9 @@ mod tests {
         let light = pool.share("light", 1.0, None);
         let capped = pool.share("capped", 100.0, Some(0.2));
         let spin = |share: Share| {
+            let handle = pool.handle.clone();
             pool.spawn(async move {
-                let turns = CallTurns::new(&share);
+                let turns = CallTurns::new(&share, handle);
                 turns.take().await;
                 let until = Instant::now() + Duration::from_secs(3);
                 while Instant::now() < until {
