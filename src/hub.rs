@@ -26,7 +26,7 @@ use crate::telemetry::metrics::{ConsumerLabel, Metrics};
 use crate::telemetry::otlp::Tracer;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -596,7 +596,7 @@ struct Supervisor {
     seen: Option<u64>,
 }
 
-fn file_hash(path: &std::path::Path) -> Option<u64> {
+fn file_hash(path: &Path) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let bytes = std::fs::read(path).ok()?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -622,7 +622,8 @@ impl Supervisor {
                 _ = watch_tick.tick(), if self.config.server.watch_config && self.path.is_some() => {
                     let now = self.path.as_deref().and_then(file_hash);
                     if now.is_some() && now != self.seen {
-                        tracing::info!("routes.toml changed; reloading");
+                        let file = self.path.as_deref().map(Path::display);
+                        tracing::info!(config = %file.expect("watched only with a path"), "the config file changed; reloading");
                         let _ = self.reload().await;
                     }
                 }
@@ -656,7 +657,7 @@ impl Supervisor {
         outcome
     }
 
-    async fn switch_to(&mut self, path: &std::path::Path) -> Result<ReloadReport, Vec<String>> {
+    async fn switch_to(&mut self, path: &Path) -> Result<ReloadReport, Vec<String>> {
         let config = Config::load(path).map_err(|err| {
             err.to_string()
                 .lines()
@@ -699,8 +700,82 @@ impl Supervisor {
     }
 }
 
+/// What this hub runs, as the start-up log says it: the config file, each
+/// source and consumer, the bus and the idempotency store (addresses without
+/// their credentials), so an operator reading the log knows what started.
+fn log_start_summary(config: &Config, config_path: Option<&Path>, plugin_threads: usize) {
+    let file = config_path.map_or_else(
+        || "(given in-process)".to_owned(),
+        |path| path.display().to_string(),
+    );
+    tracing::info!(
+        config = %file,
+        sources = config.sources.len(),
+        consumers = config.consumers.len(),
+        routes = config.routes.len(),
+        plugin_threads,
+        "configuration loaded"
+    );
+    for (name, source) in &config.sources {
+        tracing::info!(source = %name, kind = source.kind.name(), path = %source.path, "source");
+    }
+    for (name, consumer) in &config.consumers {
+        let events = Subscription::of(config, name)
+            .filters
+            .iter()
+            .map(|(source, pattern)| format!("{source}:{pattern}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        tracing::info!(
+            consumer = %name,
+            plugin = %consumer.plugin.display(),
+            events = %if events.is_empty() { "(no route)".to_owned() } else { events },
+            concurrency = consumer.concurrency,
+            "consumer"
+        );
+    }
+    match &config.bus.engine {
+        BusEngine::Embedded { path } => {
+            tracing::info!(engine = "embedded", path = %path.display(), "bus");
+        }
+        BusEngine::Nats(nats) => {
+            let servers = nats
+                .urls
+                .iter()
+                .map(|url| without_credentials(url))
+                .collect::<Vec<_>>()
+                .join(",");
+            tracing::info!(engine = "nats", %servers, stream = %nats.stream, "bus");
+        }
+    }
+    match &config.idempotency.backend {
+        IdempotencyBackend::Embedded { path } => {
+            tracing::info!(backend = "embedded", path = %path.display(), "idempotency store");
+        }
+        IdempotencyBackend::Redis { url, key_prefix } => {
+            tracing::info!(backend = "redis", url = %without_credentials(url), %key_prefix, "idempotency store");
+        }
+    }
+}
+
+/// `redis://user:pass@host:6379/0` as `redis://host:6379/0`: never log a
+/// password.
+fn without_credentials(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.has_authority() => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        // Not a URL (a bare host:port): cut anything up to an `@`.
+        Err(_) => url.rsplit('@').next().unwrap_or(url).to_owned(),
+    }
+}
+
 /// Starts every stage; returns once the listener accepts connections.
 pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, Vec<HubError>> {
+    let config_file = options.config_path.clone();
     let tracer = tracer(&config);
     let alerts = alert_settings(&config).map_err(|err| vec![err])?;
     // Apart from the runtime that answers webhooks: plugin code runs here.
@@ -876,6 +951,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
             Some(admin_addr)
         }
     };
+    log_start_summary(config, config_file.as_deref(), threads);
     tracing::info!(%addr, consumers = config.consumers.len(), "switchyard listening");
     Ok(RunningHub {
         addr,

@@ -891,10 +891,11 @@ async fn consumers(admin: &AdminArgs, json: bool) -> Result<ExitCode> {
                 humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string()
             })
             .unwrap_or_else(|| "-".into());
-        let last_error = row
-            .quarantined
-            .as_deref()
-            .or(row.stats.last_error.as_deref());
+        let last_error = match (&row.quarantined, &row.stats.last_error) {
+            (Some(quarantined), _) => Some(quarantined.clone()),
+            (None, Some(error)) => Some(last_error_line(&row.stats, error)),
+            (None, None) => None,
+        };
         // `-`: the consumer runs without a circuit breaker.
         let breaker = match row.breaker {
             Some(state) => serde_json::to_value(state)?
@@ -915,10 +916,32 @@ async fn consumers(admin: &AdminArgs, json: bool) -> Result<ExitCode> {
             row.dead_letters,
             row.reviews,
             row.cpu_share * 100.0,
-            last_error.unwrap_or("-"),
+            last_error.as_deref().unwrap_or("-"),
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `12s ago: <reason>`, and `recovered` when an event was delivered since.
+fn last_error_line(stats: &switchyard::dispatch::StatsSnapshot, error: &str) -> String {
+    let Some(at) = stats.last_error_at_ms else {
+        return error.to_owned();
+    };
+    let recovered = stats
+        .last_delivered_at_ms
+        .is_some_and(|delivered| delivered > at);
+    format!(
+        "{}{}: {error}",
+        ago(at),
+        if recovered { ", recovered since" } else { "" }
+    )
+}
+
+/// How long ago `ms` (since the epoch) was, in whole seconds.
+fn ago(ms: u64) -> String {
+    let now = switchyard::bus::now_ms();
+    let age = std::time::Duration::from_secs(now.saturating_sub(ms) / 1000);
+    format!("{} ago", humantime::format_duration(age))
 }
 
 async fn alerts(admin: &AdminArgs, recent: bool, json: bool) -> Result<ExitCode> {
@@ -931,11 +954,6 @@ async fn alerts(admin: &AdminArgs, recent: bool, json: bool) -> Result<ExitCode>
     if !view.enabled {
         println!("the anomaly watch is off (alerts.enabled = false)");
     }
-    let since = |ms: u64| {
-        let now = switchyard::bus::now_ms();
-        let age = std::time::Duration::from_secs(now.saturating_sub(ms) / 1000);
-        format!("{} ago", humantime::format_duration(age))
-    };
     let mut rows = view
         .active
         .iter()
@@ -958,7 +976,7 @@ async fn alerts(admin: &AdminArgs, recent: bool, json: bool) -> Result<ExitCode>
             state,
             alert.rule.name(),
             alert.subject.to_string(),
-            since(alert.started_at_ms),
+            ago(alert.started_at_ms),
             alert.message,
         );
     }

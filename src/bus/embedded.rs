@@ -14,6 +14,9 @@
 //!   makes the previous run's leases due at once (nobody holds them: the
 //!   file belongs to one process).
 //! - `dead`: (consumer, queue, seq) → why, attempts, and a copy of the envelope.
+//!   `dead_by_event` indexes it by (consumer, `<source>:<event id>`): one entry
+//!   per consumer and event, whatever its generation (a forced replay is a
+//!   new log entry) or queue; a new failure replaces the old entry.
 //! - `refs`: seq → how many `schedule` rows still point at the event.
 //! - `settled`: the seqs no `schedule` row points at any more, oldest first.
 //!   The janitor deletes the events past the retention from it, however many
@@ -37,6 +40,8 @@ const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
 const DEDUP_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("dedup_expiry");
 const SCHEDULE: TableDefinition<(&str, u64, u64), u32> = TableDefinition::new("schedule");
 const DEAD: TableDefinition<(&str, u8, u64), &[u8]> = TableDefinition::new("dead");
+const DEAD_BY_EVENT: TableDefinition<(&str, &str), (u8, u64)> =
+    TableDefinition::new("dead_by_event");
 const REFS: TableDefinition<u64, u32> = TableDefinition::new("refs");
 const SETTLED: TableDefinition<u64, ()> = TableDefinition::new("settled");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -44,6 +49,8 @@ const NEXT_SEQ: &str = "next_seq";
 /// Set once `settled` indexes every settled event (built at the first open
 /// by a build that has it).
 const SETTLED_INDEXED: &str = "settled_indexed";
+/// Set once `dead_by_event` indexes every parked entry (likewise).
+const DEAD_INDEXED: &str = "dead_indexed";
 
 /// Most events one [`EmbeddedBus::compact`] call deletes (one transaction);
 /// the janitor calls it again until a call deletes fewer.
@@ -124,11 +131,13 @@ impl EmbeddedBus {
             txn.open_table(DEDUP_EXPIRY).map_err(storage)?;
             txn.open_table(SCHEDULE).map_err(storage)?;
             txn.open_table(DEAD).map_err(storage)?;
+            txn.open_table(DEAD_BY_EVENT).map_err(storage)?;
             txn.open_table(REFS).map_err(storage)?;
             txn.open_table(SETTLED).map_err(storage)?;
             txn.open_table(META).map_err(storage)?;
         }
         index_settled_events(&txn).map_err(storage)?;
+        index_dead_entries(&txn).map_err(storage)?;
         let released = release_abandoned_leases(&txn).map_err(storage)?;
         txn.commit().map_err(storage)?;
         if released > 0 {
@@ -216,11 +225,15 @@ impl EmbeddedBus {
                     let bytes = bytes.value().to_vec();
                     if let Err(damage) = Envelope::verify(&bytes) {
                         let reason = format!("not delivered: {damage}");
+                        let event = Envelope::decode_unverified(&bytes)
+                            .map(|(envelope, _)| event_key(&envelope))
+                            .unwrap_or_else(|_| format!("damaged:{seq}"));
                         park(
                             txn,
                             &consumer_name,
                             DeadQueue::DeadLetter,
                             seq,
+                            &event,
                             deliveries,
                             reason.clone(),
                             &bytes,
@@ -321,6 +334,7 @@ impl EmbeddedBus {
             _ => Vec::new(),
         };
         let attempts = delivery.attempt;
+        let event = event_key(&delivery.envelope);
         let settled = self
             .store
             .write(sync, move |txn| {
@@ -346,7 +360,9 @@ impl EmbeddedBus {
                         schedule.insert((queue_key.as_str(), now_ms(), seq), undo)?;
                     }
                     Settle::Park(queue, reason) => {
-                        park(txn, &consumer, queue, seq, attempts, reason, &envelope)?;
+                        park(
+                            txn, &consumer, queue, seq, &event, attempts, reason, &envelope,
+                        )?;
                     }
                 }
                 Ok(true)
@@ -434,11 +450,13 @@ impl EmbeddedBus {
 }
 
 /// Writes a dead-letter or review entry: why, and a copy of the envelope.
+#[allow(clippy::too_many_arguments)]
 fn park(
     txn: &redb::WriteTransaction,
     consumer: &str,
     queue: DeadQueue,
     seq: u64,
+    event: &str,
     attempts: u32,
     reason: String,
     envelope: &[u8],
@@ -452,8 +470,75 @@ fn park(
     let mut value = (meta.len() as u32).to_be_bytes().to_vec();
     value.extend_from_slice(&meta);
     value.extend_from_slice(envelope);
-    txn.open_table(DEAD)?
-        .insert((consumer, queue_code(queue), seq), value.as_slice())?;
+    let mut dead = txn.open_table(DEAD)?;
+    let mut by_event = txn.open_table(DEAD_BY_EVENT)?;
+    // One entry per (consumer, event): a new failure replaces the old entry,
+    // whichever queue and generation it was.
+    let earlier = by_event.get((consumer, event))?.map(|row| row.value());
+    if let Some((code, earlier_seq)) = earlier {
+        dead.remove((consumer, code, earlier_seq))?;
+    }
+    dead.insert((consumer, queue_code(queue), seq), value.as_slice())?;
+    by_event.insert((consumer, event), (queue_code(queue), seq))?;
+    Ok(())
+}
+
+/// `<source>:<event id>`: the event a parked entry is of.
+fn event_key(envelope: &Envelope) -> String {
+    format!("{}:{}", envelope.source, envelope.event_id)
+}
+
+/// Drops the index entry of a parked entry that leaves its queue (if the
+/// index still points at it).
+fn unindex_dead(
+    txn: &redb::WriteTransaction,
+    consumer: &str,
+    code: u8,
+    seq: u64,
+    value: &[u8],
+) -> Result<(), redb::Error> {
+    let Some(event) = dead_envelope(value)
+        .and_then(|bytes| Envelope::decode_unverified(bytes).ok())
+        .map(|(envelope, _)| event_key(&envelope))
+    else {
+        return Ok(());
+    };
+    let mut by_event = txn.open_table(DEAD_BY_EVENT)?;
+    let points_here = by_event
+        .get((consumer, event.as_str()))?
+        .is_some_and(|row| row.value() == (code, seq));
+    if points_here {
+        by_event.remove((consumer, event.as_str()))?;
+    }
+    Ok(())
+}
+
+/// Builds `dead_by_event` for entries parked by a build without it. Where
+/// an event already has several entries, the newest is indexed.
+fn index_dead_entries(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get(DEAD_INDEXED)?.is_some() {
+        return Ok(());
+    }
+    let dead = txn.open_table(DEAD)?;
+    let mut by_event = txn.open_table(DEAD_BY_EVENT)?;
+    for row in dead.iter()? {
+        let (key, value) = row?;
+        let (consumer, code, seq) = key.value();
+        let Some((envelope, _)) =
+            dead_envelope(value.value()).and_then(|bytes| Envelope::decode_unverified(bytes).ok())
+        else {
+            continue;
+        };
+        let event = event_key(&envelope);
+        let newer = by_event
+            .get((consumer, event.as_str()))?
+            .is_none_or(|row| row.value().1 < seq);
+        if newer {
+            by_event.insert((consumer, event.as_str()), (code, seq))?;
+        }
+    }
+    meta.insert(DEAD_INDEXED, 1)?;
     Ok(())
 }
 
@@ -786,6 +871,7 @@ impl Bus for EmbeddedBus {
                         .remove((consumer_key.as_str(), queue_code(queue), seq))?
                         .map(|v| v.value().to_vec());
                     let Some(value) = removed else { continue };
+                    unindex_dead(txn, &consumer_key, queue_code(queue), seq, &value)?;
                     // The log may have compacted the event: restore it from
                     // the copy the dead letter kept.
                     if events.get(seq)?.is_none()
@@ -888,10 +974,11 @@ impl Bus for EmbeddedBus {
                 let mut dead = txn.open_table(DEAD)?;
                 let mut deleted = 0;
                 for seq in ids {
-                    if dead
+                    let removed = dead
                         .remove((consumer_key.as_str(), queue_code(queue), seq))?
-                        .is_some()
-                    {
+                        .map(|v| v.value().to_vec());
+                    if let Some(value) = removed {
+                        unindex_dead(txn, &consumer_key, queue_code(queue), seq, &value)?;
                         deleted += 1;
                     }
                 }

@@ -6,7 +6,11 @@
 //!   ingest publishes; Stripe's dots become subject tokens) and
 //!   `P.replay.<consumer>` (events queued again for one consumer only: dead
 //!   letter replays and history replays);
-//! - stream `<name>_DEAD` holds `P.dead.<consumer>.<dead_letter|review>`.
+//! - stream `<name>_DEAD` holds `P.dead.<consumer>.<dead_letter|review>.<event>`,
+//!   `<event>` a hash of the event's source and id: parking an event purges
+//!   its earlier entry of either queue first, so a consumer has one entry per
+//!   event, the latest failure (entries of older builds sit on the queue's
+//!   subject itself, without the hash, and are listed too).
 //!
 //! Every message carries CloudEvents attributes as headers (`ce-id`,
 //! `ce-source`, `ce-type`, `ce-time`, `ce-specversion`) and the raw provider
@@ -463,6 +467,19 @@ impl NatsBus {
         format!("{}.dead.{consumer}.{}", self.prefix, queue_token(queue))
     }
 
+    /// Every parked entry of `consumer`, both queues.
+    fn dead_filter(&self, consumer: &str) -> String {
+        format!("{}.dead.{consumer}.>", self.prefix)
+    }
+
+    /// Whether `subject` is an entry of `consumer`'s `queue`.
+    fn in_dead_queue(&self, subject: &str, consumer: &str, queue: DeadQueue) -> bool {
+        let queue = self.dead_subject(consumer, queue);
+        subject
+            .strip_prefix(queue.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    }
+
     /// Publishes and waits for the stream's ack.
     async fn publish(
         &self,
@@ -537,10 +554,9 @@ impl NatsBus {
         queue: DeadQueue,
         id: u64,
     ) -> Result<Option<StreamMessage>, BusError> {
-        let subject = self.dead_subject(consumer, queue);
         Ok(Self::message_at(&self.dead, id)
             .await?
-            .filter(|message| message.subject.as_str() == subject))
+            .filter(|message| self.in_dead_queue(message.subject.as_str(), consumer, queue)))
     }
 
     fn lease(delivery: &Delivery) -> &NatsLease {
@@ -756,6 +772,17 @@ impl Bus for NatsBus {
         headers.insert(H_ATTEMPTS, delivery.attempt.to_string().as_str());
         headers.insert(H_DEAD_AT, now_ms().to_string().as_str());
         let delivered = lease.message.info().map_err(unavailable)?.delivered;
+        // One entry per (consumer, event): the earlier one goes first (a
+        // crash in between leaves the event leased, so it is parked again).
+        let event = dead_event_token(&delivery.envelope);
+        self.dead
+            .purge()
+            .filter(format!(
+                "{}.dead.{}.*.{event}",
+                self.prefix, delivery.consumer
+            ))
+            .await
+            .map_err(unavailable)?;
         // Unique per delivery: a crash between publish and TERM re-publishes
         // the same id, which the dead stream drops as a duplicate.
         let message_id = format!(
@@ -763,7 +790,7 @@ impl Bus for NatsBus {
             delivery.consumer, lease.stream_sequence, delivered
         );
         self.publish(
-            self.dead_subject(&delivery.consumer, queue),
+            format!("{}.{event}", self.dead_subject(&delivery.consumer, queue)),
             headers,
             delivery.envelope.payload.clone(),
             &message_id,
@@ -774,16 +801,15 @@ impl Bus for NatsBus {
 
     async fn parked_count(&self, consumer: &str, queue: DeadQueue) -> Result<u64, BusError> {
         self.consumer(consumer)?;
-        let subject = self.dead_subject(consumer, queue);
         let mut info = self
             .dead
-            .info_with_subjects(&subject)
+            .info_with_subjects(self.dead_filter(consumer))
             .await
             .map_err(unavailable)?;
         let mut count = 0;
         while let Some(entry) = futures::StreamExt::next(&mut info).await {
             let (name, n) = entry.map_err(unavailable)?;
-            if name == subject {
+            if self.in_dead_queue(&name, consumer, queue) {
                 count += n as u64;
             }
         }
@@ -796,11 +822,14 @@ impl Bus for NatsBus {
         queue: DeadQueue,
     ) -> Result<Vec<DeadLetter>, BusError> {
         self.consumer(consumer)?;
-        let subject = self.dead_subject(consumer, queue);
+        let filter = self.dead_filter(consumer);
         let mut out = Vec::new();
         let mut from = 1;
-        while let Some(message) = Self::next_message(&self.dead, &subject, from).await? {
+        while let Some(message) = Self::next_message(&self.dead, &filter, from).await? {
             from = message.sequence + 1;
+            if !self.in_dead_queue(message.subject.as_str(), consumer, queue) {
+                continue;
+            }
             let headers = Some(&message.headers);
             let number = |name: &str| {
                 headers
@@ -1006,6 +1035,14 @@ impl Bus for NatsBus {
         }
         Ok(deleted)
     }
+}
+
+/// The last token of a parked entry's subject: the event's source and id,
+/// hashed (ids may hold characters a subject cannot).
+fn dead_event_token(envelope: &Envelope) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{}:{}", envelope.source, envelope.event_id));
+    hex::encode(&digest[..12])
 }
 
 #[cfg(test)]

@@ -539,8 +539,7 @@ impl Config {
         base_dir: &Path,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ParseError> {
-        let mut raw: raw::RawConfig =
-            toml::from_str(text).map_err(|err| ParseError::Syntax(err.to_string()))?;
+        let mut raw = parse_raw(text)?;
         raw.override_from(lookup);
         let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_owned());
         validate(raw, &base_dir).map_err(ParseError::Invalid)
@@ -560,6 +559,73 @@ impl Config {
         names.dedup();
         names
     }
+}
+
+/// Most unknown keys reported from one file.
+const MAX_UNKNOWN_KEYS: usize = 50;
+
+/// The serde shape of `text`, reporting every unknown key (each place it
+/// occurs) rather than only the first: serde stops at the first, so each
+/// one is reported, blanked out of the text (positions kept) and the parse
+/// tried again. Any other error ends the list.
+fn parse_raw(text: &str) -> Result<raw::RawConfig, ParseError> {
+    let mut text = text.to_owned();
+    let mut problems = Vec::new();
+    loop {
+        let err = match toml::from_str::<raw::RawConfig>(&text) {
+            Ok(raw) if problems.is_empty() => return Ok(raw),
+            Ok(_) => break,
+            Err(err) => err,
+        };
+        let blanked = (err.message().starts_with("unknown field")
+            && problems.len() < MAX_UNKNOWN_KEYS)
+            .then(|| err.span())
+            .flatten()
+            .and_then(|key| without_entry(&text, key));
+        problems.push(err.to_string().trim_end().to_owned());
+        match blanked {
+            Some(rest) => text = rest,
+            None => break,
+        }
+    }
+    Err(ParseError::Syntax(problems.join("\n\n")))
+}
+
+/// `text` with the `key = value` entry whose key spans `key` replaced by
+/// spaces (line breaks kept, so every other position stays where it was);
+/// `None` if that key starts no such entry (a table header, say).
+fn without_entry(text: &str, key: std::ops::Range<usize>) -> Option<String> {
+    use toml::de::{DeTable, DeValue};
+    fn value_end(table: &DeTable<'_>, key: &std::ops::Range<usize>) -> Option<usize> {
+        table.iter().find_map(|(name, value)| {
+            if name.span() == *key {
+                return Some(value.span().end);
+            }
+            nested_end(value.get_ref(), key)
+        })
+    }
+    fn nested_end(value: &DeValue<'_>, key: &std::ops::Range<usize>) -> Option<usize> {
+        match value {
+            DeValue::Table(table) => value_end(table, key),
+            DeValue::Array(items) => items
+                .iter()
+                .find_map(|item| nested_end(item.get_ref(), key)),
+            _ => None,
+        }
+    }
+    let after_key = text.get(key.end..)?.trim_start_matches([' ', '\t']);
+    if !after_key.starts_with('=') {
+        return None;
+    }
+    let document = DeTable::parse(text).ok()?;
+    let end = value_end(document.get_ref(), &key)?;
+    let mut bytes = text.as_bytes().to_vec();
+    for byte in bytes.get_mut(key.start..end)? {
+        if *byte != b'\n' {
+            *byte = b' ';
+        }
+    }
+    String::from_utf8(bytes).ok()
 }
 
 #[derive(Debug)]

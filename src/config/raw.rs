@@ -439,5 +439,20 @@ impl RawConfig {
             };
             *slot = Some(value);
         }
+        for (name, connection) in &mut self.connections {
+            if let Some(url) = lookup(&connection_url_variable(name)) {
+                connection.base_url = Some(url);
+            }
+        }
     }
+}
+
+/// The variable that overrides `connections.<name>.base_url`:
+/// `SWITCHYARD_CONNECTION_<NAME>_URL`, the name upper-cased with `-` as `_`
+/// (a container's one config file, pointed at each deployment's APIs).
+pub fn connection_url_variable(name: &str) -> String {
+    format!(
+        "SWITCHYARD_CONNECTION_{}_URL",
+        name.to_ascii_uppercase().replace('-', "_")
+    )
 }

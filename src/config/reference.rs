@@ -53,6 +53,11 @@ pub fn markdown() -> String {
     for (variable, key) in raw::ENV_OVERRIDES {
         let _ = writeln!(out, "| `{variable}` | `{key}` |");
     }
+    let _ = writeln!(
+        out,
+        "| `{}` | `connections.<name>.base_url` (`<NAME>`: the name upper-cased, `-` as `_`) |",
+        raw::connection_url_variable("<name>")
+    );
     let root = schema.clone();
     section(&root, "", "Top level", "", &definitions, &mut out);
     out

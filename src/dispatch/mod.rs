@@ -191,6 +191,11 @@ pub struct ConsumerStats {
     pub in_flight: AtomicU64,
     /// The latest failure reason (never a payload).
     pub last_error: std::sync::Mutex<Option<String>>,
+    /// When it happened, and when an event was last delivered (ms since
+    /// the epoch, 0 for never): tell an operator whether the error is
+    /// current or the consumer has recovered since.
+    pub last_error_at_ms: AtomicU64,
+    pub last_delivered_at_ms: AtomicU64,
     /// Plugin calls made, and their summed wall time (the anomaly watch's
     /// latency signal: a histogram's sum is not readable here).
     pub plugin_calls: AtomicU64,
@@ -213,6 +218,10 @@ pub struct StatsSnapshot {
     pub infra_errors: u64,
     pub in_flight: u64,
     pub last_error: Option<String>,
+    #[serde(default)]
+    pub last_error_at_ms: Option<u64>,
+    #[serde(default)]
+    pub last_delivered_at_ms: Option<u64>,
     pub plugin_calls: u64,
     pub plugin_micros: u64,
     pub downstream: BTreeMap<String, u64>,
@@ -230,6 +239,8 @@ impl ConsumerStats {
             infra_errors: get(&self.infra_errors),
             in_flight: get(&self.in_flight),
             last_error: self.last_error.lock().expect("stats lock").clone(),
+            last_error_at_ms: Some(get(&self.last_error_at_ms)).filter(|&ms| ms > 0),
+            last_delivered_at_ms: Some(get(&self.last_delivered_at_ms)).filter(|&ms| ms > 0),
             plugin_calls: get(&self.plugin_calls),
             plugin_micros: get(&self.plugin_micros),
             downstream: self.downstream.lock().expect("stats lock").clone(),
@@ -513,10 +524,16 @@ impl ConsumerLoop {
         };
         if let Some(reason) = failure {
             *stats.last_error.lock().expect("stats lock") = Some(reason);
+            stats
+                .last_error_at_ms
+                .store(crate::bus::now_ms(), Ordering::Relaxed);
         }
         match verdict {
             Ok(Verdict::Delivered { .. }) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .last_delivered_at_ms
+                    .store(crate::bus::now_ms(), Ordering::Relaxed);
                 self.metrics.delivery(consumer, "delivered");
                 tracing::debug!(consumer, event_id, "delivered");
                 self.bus.ack(delivery).await

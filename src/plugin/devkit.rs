@@ -64,8 +64,14 @@ pub fn scaffold(name: &str, parent: &Path, sdk: &Path) -> Result<PathBuf, Devkit
     if dir.exists() {
         return Err(file_error(&dir, "already exists"));
     }
+    // Relative, so the crate and the checkout can move together, and the
+    // manifest names no folder of the author's machine.
+    let sdk_from_crate = relative_to(
+        &sdk,
+        &std::path::absolute(&dir).map_err(|err| file_error(&dir, err))?,
+    );
     let files = [
-        ("Cargo.toml", template_manifest(name, &sdk)),
+        ("Cargo.toml", template_manifest(name, &sdk_from_crate)),
         (".cargo/config.toml", TEMPLATE_CARGO_CONFIG.to_owned()),
         ("src/lib.rs", TEMPLATE_LIB.replace("{name}", name)),
         (
@@ -91,6 +97,21 @@ pub fn scaffold(name: &str, parent: &Path, sdk: &Path) -> Result<PathBuf, Devkit
         std::fs::copy(&lock, &copy).map_err(|err| file_error(&copy, err))?;
     }
     Ok(dir)
+}
+
+/// `path` as seen from the folder `base` (both absolute): `../../x/y`.
+fn relative_to(path: &Path, base: &Path) -> PathBuf {
+    let path: Vec<_> = path.components().collect();
+    let base: Vec<_> = base.components().collect();
+    let common = path.iter().zip(&base).take_while(|(a, b)| a == b).count();
+    let mut relative = PathBuf::new();
+    for _ in common..base.len() {
+        relative.push("..");
+    }
+    for part in &path[common..] {
+        relative.push(part);
+    }
+    relative
 }
 
 fn template_manifest(name: &str, sdk: &Path) -> String {
@@ -119,7 +140,8 @@ strip = "debuginfo"
 # A crate of its own, even when it sits inside another workspace's folder.
 [workspace]
 "#,
-        sdk = sdk.display()
+        // `/` on every host: a manifest is portable.
+        sdk = sdk.display().to_string().replace('\\', "/")
     )
 }
 

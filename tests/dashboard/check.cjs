@@ -3,6 +3,7 @@
 //
 //   DASH_URL=http://127.0.0.1:PORT/dashboard DASH_TOKEN=... DASH_OUT=/tmp/shots \
 //   DASH_EXPECT='{"states":{"dash_crm":"running"},"alert":"dead_letter_growth",
+//                "discard":{"consumer":"dash_crm","event_id":"evt_..."},
 //                "replay":{"consumer":"dash_crm","event_id":"evt_..."}}' \
 //   NODE_PATH=tests/.sdk/node/node_modules node tests/dashboard/check.cjs
 //
@@ -92,6 +93,19 @@ async function main() {
           (/Timeout/.test(err.message) ? '' : `; ${err.message}`));
       }
     }
+    // Waits for the #dead-letters row of (consumer, eventId); returns its locator.
+    async function deadLetterRow(consumer, eventId) {
+      await waitFor(`a row for ${eventId} (${consumer}) should appear in #dead-letters`,
+        ([c, e]) => !![...document.querySelectorAll('#dead-letters tr[data-entry-id]')]
+          .find((r) => r.dataset.eventId === e && r.dataset.consumer === c),
+        [consumer, eventId],
+        () => [...document.querySelectorAll('#dead-letters tr[data-entry-id]')]
+          .map((r) => `${r.dataset.consumer}:${r.dataset.eventId}`).join(', ') || 'empty table');
+      const quoted = (value) => value.replace(/["\\]/g, '\\$&');
+      return page.locator('#dead-letters tr[data-entry-id]')
+        .and(page.locator(`[data-event-id="${quoted(eventId)}"]`))
+        .and(page.locator(`[data-consumer="${quoted(consumer)}"]`));
+    }
     const delivered = (name) => page.evaluate((n) => {
       const row = [...document.querySelectorAll('#consumers [data-consumer]')].find((r) => r.dataset.consumer === n);
       const cell = row && row.querySelector('[data-field=delivered]');
@@ -137,22 +151,43 @@ async function main() {
     seen.updated = await page.evaluate(() => document.querySelector('#updated').textContent);
     await page.screenshot({ path: path.join(out, 'dashboard.png'), fullPage: true });
 
+    if (expect.discard) {
+      const { consumer, event_id: eventId } = expect.discard;
+      step = 'discard dry run';
+      const row = await deadLetterRow(consumer, eventId);
+      const shownId = (await row.locator('[data-field=id]').textContent() || '').trim();
+      const entryId = await row.getAttribute('data-entry-id');
+      if (shownId !== entryId) throw new Error(`the row shows id "${shownId}", its entry is ${entryId}`);
+      seen.discarded_id = Number(entryId);
+      await row.locator('button[data-action=discard]').click();
+      await waitFor('the confirm dialog (dialog#confirm) should open after Discard',
+        () => document.querySelector('dialog#confirm')?.open === true, null,
+        () => { const b = document.querySelector('#banner'); return b && !b.hidden ? `error banner: ${b.textContent}` : 'dialog closed'; });
+      const want = `1 entry of ${consumer} would be deleted for good, never delivered: ${eventId}`;
+      const text = (await page.locator('#confirm-text').textContent() || '').trim();
+      if (text !== want) throw new Error(`confirm dialog says "${text}", expected "${want}"`);
+      const title = (await page.locator('#confirm-title').textContent() || '').trim();
+      if (title !== 'Discard parked entry?') throw new Error(`confirm dialog titled "${title}"`);
+
+      step = 'discard confirm';
+      await page.locator('#confirm-yes').click();
+      await waitFor(`the row for ${eventId} should leave #dead-letters after the discard`,
+        ([c, e]) => ![...document.querySelectorAll('#dead-letters tr[data-entry-id]')]
+          .some((r) => r.dataset.eventId === e && r.dataset.consumer === c),
+        [consumer, eventId],
+        () => (document.querySelector('#confirm-status') || {}).textContent || '?');
+      seen.discard_status = (await page.locator('#confirm-status').textContent() || '').trim();
+      if (await page.locator('dialog#confirm').evaluate((d) => d.open)) await page.locator('#confirm-no').click();
+    }
+
     if (expect.replay) {
       const { consumer, event_id: eventId } = expect.replay;
       step = 'dead-letter row';
-      await waitFor(`a row for ${eventId} (${consumer}) should appear in #dead-letters`,
-        ([c, e]) => !![...document.querySelectorAll('#dead-letters tr[data-entry-id]')]
-          .find((r) => r.dataset.eventId === e && r.dataset.consumer === c),
-        [consumer, eventId],
-        () => [...document.querySelectorAll('#dead-letters tr[data-entry-id]')]
-          .map((r) => `${r.dataset.consumer}:${r.dataset.eventId}`).join(', ') || 'empty table');
+      const row = await deadLetterRow(consumer, eventId);
       seen.delivered_before = await delivered(consumer);
       if (seen.delivered_before == null) throw new Error(`consumer ${consumer} shows no delivered count`);
 
       step = 'replay dry run';
-      const row = page.locator('#dead-letters tr[data-entry-id]')
-        .and(page.locator(`[data-event-id="${eventId.replace(/["\\]/g, '\\$&')}"]`))
-        .and(page.locator(`[data-consumer="${consumer.replace(/["\\]/g, '\\$&')}"]`));
       await row.locator('button[data-action=replay]').click();
       await waitFor('the confirm dialog (dialog#confirm) should open after Replay',
         () => document.querySelector('dialog#confirm')?.open === true, null,

@@ -136,6 +136,15 @@ class Handler(BaseHTTPRequestHandler):
                              "error": None, "_moves": [(parts[2], e["consumer"], [e["id"]]) for e in hits]}
                 out["job"] = public(JOBS[jid])
                 return self.send(202, out)
+            if method == "POST" and len(parts) == 4 and parts[:2] == ["v1", "queues"] and parts[2] in QUEUES and parts[3] == "discard":
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                flt, dry = body.get("filter") or {}, body.get("dry_run", True)
+                hits = [e for e in QUEUES[parts[2]] if flt.get("consumer") in (None, e["consumer"])
+                        and (flt.get("ids") is None or e["id"] in flt["ids"])]
+                if not dry:
+                    QUEUES[parts[2]] = [e for e in QUEUES[parts[2]] if e not in hits]
+                return self.send(200, {"dry_run": dry, "matched": len(hits), "done": 0 if dry else len(hits),
+                                       "sample": hits[:10], "job": None})
         self.send(404, {"error": "not_found", "message": "no such admin route"})
 
     def do_GET(self):

@@ -309,6 +309,16 @@ async fn the_cli_shows_consumers_and_replays_reviews() {
         "the breaker's state: {erp_line}"
     );
     assert!(erp_line.contains("has no order_id"), "{erp_line}");
+    assert!(
+        erp_line.contains(" ago: ") && !erp_line.contains("recovered"),
+        "the last error says when it happened: {erp_line}"
+    );
+    // A later delivery: the error is history, and the line says so.
+    assert_eq!(hub.send_fixture("invoice.paid.json").await.0, 200);
+    hub.drained(WITHIN).await;
+    let table = cli(&["consumers"]);
+    let erp_line = table.lines().find(|l| l.starts_with("erp")).unwrap();
+    assert!(erp_line.contains(" ago, recovered since: "), "{erp_line}");
     let reviews = cli(&["dlq", "list", "--review"]);
     assert!(
         reviews.contains("evt_1PgKq3LzX8bYw3NcInvPad02"),
@@ -329,7 +339,7 @@ async fn the_cli_shows_consumers_and_replays_reviews() {
         "2000-01-01T00:00:00Z",
     ]);
     assert!(
-        history.contains("dry run: 1 events would be queued for erp"),
+        history.contains("dry run: 2 events would be queued for erp"),
         "{history}"
     );
     // `review` is `dlq --review`; `show` prints one entry; a real replay

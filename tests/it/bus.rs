@@ -197,7 +197,78 @@ both_engines!(
     history_replay_reaches_only_the_named_consumer,
     backlog_and_oldest_age_follow_the_queue,
     a_renewed_lease_is_kept_past_its_visibility_timeout,
+    an_event_has_one_parked_entry_per_consumer,
 );
+
+/// An event parked again (after a history replay, forced or not, or a DLQ
+/// replay) replaces its entry, in either queue: one entry per (consumer,
+/// event), holding the latest failure.
+async fn an_event_has_one_parked_entry_per_consumer(engine: Engine) {
+    let (_place, bus) = two_dead_letters(engine, "first failure").await;
+    let counts = || async {
+        (
+            bus.parked_count("crm", DeadQueue::DeadLetter)
+                .await
+                .unwrap(),
+            bus.parked_count("crm", DeadQueue::Review).await.unwrap(),
+        )
+    };
+    assert_eq!(counts().await, (2, 0));
+    let everything = EventPattern::parse("*").unwrap();
+    let first = bus
+        .history("crm", "stripe", &everything, 0, u64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .take(1)
+        .collect::<Vec<_>>();
+    // A forced history replay of evt_1 fails again, into review.
+    assert_eq!(bus.requeue_history("crm", &first, true).await.unwrap(), 1);
+    let again = pull_from(&bus, "crm", Lane::Replay).await;
+    assert_eq!(again.envelope.event_id, "evt_1");
+    bus.dead_letter(&again, DeadQueue::Review, "second failure")
+        .await
+        .unwrap();
+    assert_eq!(counts().await, (1, 1), "moved, not copied");
+    let review = bus.dead_letters("crm", DeadQueue::Review).await.unwrap();
+    assert_eq!(review[0].envelope.event_id, "evt_1");
+    assert_eq!(review[0].reason, "second failure");
+    // Replayed from review, it fails once more, into the dead-letter queue.
+    assert_eq!(
+        bus.requeue_dead("crm", DeadQueue::Review, &[review[0].id])
+            .await
+            .unwrap(),
+        1
+    );
+    let third = pull_from(&bus, "crm", Lane::Replay).await;
+    bus.dead_letter(&third, DeadQueue::DeadLetter, "third failure")
+        .await
+        .unwrap();
+    assert_eq!(counts().await, (2, 0));
+    let parked = bus
+        .dead_letters("crm", DeadQueue::DeadLetter)
+        .await
+        .unwrap();
+    let mut seen: Vec<(&str, &str)> = parked
+        .iter()
+        .map(|entry| (entry.envelope.event_id.as_str(), entry.reason.as_str()))
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        [("evt_1", "third failure"), ("evt_2", "first failure")]
+    );
+    // Each entry is addressable by its id.
+    for entry in &parked {
+        assert_eq!(
+            bus.discard_dead("crm", DeadQueue::DeadLetter, &[entry.id])
+                .await
+                .unwrap(),
+            1
+        );
+    }
+    assert_eq!(counts().await, (0, 0));
+}
 
 /// A holder that is still working renews its lease (`extend`, what dispatch
 /// does every third of the timeout while a call runs), so a long call is not
@@ -365,7 +436,9 @@ async fn concurrent_appends_are_all_durable_and_deduplicated(engine: Engine) {
     assert_eq!(bus.backlog("crm").await.unwrap(), 100);
 }
 
-async fn dead_letters_can_be_replayed_and_discarded(engine: Engine) {
+/// A bus whose `crm` dead-lettered evt_1 and evt_2 for `reason` (keep the
+/// place alive while the bus is used).
+async fn two_dead_letters(engine: Engine, reason: &str) -> (Place, Arc<dyn Bus>) {
     let place = Place::new(engine).await;
     let bus = place.open(Duration::from_secs(60)).await;
     store(
@@ -375,10 +448,15 @@ async fn dead_letters_can_be_replayed_and_discarded(engine: Engine) {
     .await;
     for _ in 0..2 {
         let delivery = pull_one(&bus, "crm").await;
-        bus.dead_letter(&delivery, DeadQueue::DeadLetter, "gave up: 500")
+        bus.dead_letter(&delivery, DeadQueue::DeadLetter, reason)
             .await
             .unwrap();
     }
+    (place, bus)
+}
+
+async fn dead_letters_can_be_replayed_and_discarded(engine: Engine) {
+    let (_place, bus) = two_dead_letters(engine, "gave up: 500").await;
     assert_eq!(bus.backlog("crm").await.unwrap(), 0);
     assert_eq!(
         bus.parked_count("crm", DeadQueue::DeadLetter)

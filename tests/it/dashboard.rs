@@ -81,16 +81,19 @@ clear_after = "10m"
             .is_some_and(|points| !points.is_empty())
     })
     .await;
-    // A CRM outage dead-letters the first event; three later ones arrive.
+    // A CRM outage dead-letters the first two events; three later ones
+    // arrive. One dead letter is replayed from the page, the other discarded.
     let (status, _) = hub
         .admin(Method::POST, "/v1/consumers/dash_marketing/pause", None)
         .await;
     assert_eq!(status, 200);
     crm.set_default(Answer::status(503));
     let lost = format!("cus_{run}_0");
+    let unwanted = format!("cus_{run}_x");
     assert_eq!(hub.send(&contact(&lost)).await.0, 200);
-    eventually(WITHIN, "the first event dead-lettered", || async {
-        hub.status_of("dash_crm").await.dead_letters == 1
+    assert_eq!(hub.send(&contact(&unwanted)).await.0, 200);
+    eventually(WITHIN, "the first two events dead-lettered", || async {
+        hub.status_of("dash_crm").await.dead_letters == 2
     })
     .await;
     crm.set_default(Answer::status(200));
@@ -115,6 +118,7 @@ clear_after = "10m"
     let expect = json!({
         "states": {"dash_crm": "running", "dash_marketing": "paused"},
         "alert": "dead_letter_growth",
+        "discard": {"consumer": "dash_crm", "event_id": format!("evt_{unwanted}")},
         "replay": {"consumer": "dash_crm", "event_id": format!("evt_{lost}")},
     });
     let output = tokio::time::timeout(
@@ -158,7 +162,15 @@ clear_after = "10m"
     .await;
     let crm_status = hub.status_of("dash_crm").await;
     assert_eq!(crm_status.dead_letters, 0);
+    // The discarded one is gone, and was never delivered.
+    assert_eq!(seen["discard_status"], "Discarded 1 entry.", "{seen}");
+    assert!(
+        !crm.effects()
+            .iter()
+            .any(|request| crm_effect(request) == format!("contact {unwanted}")),
+        "a discarded dead letter reached the CRM"
+    );
     assert_eq!(crm_status.stats.delivered, 4);
     assert_eq!(marketing.arrived(), 0, "dash_marketing stays paused");
-    assert_eq!(hub.status_of("dash_marketing").await.backlog, 4);
+    assert_eq!(hub.status_of("dash_marketing").await.backlog, 5);
 }

@@ -135,6 +135,35 @@ fn the_container_configs_validate() {
     .unwrap();
     assert_eq!(image.consumers.len(), 3);
     assert!(matches!(image.bus.engine, BusEngine::Embedded { .. }));
+    // Standalone: the admin API the image exposes is on, and nothing points
+    // at a host that only exists under compose.
+    assert_eq!(
+        image.admin.as_ref().map(|admin| admin.listen.to_string()),
+        Some("0.0.0.0:8081".to_owned())
+    );
+    for (name, connection) in &image.connections {
+        assert!(
+            !connection.base_url.contains("downstreams"),
+            "{name}: {}",
+            connection.base_url
+        );
+    }
+    // Each API's address comes from the environment.
+    let pointed = parse_with(
+        "docker/routes.toml",
+        &[("SWITCHYARD_CONNECTION_CRM_URL", "https://crm.acme.example/")],
+    )
+    .unwrap();
+    assert_eq!(
+        pointed.connections["crm"].base_url,
+        "https://crm.acme.example"
+    );
+    let bad = parse_with(
+        "docker/routes.toml",
+        &[("SWITCHYARD_CONNECTION_ERP_URL", "ftp://erp")],
+    )
+    .unwrap_err();
+    assert!(bad.contains("connections.erp.base_url"), "{bad}");
 
     let compose = parse_with(
         "docker/compose.routes.toml",
@@ -280,5 +309,127 @@ fn the_image_context_is_lean_and_dependencies_are_cached() {
     assert!(
         repo_root().join("LICENSE").exists(),
         "Cargo.toml says Apache-2.0"
+    );
+}
+
+/// The image from `docker/Dockerfile`, built and started on its own
+/// (`docker run`, its default config): it answers a signed webhook with 200
+/// and its admin API shows the event queued. Runs wherever a docker daemon
+/// answers; elsewhere it says why it skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_builds_and_runs_on_its_own() {
+    let daemon = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output();
+    if !daemon.as_ref().is_ok_and(|out| out.status.success()) {
+        eprintln!(
+            "no docker daemon answers here (`docker info` failed): the image is not built nor started"
+        );
+        return;
+    }
+    let tag = format!("switchyard-test:{}", std::process::id());
+    let built = Command::new("docker")
+        .args(["build", "-f", "docker/Dockerfile", "-t", &tag, "."])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let token = "image-test-admin-token-0123456789";
+    let started = Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "-p",
+            "127.0.0.1::8080",
+            "-p",
+            "127.0.0.1::8081",
+        ])
+        .args([
+            "-e",
+            &format!("STRIPE_WEBHOOK_SECRET={}", crate::harness::SECRET),
+        ])
+        .args(["-e", &format!("SWITCHYARD_ADMIN_TOKEN={token}")])
+        .arg(&tag)
+        .output()
+        .unwrap();
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let container = String::from_utf8(started.stdout).unwrap().trim().to_owned();
+    // Removed whatever the outcome.
+    struct Removed(String, String);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+            let _ = Command::new("docker").args(["rmi", &self.1]).output();
+        }
+    }
+    let _removed = Removed(container.clone(), tag.clone());
+    let port = |inner: &str| {
+        let out = Command::new("docker")
+            .args(["port", &container, inner])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines().next().unwrap_or_default().trim().to_owned()
+    };
+    let (edge, admin) = (port("8080/tcp"), port("8081/tcp"));
+    let client = reqwest::Client::new();
+    let ready = format!("http://{admin}/readyz");
+    crate::harness::eventually(
+        std::time::Duration::from_secs(60),
+        "the container's hub is ready",
+        || async {
+            client
+                .get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+    let body =
+        std::fs::read(repo_root().join("tests/fixtures/events/customer.created.json")).unwrap();
+    let answer = client
+        .post(format!("http://{edge}/webhooks/stripe"))
+        .header("content-type", "application/json")
+        .header(
+            "stripe-signature",
+            switchyard::ingest::signature::signature_header(
+                crate::harness::SECRET,
+                crate::harness::now(),
+                &body,
+            ),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let consumers: serde_json::Value = client
+        .get(format!("http://{admin}/v1/consumers"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let crm = consumers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["name"] == "crm")
+        .unwrap();
+    // Its placeholder API does not answer: the event waits in the bus.
+    assert!(
+        crm["backlog"].as_u64() >= Some(1) || crm["retried"].as_u64() >= Some(1),
+        "{crm}"
     );
 }

@@ -155,6 +155,13 @@ fn a_new_plugin_goes_from_template_to_a_passing_test() {
     assert!(created.status.success(), "{created:?}");
     let crate_dir = dir.path().join("ledger-sync");
     assert!(crate_dir.join("src/lib.rs").is_file());
+    // The SDK by a relative path: no folder of this machine in the crate.
+    let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+    assert!(!manifest.contains("path = \"/"), "{manifest}");
+    assert!(
+        manifest.contains("switchyard-plugin = { path = \"../"),
+        "{manifest}"
+    );
     // A second `new` with the same name must not overwrite the author's work.
     let again = switchyard(&[
         "plugin",

@@ -187,7 +187,8 @@ consumers = ["limited", "unlimited"]
     let status = hub.status_of("limited").await;
     assert_eq!(
         status.stats.retried, 0,
-        "waiting for a permit is not a failed attempt"
+        "waiting for a permit is not a failed attempt (last error: {:?})",
+        status.stats.last_error
     );
     let metrics = hub.hub.control().metrics_text().await.unwrap();
     let waits = |consumer: &str| -> u64 {
