@@ -5,7 +5,7 @@
 //! - `GET  /v1/consumers`
 //! - `POST /v1/consumers/{name}/pause` and `/resume`
 //! - `POST /v1/consumers/{name}/replay` body: `{"source", "event_type", "since_ms", "until_ms", "dry_run"}`
-//! - `GET  /v1/queues/{dead_letter|review}?consumer=&event_type=&since_ms=&until_ms=&error=`
+//! - `GET  /v1/queues/{dead_letter|review}?consumer=&event_type=&since_ms=&until_ms=&error=&ids=3,5`
 //! - `GET  /v1/queues/{dead_letter|review}/{consumer}/{id}`: one entry, payload included
 //! - `POST /v1/queues/{dead_letter|review}/replay`  body: `{"filter": {...}, "dry_run": true}`
 //! - `POST /v1/queues/{dead_letter|review}/discard` body: the same
@@ -21,31 +21,14 @@
 //!   token; its script calls the routes above with the token the operator
 //!   gives it (in the URL fragment, which never reaches a server, or a form).
 
-use super::{AdminError, HubControl, ParkedEntry, QueueFilter};
+use super::{AdminError, BulkRequest, HubControl, ParkedEntry, QueueFilter};
 use crate::bus::DeadQueue;
 use crate::config::Secret;
-use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BulkRequest {
-    #[serde(default)]
-    pub filter: QueueFilter,
-    /// Defaults to true: a bulk action must be asked for explicitly.
-    #[serde(default = "yes")]
-    pub dry_run: bool,
-    /// Entries moved per bus call by a replay job.
-    pub batch_size: Option<usize>,
-}
-
-fn yes() -> bool {
-    true
-}
 
 #[derive(Debug)]
 struct Unauthorized;

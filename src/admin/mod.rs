@@ -9,6 +9,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod client;
 pub mod jobs;
 
 use crate::bus::{Bus, BusError, DeadLetter, DeadQueue};
@@ -112,8 +113,66 @@ pub struct QueueFilter {
     pub until_ms: Option<u64>,
     /// Substring of the failure reason.
     pub error: Option<String>,
-    /// Exactly these entries (ids as listed).
+    /// Exactly these entries (ids as listed). In a query string:
+    /// `ids=3,5`.
+    #[serde(default, deserialize_with = "ids_list")]
     pub ids: Option<Vec<u64>>,
+}
+
+impl QueueFilter {
+    /// The filter as query-string pairs (`GET /v1/queues/…`): every field
+    /// that is set.
+    pub fn query(&self) -> Vec<(&'static str, String)> {
+        let Self {
+            consumer,
+            event_type,
+            since_ms,
+            until_ms,
+            error,
+            ids,
+        } = self;
+        let ids = ids
+            .as_ref()
+            .map(|ids| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(","));
+        [
+            ("consumer", consumer.clone()),
+            ("event_type", event_type.clone()),
+            ("since_ms", since_ms.map(|ms| ms.to_string())),
+            ("until_ms", until_ms.map(|ms| ms.to_string())),
+            ("error", error.clone()),
+            ("ids", ids),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value?)))
+        .collect()
+    }
+}
+
+/// Entry ids as a JSON array (request bodies) or as `3,5` (query strings,
+/// which have no arrays).
+fn ids_list<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<u64>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ids {
+        List(Vec<u64>),
+        Text(String),
+    }
+    match Option::<Ids>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Ids::List(ids)) => Ok(Some(ids)),
+        Some(Ids::Text(text)) => text
+            .split(',')
+            .map(|id| id.trim().parse::<u64>())
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "ids: `{text}` is not a comma-separated list of entry ids"
+                ))
+            }),
+    }
 }
 
 /// One parked entry as the API shows it: envelope facts, no payload.
@@ -158,6 +217,19 @@ pub struct ParkedDetail {
     pub traceparent: Option<String>,
     /// The provider's JSON as signed (shown only here, never in lists or logs).
     pub payload: serde_json::Value,
+}
+
+/// A bulk action on parked entries: which, and whether only to count them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    #[serde(default)]
+    pub filter: QueueFilter,
+    /// Defaults to true: a bulk action must be asked for explicitly.
+    #[serde(default = "default_true")]
+    pub dry_run: bool,
+    /// Entries moved per bus call by a replay job.
+    pub batch_size: Option<usize>,
 }
 
 /// Which part of the bus history to deliver again.

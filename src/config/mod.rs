@@ -11,6 +11,7 @@
 
 pub mod raw;
 pub mod reference;
+pub mod settings;
 pub mod units;
 mod validate;
 
@@ -128,7 +129,7 @@ pub struct AlertsConfig {
     pub enabled: bool,
     /// How often the hub is sampled.
     pub interval: Duration,
-    pub watch: crate::telemetry::watch::WatchConfig,
+    pub watch: settings::WatchConfig,
     /// Connection that alerts are POSTed to, and the path of the POST.
     pub webhook: Option<String>,
     pub webhook_path: String,
@@ -253,7 +254,7 @@ pub struct ConsumerConfig {
     pub limits: PluginLimits,
     pub rate_limit: Option<RateLimit>,
     /// `None` when `circuit_breaker.enabled = false`.
-    pub circuit_breaker: Option<crate::dispatch::breaker::BreakerConfig>,
+    pub circuit_breaker: Option<settings::BreakerConfig>,
     /// Non-secret settings the plugin reads with `config(key)`.
     pub settings: BTreeMap<String, String>,
     /// Relative share of the plugin threads under contention.

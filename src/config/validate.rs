@@ -472,7 +472,7 @@ impl Checker<'_> {
 
     fn alerts(&mut self, raw: &RawAlerts, all: &RawConfig) -> AlertsConfig {
         let at = |key: &str| format!("alerts.{key}");
-        let defaults = crate::telemetry::watch::WatchConfig::default();
+        let defaults = super::settings::WatchConfig::default();
         let interval = self.duration(
             at("interval"),
             raw.interval.as_ref(),
@@ -546,7 +546,7 @@ impl Checker<'_> {
         let mut span = |key: &str, value: &Option<String>, default: Duration| {
             self.duration(at(key), value.as_ref(), default)
         };
-        let watch = crate::telemetry::watch::WatchConfig {
+        let watch = super::settings::WatchConfig {
             learn_for: span("learn_for", &raw.learn_for, defaults.learn_for),
             warmup: span("warmup", &raw.warmup, defaults.warmup),
             band,
@@ -962,8 +962,8 @@ impl Checker<'_> {
         &mut self,
         consumer: &str,
         raw: Option<&RawBreaker>,
-    ) -> Option<crate::dispatch::breaker::BreakerConfig> {
-        let defaults = crate::dispatch::breaker::BreakerConfig::default();
+    ) -> Option<super::settings::BreakerConfig> {
+        let defaults = super::settings::BreakerConfig::default();
         let Some(raw) = raw else {
             return Some(defaults);
         };
@@ -975,7 +975,7 @@ impl Checker<'_> {
                 format!("`{failure_ratio}` must be above 0 and at most 1"),
             );
         }
-        let config = crate::dispatch::breaker::BreakerConfig {
+        let config = super::settings::BreakerConfig {
             failure_ratio,
             min_calls: self.count(
                 at("min_calls"),

@@ -13,35 +13,7 @@
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Settings, from `[consumers.<name>].circuit_breaker`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BreakerConfig {
-    /// Open when failures / calls in the window reaches this (0 < r ≤ 1).
-    pub failure_ratio: f64,
-    /// ... but only once the window holds at least this many calls.
-    pub min_calls: u32,
-    /// Length of the rolling window.
-    pub window: Duration,
-    /// Also open after this many failures in a row (0 = off).
-    pub consecutive_failures: u32,
-    /// How long to stay open before probing.
-    pub open_for: Duration,
-    /// Calls allowed (and needed to succeed) while half-open.
-    pub half_open_probes: u32,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        BreakerConfig {
-            failure_ratio: 0.5,
-            min_calls: 20,
-            window: Duration::from_secs(30),
-            consecutive_failures: 10,
-            open_for: Duration::from_secs(15),
-            half_open_probes: 1,
-        }
-    }
-}
+pub use crate::config::settings::BreakerConfig;
 
 /// The state, as the admin API and metrics show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

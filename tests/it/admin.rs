@@ -198,6 +198,30 @@ async fn dead_letters_are_listed_filtered_dry_run_replayed_and_discarded() {
         .admin(Method::GET, "/v1/queues/dead_letter?error=timeout", None)
         .await;
     assert!(none.as_array().unwrap().is_empty());
+    // Ids in a query string: comma-separated (`switchyard dlq list --ids`).
+    let (first, third) = (id, all[2]["id"].as_u64().unwrap());
+    let (status, picked) = hub
+        .admin(
+            Method::GET,
+            &format!("/v1/queues/dead_letter?ids={first},{third}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{picked}");
+    let mut picked: Vec<u64> = picked
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["id"].as_u64().unwrap())
+        .collect();
+    picked.sort_unstable();
+    let mut expected = vec![first, third];
+    expected.sort_unstable();
+    assert_eq!(picked, expected);
+    let (status, _) = hub
+        .admin(Method::GET, "/v1/queues/dead_letter?ids=3,x", None)
+        .await;
+    assert_eq!(status, 400);
     let (status, _) = hub
         .admin(
             Method::GET,
