@@ -339,39 +339,34 @@ pub fn routes(
             }
         });
 
-    let api = authorized(token).and(
-        reload
-            .or(alerts)
-            .unify()
-            .or(series)
-            .unify()
-            .or(jobs)
-            .unify()
-            .or(job)
-            .unify()
-            .or(cancel)
-            .unify()
-            .or(metrics)
-            .unify()
-            .or(consumers)
-            .unify()
-            .or(pause)
-            .unify()
-            .or(resume)
-            .unify()
-            .or(history)
-            .unify()
-            .or(list)
-            .unify()
-            .or(show)
-            .unify()
-            .or(replay)
-            .unify()
-            .or(discard)
-            .unify(),
-    );
+    // Each route boxed and the alternatives folded one at a time: a chain
+    // of seventeen unboxed `.or()`s is one nested type that took the
+    // compiler minutes to check (warp's known compile-time cliff); a boxed
+    // route costs one dynamic call per request, nothing on this listener.
+    let api = [
+        reload.boxed(),
+        alerts.boxed(),
+        series.boxed(),
+        jobs.boxed(),
+        job.boxed(),
+        cancel.boxed(),
+        metrics.boxed(),
+        consumers.boxed(),
+        pause.boxed(),
+        resume.boxed(),
+        history.boxed(),
+        list.boxed(),
+        show.boxed(),
+        replay.boxed(),
+        discard.boxed(),
+    ]
+    .into_iter()
+    .reduce(|routes, route| routes.or(route).unify().boxed())
+    .expect("at least one route");
+    let api = authorized(token).and(api).boxed();
     health
-        .or(dashboard)
+        .boxed()
+        .or(dashboard.boxed())
         .unify()
         .or(api)
         .unify()
