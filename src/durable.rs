@@ -611,6 +611,25 @@ fn commit_batch(
         .map_err(|err| DurableError::Commit(err.to_string()))
 }
 
+/// Runs `batch` (which does at most `limit` items in one short
+/// transaction) until a run does fewer: the janitor keeps up with any
+/// ingest rate instead of a fixed number of items a minute.
+pub async fn in_batches<F, Fut, E>(limit: usize, mut batch: F) -> Result<usize, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, E>>,
+{
+    let mut total = 0;
+    loop {
+        let done = batch().await?;
+        total += done;
+        if done < limit {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

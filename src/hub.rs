@@ -7,15 +7,16 @@
 
 use crate::admin::alerts::AlertSettings;
 use crate::admin::{ConsumerControl, ConsumerStatus, HubControl, ReloadReport, ReloadRequest};
-use crate::bus::embedded::{COMPACT_BATCH, EmbeddedBus, EmbeddedSettings};
+use crate::bus::embedded::{EmbeddedBus, EmbeddedSettings};
 use crate::bus::nats::{NatsBus, NatsSettings};
-use crate::bus::{Bus, BusError, Lane, Subscriber, Subscription};
+use crate::bus::{Bus, BusAdmin, BusError, Engine, Housekeeping, Lane, Subscriber, Subscription};
 use crate::config::{BusEngine, Config, IdempotencyBackend};
 use crate::dispatch::idempotency::{EmbeddedStore, IdempotencyError, IdempotencyStore, RedisStore};
 use crate::dispatch::layers::BreakerHandle;
 use crate::dispatch::quarantine::PluginHealth;
 use crate::dispatch::{ConsumerLoop, ConsumerStats, StackParts, consumer_stack, plugin_call};
 use crate::durable::EmptyStore;
+use crate::durable::in_batches;
 use crate::ingest::edge::{Allowlist, LimitSettings, Limits};
 use crate::ingest::signature::SigningKey;
 use crate::ingest::{Clock, EdgeSettings, Ingest, SourceEndpoint, system_clock};
@@ -200,7 +201,7 @@ fn nats_settings(
 async fn open_bus(
     config: &Config,
     empty_store: EmptyStore,
-) -> Result<(Arc<dyn Bus>, Option<Arc<EmbeddedBus>>), BusError> {
+) -> Result<(Arc<dyn Engine>, Option<Arc<EmbeddedBus>>), BusError> {
     let bus = &config.bus;
     let subscriptions = Subscription::from_config(config);
     match &bus.engine {
@@ -215,13 +216,13 @@ async fn open_bus(
                     empty_store,
                 },
             )?);
-            Ok((Arc::clone(&embedded) as Arc<dyn Bus>, Some(embedded)))
+            Ok((Arc::clone(&embedded) as Arc<dyn Engine>, Some(embedded)))
         }
         BusEngine::Nats(nats) => {
             let settings = nats_settings(config, nats)?;
             let subscribers = Subscriber::from_config(config);
             Ok((
-                Arc::new(NatsBus::connect(settings, &subscribers).await?) as Arc<dyn Bus>,
+                Arc::new(NatsBus::connect(settings, &subscribers).await?) as Arc<dyn Engine>,
                 None,
             ))
         }
@@ -313,7 +314,7 @@ pub struct StartOptions {
 /// A running hub.
 pub struct RunningHub {
     pub addr: SocketAddr,
-    bus: Arc<dyn Bus>,
+    bus: Arc<dyn Engine>,
     embedded: Option<Arc<EmbeddedBus>>,
     control: Arc<HubControl>,
     /// Where the admin API listens, when enabled.
@@ -800,7 +801,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
     let mut tasks = JoinSet::new();
     let metrics = Arc::new(Metrics::new());
     tasks.spawn(janitor(
-        embedded.clone(),
+        Arc::clone(&bus) as Arc<dyn BusAdmin>,
         Arc::clone(&idempotency),
         shutdown_rx.clone(),
     ));
@@ -848,7 +849,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         readiness,
         Arc::clone(&metrics),
         std::mem::take(&mut prepared.sources),
-        Arc::clone(&bus),
+        Arc::clone(&bus) as Arc<dyn Bus>,
         EdgeSettings {
             max_body: config.server.max_body,
             body_read_timeout: config.server.body_read_timeout,
@@ -868,7 +869,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
     ));
     let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
     let control = Arc::new(HubControl::new(
-        Arc::clone(&bus),
+        Arc::clone(&bus) as Arc<dyn BusAdmin>,
         Arc::clone(&metrics),
         reloads,
         Arc::clone(&pool),
@@ -881,7 +882,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         shutdown_rx.clone(),
     ));
     let shared = Shared {
-        bus: Arc::clone(&bus),
+        bus: Arc::clone(&bus) as Arc<dyn Bus>,
         idempotency,
         key_prefix,
         metrics,
@@ -964,32 +965,13 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
     })
 }
 
-/// Periodic housekeeping: forget ingest dedup ids older than the window and
-/// delete settled events older than the retention and expired idempotency keys.
-/// Most expired entries one janitor transaction drops.
+/// Most expired idempotency keys one janitor transaction drops.
 const JANITOR_BATCH: usize = 10_000;
 
-/// Runs `batch` (which does at most `limit` items in one short
-/// transaction) until a run does fewer: the janitor keeps up with any
-/// ingest rate instead of a fixed number of items a minute.
-async fn in_batches<F, Fut, E>(limit: usize, mut batch: F) -> Result<usize, E>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<usize, E>>,
-{
-    let mut total = 0;
-    loop {
-        let done = batch().await?;
-        total += done;
-        if done < limit {
-            return Ok(total);
-        }
-        tokio::task::yield_now().await;
-    }
-}
-
+/// Periodic housekeeping: the bus engine's own (dedup ids past the window,
+/// events past the retention) and expired idempotency keys.
 async fn janitor(
-    embedded: Option<Arc<EmbeddedBus>>,
+    bus: Arc<dyn BusAdmin>,
     idempotency: Arc<dyn IdempotencyStore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -999,18 +981,14 @@ async fn janitor(
             _ = every.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        // JetStream keeps its own dedup window and max age.
-        if let Some(bus) = &embedded {
-            match in_batches(JANITOR_BATCH, || bus.expire_dedup(JANITOR_BATCH)).await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(expired = n, "forgot old dedup ids"),
-                Err(err) => tracing::warn!(error = %err, "dedup expiry failed"),
-            }
-            match in_batches(COMPACT_BATCH, || bus.compact(COMPACT_BATCH)).await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(deleted = n, "deleted events past retention"),
-                Err(err) => tracing::warn!(error = %err, "log compaction failed"),
-            }
+        match bus.housekeep().await {
+            Ok(done) if done == Housekeeping::default() => {}
+            Ok(done) => tracing::debug!(
+                dedup_expired = done.dedup_expired,
+                compacted = done.compacted,
+                "bus housekeeping"
+            ),
+            Err(err) => tracing::warn!(error = %err, "bus housekeeping failed"),
         }
         match in_batches(JANITOR_BATCH, || idempotency.expire(JANITOR_BATCH)).await {
             Ok(0) => {}
@@ -1021,7 +999,7 @@ async fn janitor(
 }
 
 impl RunningHub {
-    pub fn bus(&self) -> Arc<dyn Bus> {
+    pub fn bus(&self) -> Arc<dyn Engine> {
         Arc::clone(&self.bus)
     }
 

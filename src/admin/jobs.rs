@@ -2,7 +2,7 @@
 //! with progress anyone can read and a cancel honoured between batches. The
 //! events themselves then go through the consumer's replay lane.
 
-use crate::bus::{Bus, BusError, DeadQueue, now_ms};
+use crate::bus::{BusAdmin, BusError, DeadQueue, now_ms};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,7 +84,7 @@ impl Jobs {
     /// Starts moving `work` (ids per consumer) in batches of `batch`.
     pub fn start(
         &self,
-        bus: Arc<dyn Bus>,
+        bus: Arc<dyn BusAdmin>,
         kind: JobKind,
         requeue: Requeue,
         work: Vec<(String, Vec<u64>)>,
@@ -148,7 +148,7 @@ impl Jobs {
 }
 
 async fn run(
-    bus: Arc<dyn Bus>,
+    bus: Arc<dyn BusAdmin>,
     job: Arc<Job>,
     requeue: Requeue,
     work: Vec<(String, Vec<u64>)>,

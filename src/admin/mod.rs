@@ -12,7 +12,7 @@ pub mod api;
 pub mod client;
 pub mod jobs;
 
-use crate::bus::{Bus, BusError, DeadLetter, DeadQueue};
+use crate::bus::{BusAdmin, BusError, DeadLetter, DeadQueue};
 use crate::config::EventPattern;
 use crate::dispatch::breaker::BreakerState;
 use crate::dispatch::layers::BreakerHandle;
@@ -301,7 +301,7 @@ pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<ReloadReport, Vec<S
 
 /// Control over a running hub, shared by the admin API and tests.
 pub struct HubControl {
-    bus: Arc<dyn Bus>,
+    bus: Arc<dyn BusAdmin>,
     /// Replaced whole by a reload.
     consumers: std::sync::RwLock<BTreeMap<String, Arc<ConsumerControl>>>,
     metrics: Arc<Metrics>,
@@ -314,7 +314,7 @@ pub struct HubControl {
 
 impl HubControl {
     pub fn new(
-        bus: Arc<dyn Bus>,
+        bus: Arc<dyn BusAdmin>,
         metrics: Arc<Metrics>,
         reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
         pool: Arc<GuestPool>,

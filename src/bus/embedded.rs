@@ -775,6 +775,36 @@ impl Bus for EmbeddedBus {
         .map(drop)
     }
 
+    async fn resubscribe(&self, subscribers: &[Subscriber]) -> Result<(), BusError> {
+        self.subscribe(
+            subscribers
+                .iter()
+                .map(|subscriber| subscriber.subscription.clone())
+                .collect(),
+        );
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        let txn = self.store.read().map_err(unavailable)?;
+        txn.open_table(META).map_err(storage)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BusAdmin for EmbeddedBus {
+    async fn housekeep(&self) -> Result<Housekeeping, BusError> {
+        let dedup_expired =
+            crate::durable::in_batches(COMPACT_BATCH, || self.expire_dedup(COMPACT_BATCH)).await?;
+        let compacted =
+            crate::durable::in_batches(COMPACT_BATCH, || self.compact(COMPACT_BATCH)).await?;
+        Ok(Housekeeping {
+            dedup_expired,
+            compacted,
+        })
+    }
+
     async fn parked_count(&self, consumer: &str, queue: DeadQueue) -> Result<u64, BusError> {
         let txn = self.store.read().map_err(unavailable)?;
         let dead = txn.open_table(DEAD).map_err(storage)?;
@@ -986,22 +1016,6 @@ impl Bus for EmbeddedBus {
             })
             .await
             .map_err(unavailable)
-    }
-
-    async fn resubscribe(&self, subscribers: &[Subscriber]) -> Result<(), BusError> {
-        self.subscribe(
-            subscribers
-                .iter()
-                .map(|subscriber| subscriber.subscription.clone())
-                .collect(),
-        );
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), BusError> {
-        let txn = self.store.read().map_err(unavailable)?;
-        txn.open_table(META).map_err(storage)?;
-        Ok(())
     }
 
     fn integrity_failures(&self) -> u64 {

@@ -13,7 +13,10 @@
 //!   a live holder renews its lease (`extend`) while its call runs, so the
 //!   timeout stays short however long the call.
 //!
-//! [`Bus`] is the seam between engines: `embedded` (redb, one machine) and
+//! Two seams, one per kind of caller: [`Bus`] is the data path (ingest
+//! appends, dispatch pulls and settles), [`BusAdmin`] the operator's queries
+//! and moves (backlogs, parked entries, history replay) and the engine's own
+//! housekeeping. An [`Engine`] is both: `embedded` (redb, one machine) and
 //! `nats` (JetStream, several processes). Both pass one behavioural suite
 //! (tests/it/bus.rs).
 
@@ -232,6 +235,28 @@ pub trait Bus: Send + Sync + 'static {
         reason: &str,
     ) -> Result<(), BusError>;
 
+    /// Replaces which consumers exist and what they receive (a reload).
+    /// Appends from now on follow the new routes; events already queued stay
+    /// queued, also for a consumer that was removed.
+    async fn resubscribe(&self, subscribers: &[Subscriber]) -> Result<(), BusError>;
+
+    /// Checks the engine can serve (for `/readyz`).
+    async fn ping(&self) -> Result<(), BusError>;
+}
+
+/// What an engine did in one round of housekeeping.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Housekeeping {
+    /// Ingest dedup ids older than the window, forgotten.
+    pub dedup_expired: usize,
+    /// Settled events older than the retention, deleted.
+    pub compacted: usize,
+}
+
+/// The operator's side of an engine: counts, parked entries, history and
+/// replays (the admin API), and the engine's periodic housekeeping.
+#[async_trait]
+pub trait BusAdmin: Send + Sync + 'static {
     /// How many entries one queue of a consumer holds (without reading them).
     async fn parked_count(&self, consumer: &str, queue: DeadQueue) -> Result<u64, BusError>;
 
@@ -241,14 +266,6 @@ pub trait Bus: Send + Sync + 'static {
         consumer: &str,
         queue: DeadQueue,
     ) -> Result<Vec<DeadLetter>, BusError>;
-
-    /// Replaces which consumers exist and what they receive (a reload).
-    /// Appends from now on follow the new routes; events already queued stay
-    /// queued, also for a consumer that was removed.
-    async fn resubscribe(&self, subscribers: &[Subscriber]) -> Result<(), BusError>;
-
-    /// Checks the engine can serve (for `/readyz`).
-    async fn ping(&self) -> Result<(), BusError>;
 
     /// Stored events found altered at rest since start (each parked in its
     /// consumer's dead-letter queue instead of delivered). JetStream checks
@@ -280,7 +297,7 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Events in the log's history for `consumer` to receive again: events
     /// of `source` whose type matches `pattern`, received in `[since_ms,
-    /// until_ms)`, oldest first, as ids for [`Bus::requeue_history`].
+    /// until_ms)`, oldest first, as ids for [`BusAdmin::requeue_history`].
     async fn history(
         &self,
         consumer: &str,
@@ -290,7 +307,7 @@ pub trait Bus: Send + Sync + 'static {
         until_ms: u64,
     ) -> Result<Vec<u64>, BusError>;
 
-    /// Queues history events (ids from [`Bus::history`]) in `consumer`'s
+    /// Queues history events (ids from [`BusAdmin::history`]) in `consumer`'s
     /// replay lane. They go through the consumer's idempotency keys like any
     /// delivery, so effects already applied are skipped; with `force` they
     /// go as a new generation of the event (its own keys), so they apply
@@ -309,4 +326,18 @@ pub trait Bus: Send + Sync + 'static {
         queue: DeadQueue,
         ids: &[u64],
     ) -> Result<usize, BusError>;
+
+    /// Periodic housekeeping the engine needs from its host (the hub's
+    /// janitor calls it every minute): dedup ids past the window, events
+    /// past the retention. JetStream keeps its own dedup window and max
+    /// age, so the default does nothing.
+    async fn housekeep(&self) -> Result<Housekeeping, BusError> {
+        Ok(Housekeeping::default())
+    }
 }
+
+/// An engine: the data path and the operator's side of one bus. The hub
+/// holds it and hands each stage the part it needs.
+pub trait Engine: Bus + BusAdmin {}
+
+impl<T: Bus + BusAdmin> Engine for T {}

@@ -799,6 +799,48 @@ impl Bus for NatsBus {
         self.settle(delivery, AckKind::Term).await
     }
 
+    async fn resubscribe(&self, subscribers: &[Subscriber]) -> Result<(), BusError> {
+        let mut consumers = HashMap::new();
+        for subscriber in subscribers {
+            let name = subscriber.subscription.consumer.clone();
+            let filters = filter_subjects(&self.prefix, &subscriber.subscription);
+            let live = self
+                .durable(&name, Lane::Live, filters.clone(), subscriber.concurrency)
+                .await?;
+            let replay = self
+                .durable(
+                    &name,
+                    Lane::Replay,
+                    vec![format!("{}.replay.{name}", self.prefix)],
+                    subscriber.concurrency,
+                )
+                .await?;
+            consumers.insert(
+                name,
+                Arc::new(Consumer {
+                    live,
+                    replay,
+                    subscription: subscriber.subscription.clone(),
+                    filters,
+                }),
+            );
+        }
+        *self.consumers.write().expect("consumers lock") = consumers;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        self.connected()?;
+        self.jetstream
+            .get_stream_no_info(&self.events.cached_info().config.name)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl BusAdmin for NatsBus {
     async fn parked_count(&self, consumer: &str, queue: DeadQueue) -> Result<u64, BusError> {
         self.consumer(consumer)?;
         let mut info = self
@@ -851,45 +893,6 @@ impl Bus for NatsBus {
             });
         }
         Ok(out)
-    }
-
-    async fn resubscribe(&self, subscribers: &[Subscriber]) -> Result<(), BusError> {
-        let mut consumers = HashMap::new();
-        for subscriber in subscribers {
-            let name = subscriber.subscription.consumer.clone();
-            let filters = filter_subjects(&self.prefix, &subscriber.subscription);
-            let live = self
-                .durable(&name, Lane::Live, filters.clone(), subscriber.concurrency)
-                .await?;
-            let replay = self
-                .durable(
-                    &name,
-                    Lane::Replay,
-                    vec![format!("{}.replay.{name}", self.prefix)],
-                    subscriber.concurrency,
-                )
-                .await?;
-            consumers.insert(
-                name,
-                Arc::new(Consumer {
-                    live,
-                    replay,
-                    subscription: subscriber.subscription.clone(),
-                    filters,
-                }),
-            );
-        }
-        *self.consumers.write().expect("consumers lock") = consumers;
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), BusError> {
-        self.connected()?;
-        self.jetstream
-            .get_stream_no_info(&self.events.cached_info().config.name)
-            .await
-            .map(drop)
-            .map_err(unavailable)
     }
 
     async fn backlog(&self, consumer: &str) -> Result<u64, BusError> {

@@ -10,10 +10,11 @@ use crate::natsd::NatsServer;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard::bus::Engine as BusEngine;
 use switchyard::bus::embedded::{EmbeddedBus, EmbeddedSettings};
 use switchyard::bus::nats::{NatsBus, NatsSettings};
 use switchyard::bus::{
-    Appended, Bus, DeadQueue, Delivery, Envelope, Lane, Subscriber, Subscription,
+    Appended, Bus, BusAdmin, DeadQueue, Delivery, Envelope, Lane, Subscriber, Subscription,
 };
 use switchyard::config::EventPattern;
 
@@ -61,7 +62,7 @@ impl Place {
         }
     }
 
-    async fn open(&self, visibility: Duration) -> Arc<dyn Bus> {
+    async fn open(&self, visibility: Duration) -> Arc<dyn BusEngine> {
         let retention = Duration::from_secs(3600);
         match self.engine {
             Engine::Embedded => Arc::new(open_embedded(self.dir.path(), visibility, retention)),
@@ -142,7 +143,7 @@ const ARRIVES: Duration = Duration::from_secs(5);
 /// How long "nothing is due" is watched for.
 const QUIET: Duration = Duration::from_millis(300);
 
-async fn pull_from(bus: &Arc<dyn Bus>, consumer: &str, lane: Lane) -> Delivery {
+async fn pull_from(bus: &Arc<dyn BusEngine>, consumer: &str, lane: Lane) -> Delivery {
     let mut pulled = bus.pull(consumer, lane, 1, ARRIVES).await.unwrap();
     assert_eq!(
         pulled.len(),
@@ -154,12 +155,12 @@ async fn pull_from(bus: &Arc<dyn Bus>, consumer: &str, lane: Lane) -> Delivery {
 }
 
 /// The next delivery of the live lane.
-async fn pull_one(bus: &Arc<dyn Bus>, consumer: &str) -> Delivery {
+async fn pull_one(bus: &Arc<dyn BusEngine>, consumer: &str) -> Delivery {
     pull_from(bus, consumer, Lane::Live).await
 }
 
 /// Neither lane of `consumer` has anything due.
-async fn assert_nothing_due(bus: &Arc<dyn Bus>, consumer: &str) {
+async fn assert_nothing_due(bus: &Arc<dyn BusEngine>, consumer: &str) {
     for lane in Lane::ALL {
         let pulled = bus.pull(consumer, lane, 1, QUIET).await.unwrap();
         assert!(
@@ -438,7 +439,7 @@ async fn concurrent_appends_are_all_durable_and_deduplicated(engine: Engine) {
 
 /// A bus whose `crm` dead-lettered evt_1 and evt_2 for `reason` (keep the
 /// place alive while the bus is used).
-async fn two_dead_letters(engine: Engine, reason: &str) -> (Place, Arc<dyn Bus>) {
+async fn two_dead_letters(engine: Engine, reason: &str) -> (Place, Arc<dyn BusEngine>) {
     let place = Place::new(engine).await;
     let bus = place.open(Duration::from_secs(60)).await;
     store(
