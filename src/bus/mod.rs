@@ -49,9 +49,14 @@ pub struct Subscription {
 
 impl Subscription {
     pub fn matches(&self, envelope: &Envelope) -> bool {
-        self.filters.iter().any(|(source, pattern)| {
-            *source == envelope.source && pattern.matches(&envelope.event_type)
-        })
+        self.wants(&envelope.source, &envelope.event_type)
+    }
+
+    /// Whether events of `source` and `event_type` reach this consumer.
+    pub fn wants(&self, source: &str, event_type: &str) -> bool {
+        self.filters
+            .iter()
+            .any(|(from, pattern)| from == source && pattern.matches(event_type))
     }
 
     /// One subscription per consumer, gathered from every route naming it.

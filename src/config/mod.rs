@@ -545,21 +545,6 @@ impl Config {
         let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_owned());
         validate(raw, &base_dir).map_err(ParseError::Invalid)
     }
-
-    /// Consumers that the route table sends events of `source`/`event_type` to,
-    /// each once, in name order.
-    pub fn consumers_for(&self, source: &str, event_type: &str) -> Vec<&str> {
-        let mut names: Vec<&str> = self
-            .routes
-            .iter()
-            .filter(|route| route.source == source)
-            .filter(|route| route.events.iter().any(|p| p.matches(event_type)))
-            .flat_map(|route| route.consumers.iter().map(String::as_str))
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        names
-    }
 }
 
 /// Most unknown keys reported from one file.
