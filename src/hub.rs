@@ -7,11 +7,10 @@
 
 use crate::admin::alerts::AlertSettings;
 use crate::admin::{ConsumerControl, ConsumerStatus, HubControl, ReloadReport, ReloadRequest};
-use crate::bus::embedded::{EmbeddedBus, EmbeddedSettings};
-use crate::bus::nats::{NatsBus, NatsSettings};
+use crate::bus::embedded::EmbeddedBus;
 use crate::bus::{Bus, BusAdmin, BusError, Engine, Housekeeping, Lane, Subscriber, Subscription};
 use crate::config::{BusEngine, Config, IdempotencyBackend};
-use crate::dispatch::idempotency::{EmbeddedStore, IdempotencyError, IdempotencyStore, RedisStore};
+use crate::dispatch::idempotency::{IdempotencyError, IdempotencyStore, RedisStore};
 use crate::dispatch::layers::BreakerHandle;
 use crate::dispatch::quarantine::PluginHealth;
 use crate::dispatch::{ConsumerLoop, ConsumerStats, StackParts, consumer_stack, plugin_call};
@@ -151,84 +150,6 @@ fn load_plugins(
     }
 }
 
-async fn idempotency_store(
-    config: &Config,
-    empty_store: EmptyStore,
-) -> Result<(Arc<dyn IdempotencyStore>, String), IdempotencyError> {
-    Ok(match &config.idempotency.backend {
-        IdempotencyBackend::Embedded { path } => (
-            Arc::new(EmbeddedStore::open_with(path, empty_store)?),
-            String::new(),
-        ),
-        IdempotencyBackend::Redis { url, key_prefix } => (
-            Arc::new(RedisStore::connect(url).await?),
-            key_prefix.clone(),
-        ),
-    })
-}
-
-/// The JetStream settings with their secrets resolved.
-fn nats_settings(
-    config: &Config,
-    nats: &crate::config::NatsConfig,
-) -> Result<NatsSettings, BusError> {
-    let secret = |secret: &Option<crate::config::SecretRef>, at: &str| {
-        secret
-            .as_ref()
-            .map(|secret| {
-                secret
-                    .resolve()
-                    .map_err(|message| BusError::Unavailable(format!("{at}: {message}")))
-            })
-            .transpose()
-    };
-    Ok(NatsSettings {
-        urls: nats.urls.clone(),
-        stream: nats.stream.clone(),
-        subject_prefix: nats.subject_prefix.clone(),
-        replicas: nats.replicas,
-        credentials: secret(&nats.credentials, "bus.credentials")?,
-        token: secret(&nats.token, "bus.token")?,
-        ack_timeout: nats.ack_timeout,
-        visibility_timeout: config.bus.visibility_timeout,
-        dedup_window: config.bus.dedup_window,
-        retention: config.bus.retention,
-    })
-}
-
-/// The bus the config asks for. The embedded engine is also handed back on
-/// its own: the janitor compacts it, and tests reach its fault seam.
-async fn open_bus(
-    config: &Config,
-    empty_store: EmptyStore,
-) -> Result<(Arc<dyn Engine>, Option<Arc<EmbeddedBus>>), BusError> {
-    let bus = &config.bus;
-    let subscriptions = Subscription::from_config(config);
-    match &bus.engine {
-        BusEngine::Embedded { path } => {
-            let embedded = Arc::new(EmbeddedBus::open(
-                path,
-                subscriptions,
-                EmbeddedSettings {
-                    visibility_timeout: bus.visibility_timeout,
-                    dedup_window: bus.dedup_window,
-                    retention: bus.retention,
-                    empty_store,
-                },
-            )?);
-            Ok((Arc::clone(&embedded) as Arc<dyn Engine>, Some(embedded)))
-        }
-        BusEngine::Nats(nats) => {
-            let settings = nats_settings(config, nats)?;
-            let subscribers = Subscriber::from_config(config);
-            Ok((
-                Arc::new(NatsBus::connect(settings, &subscribers).await?) as Arc<dyn Engine>,
-                None,
-            ))
-        }
-    }
-}
-
 /// How long a webhook body may take to start arriving before the minimum
 /// body rate applies (a TCP round trip or two, with room to spare).
 const BODY_GRACE: Duration = Duration::from_secs(2);
@@ -280,7 +201,7 @@ pub async fn check(config: &Config) -> Vec<String> {
         Err(err) => problems.push(err.to_string()),
     }
     if let BusEngine::Nats(nats) = &config.bus.engine {
-        let reachable = match nats_settings(config, nats) {
+        let reachable = match crate::bus::nats_settings(config, nats) {
             Ok(settings) => crate::bus::nats::probe(&settings).await,
             Err(err) => Err(err),
         };
@@ -790,10 +711,10 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
     );
     let mut prepared = prepare(config, &tracer, &pool)?;
     let config = &prepared.config;
-    let (bus, embedded) = open_bus(config, options.empty_store)
+    let (bus, embedded) = crate::bus::open(config, options.empty_store)
         .await
         .map_err(|err| vec![err.into()])?;
-    let (idempotency, key_prefix) = idempotency_store(config, options.empty_store)
+    let (idempotency, key_prefix) = crate::dispatch::idempotency::open(config, options.empty_store)
         .await
         .map_err(|err| vec![err.into()])?;
 

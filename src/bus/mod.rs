@@ -29,6 +29,68 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The JetStream settings with their secrets resolved.
+pub fn nats_settings(
+    config: &crate::config::Config,
+    nats: &crate::config::NatsConfig,
+) -> Result<nats::NatsSettings, BusError> {
+    let secret = |secret: &Option<crate::config::SecretRef>, at: &str| {
+        secret
+            .as_ref()
+            .map(|secret| {
+                secret
+                    .resolve()
+                    .map_err(|message| BusError::Unavailable(format!("{at}: {message}")))
+            })
+            .transpose()
+    };
+    Ok(nats::NatsSettings {
+        urls: nats.urls.clone(),
+        stream: nats.stream.clone(),
+        subject_prefix: nats.subject_prefix.clone(),
+        replicas: nats.replicas,
+        credentials: secret(&nats.credentials, "bus.credentials")?,
+        token: secret(&nats.token, "bus.token")?,
+        ack_timeout: nats.ack_timeout,
+        visibility_timeout: config.bus.visibility_timeout,
+        dedup_window: config.bus.dedup_window,
+        retention: config.bus.retention,
+    })
+}
+
+/// The bus the config asks for. The embedded engine is also handed back on
+/// its own, for tests to reach its fault seam.
+pub async fn open(
+    config: &crate::config::Config,
+    empty_store: crate::durable::EmptyStore,
+) -> Result<(Arc<dyn Engine>, Option<Arc<embedded::EmbeddedBus>>), BusError> {
+    let bus = &config.bus;
+    let subscriptions = Subscription::from_config(config);
+    match &bus.engine {
+        crate::config::BusEngine::Embedded { path } => {
+            let embedded = Arc::new(embedded::EmbeddedBus::open(
+                path,
+                subscriptions,
+                embedded::EmbeddedSettings {
+                    visibility_timeout: bus.visibility_timeout,
+                    dedup_window: bus.dedup_window,
+                    retention: bus.retention,
+                    empty_store,
+                },
+            )?);
+            Ok((Arc::clone(&embedded) as Arc<dyn Engine>, Some(embedded)))
+        }
+        crate::config::BusEngine::Nats(nats) => {
+            let settings = nats_settings(config, nats)?;
+            let subscribers = Subscriber::from_config(config);
+            Ok((
+                Arc::new(nats::NatsBus::connect(settings, &subscribers).await?) as Arc<dyn Engine>,
+                None,
+            ))
+        }
+    }
+}
+
 /// Wall-clock unix milliseconds: what envelopes, parked entries and alerts
 /// carry as timestamps.
 pub fn now_ms() -> u64 {

@@ -25,6 +25,7 @@ use crate::durable::{DurableError, EmptyStore, GroupCommit, Persist};
 use async_trait::async_trait;
 use redb::{ReadableTable, TableDefinition};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 const DONE: &str = "done";
@@ -498,4 +499,22 @@ impl IdempotencyStore for EmbeddedStore {
             .await
             .map_err(durable_error)
     }
+}
+
+/// The idempotency store the config asks for, and the key prefix its
+/// entries carry.
+pub async fn open(
+    config: &crate::config::Config,
+    empty_store: crate::durable::EmptyStore,
+) -> Result<(Arc<dyn IdempotencyStore>, String), IdempotencyError> {
+    Ok(match &config.idempotency.backend {
+        crate::config::IdempotencyBackend::Embedded { path } => (
+            Arc::new(EmbeddedStore::open_with(path, empty_store)?),
+            String::new(),
+        ),
+        crate::config::IdempotencyBackend::Redis { url, key_prefix } => (
+            Arc::new(RedisStore::connect(url).await?),
+            key_prefix.clone(),
+        ),
+    })
 }
