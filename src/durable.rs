@@ -284,6 +284,7 @@ struct Shared {
     /// the inner `Arc` only while they begin a read transaction, so the
     /// writer can close the file right after taking it out.
     db: RwLock<Option<Arc<Database>>>,
+    #[cfg(feature = "testing")]
     fail_commits: AtomicBool,
     /// A lazy commit is not on disk yet.
     unpersisted: AtomicBool,
@@ -384,6 +385,7 @@ impl GroupCommit {
         let shared = Arc::new(Shared {
             path: path.to_owned(),
             db: RwLock::new(Some(Arc::new(db))),
+            #[cfg(feature = "testing")]
             fail_commits: AtomicBool::new(false),
             unpersisted: AtomicBool::new(false),
             counters: WriterCounters::default(),
@@ -445,6 +447,9 @@ impl GroupCommit {
 
     /// Fault-injection seam for tests of the "never 2xx without persistence"
     /// rule: while on, every commit fails as a full or broken disk would.
+    /// Only in builds with the `testing` feature (the tests'), never in a
+    /// release.
+    #[cfg(feature = "testing")]
     pub fn inject_commit_failures(&self, on: bool) {
         self.shared.fail_commits.store(on, Ordering::SeqCst);
     }
@@ -529,7 +534,7 @@ impl WriterState<'_> {
         let shared = self.shared;
         let started = Instant::now();
         let committed = match ensure_open(shared, &mut self.last_reopen) {
-            Ok(db) => commit_batch(&db, group, persist, &shared.fail_commits),
+            Ok(db) => injected_failure(shared).and_then(|()| commit_batch(&db, group, persist)),
             Err(err) => Err(err),
         };
         shared
@@ -585,15 +590,26 @@ fn ensure_open(
     }
 }
 
+/// A commit refused by the fault-injection seam (the `testing` feature).
+#[cfg(feature = "testing")]
+fn injected_failure(shared: &Shared) -> Result<(), DurableError> {
+    if shared.fail_commits.load(Ordering::SeqCst) {
+        Err(DurableError::Injected)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(not(feature = "testing"))]
+fn injected_failure(_: &Shared) -> Result<(), DurableError> {
+    Ok(())
+}
+
 fn commit_batch(
     db: &Database,
     batch: &mut [Box<dyn Job>],
     persist: bool,
-    fail_commits: &AtomicBool,
 ) -> Result<(), DurableError> {
-    if fail_commits.load(Ordering::SeqCst) {
-        return Err(DurableError::Injected);
-    }
     let mut txn = db
         .begin_write()
         .map_err(|err| DurableError::Storage(err.to_string()))?;

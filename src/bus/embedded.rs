@@ -157,7 +157,8 @@ impl EmbeddedBus {
         Ok(bus)
     }
 
-    /// See [`GroupCommit::inject_commit_failures`].
+    /// See [`GroupCommit::inject_commit_failures`] (`testing` feature).
+    #[cfg(feature = "testing")]
     pub fn inject_commit_failures(&self, on: bool) {
         self.store.inject_commit_failures(on);
     }
