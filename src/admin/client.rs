@@ -38,6 +38,30 @@ pub enum ClientError {
     },
 }
 
+/// What a bulk request does to the entries it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkAction {
+    Replay,
+    Discard,
+}
+
+impl BulkAction {
+    fn segment(self) -> &'static str {
+        match self {
+            Self::Replay => "replay",
+            Self::Discard => "discard",
+        }
+    }
+
+    /// The past tense, for messages ("3 entries would be replayed").
+    pub fn done(self) -> &'static str {
+        match self {
+            Self::Replay => "replayed",
+            Self::Discard => "discarded",
+        }
+    }
+}
+
 /// `call`'s body argument for requests without one.
 const NO_BODY: Option<&()> = None;
 
@@ -173,23 +197,16 @@ impl AdminClient {
         self.call(Method::GET, &path, &[], NO_BODY).await
     }
 
-    /// Puts matching entries back into their consumers' queues (a
-    /// background job) or, with `dry_run`, counts them.
-    pub async fn replay_parked(
+    /// A bulk action on matching parked entries: a replay puts them back
+    /// into their consumers' queues (a background job), a discard deletes
+    /// them; with `dry_run` either only counts them.
+    pub async fn bulk(
         &self,
         queue: DeadQueue,
+        action: BulkAction,
         request: &BulkRequest,
     ) -> Result<BulkOutcome, ClientError> {
-        let path = format!("/v1/queues/{}/replay", queue_segment(queue));
-        self.call(Method::POST, &path, &[], Some(request)).await
-    }
-
-    pub async fn discard_parked(
-        &self,
-        queue: DeadQueue,
-        request: &BulkRequest,
-    ) -> Result<BulkOutcome, ClientError> {
-        let path = format!("/v1/queues/{}/discard", queue_segment(queue));
+        let path = format!("/v1/queues/{}/{}", queue_segment(queue), action.segment());
         self.call(Method::POST, &path, &[], Some(request)).await
     }
 

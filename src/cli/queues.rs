@@ -6,8 +6,8 @@ use super::target::{AdminArgs, ConfigGiven};
 use anyhow::{Result, bail};
 use std::io::Write as _;
 use std::process::ExitCode;
-use switchyard::admin::client::AdminClient;
-use switchyard::admin::{BulkOutcome, BulkRequest, JobState, JobStatus, QueueFilter};
+use switchyard::admin::client::{AdminClient, BulkAction};
+use switchyard::admin::{BulkRequest, JobState, JobStatus, QueueFilter};
 use switchyard::bus::DeadQueue;
 
 /// Which queue and which of its entries; every flag narrows.
@@ -144,8 +144,10 @@ pub async fn queue_action(action: QueueAction, config: &ConfigGiven) -> Result<E
             queue,
             batch_size,
             yes,
-        } => bulk(&queue, Bulk::Replay, yes, batch_size, config).await,
-        QueueAction::Discard { queue, yes } => bulk(&queue, Bulk::Discard, yes, None, config).await,
+        } => bulk(&queue, BulkAction::Replay, yes, batch_size, config).await,
+        QueueAction::Discard { queue, yes } => {
+            bulk(&queue, BulkAction::Discard, yes, None, config).await
+        }
         QueueAction::Show { id, queue } => {
             let Some(consumer) = &queue.consumer else {
                 bail!("--consumer is required: entry ids are per consumer");
@@ -158,15 +160,9 @@ pub async fn queue_action(action: QueueAction, config: &ConfigGiven) -> Result<E
     }
 }
 
-#[derive(Clone, Copy)]
-enum Bulk {
-    Replay,
-    Discard,
-}
-
 async fn bulk(
     queue: &QueueArgs,
-    action: Bulk,
+    action: BulkAction,
     yes: bool,
     batch_size: Option<usize>,
     config: &ConfigGiven,
@@ -177,16 +173,8 @@ async fn bulk(
         dry_run: !yes,
         batch_size,
     };
-    let (outcome, done): (BulkOutcome, &str) = match action {
-        Bulk::Replay => (
-            client.replay_parked(queue.queue(), &request).await?,
-            "replayed",
-        ),
-        Bulk::Discard => (
-            client.discard_parked(queue.queue(), &request).await?,
-            "discarded",
-        ),
-    };
+    let outcome = client.bulk(queue.queue(), action, &request).await?;
+    let done = action.done();
     for e in &outcome.sample {
         println!(
             "{:>6} {:<14} {:<32} {}",
