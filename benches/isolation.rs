@@ -2,7 +2,7 @@
 //! delivery latency and the edge's ack latency with no, one and eight
 //! looping neighbours, measured in the same run, as ratios to the first.
 //!
-//! One hub in this process (the library's `hub::start`, as `serve` runs it),
+//! One hub in this process (the library's `app::start`, as `serve` runs it),
 //! embedded bus and idempotency in a temp dir, `good` = the crm plugin
 //! (`plugins/target/…/crm.wasm`) calling an in-process downstream that
 //! records when each effect arrived, and eight `burn<n>` consumers running
@@ -23,8 +23,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use switchyard::app::{RunningHub, StartOptions};
 use switchyard::config::Config;
-use switchyard::hub::{RunningHub, StartOptions};
 
 const SECRET: &str = "whsec_isolation_bench_0123456789abcdef";
 const BURNERS: usize = 8;
@@ -272,7 +272,7 @@ fn main() {
         let (url, arrivals) = downstream().await;
         std::fs::write(dir.path().join("routes.toml"), routes(dir.path(), &url)).unwrap();
         let config = Config::load(&dir.path().join("routes.toml")).unwrap();
-        let hub = switchyard::hub::start(config, StartOptions::default())
+        let hub = switchyard::app::start(config, StartOptions::default())
             .await
             .unwrap_or_else(|errors| panic!("{}", errors[0]));
         let bench = Bench {

@@ -3,14 +3,15 @@
 //! The data flow, one folder per stage:
 //! `ingest` (verify, persist) → `bus` (durable queues) → `dispatch` (per
 //! consumer policies) → `plugin` (sandboxed WebAssembly consumers). `config`
-//! reads routes.toml, `admin` and `telemetry` serve the operator.
+//! reads routes.toml, `admin` and `telemetry` serve the operator, and `app`
+//! wires the stages into a running hub.
 
 pub mod admin;
+pub mod app;
 pub mod bus;
 pub mod config;
 pub mod dispatch;
 pub mod durable;
-pub mod hub;
 pub mod ingest;
 pub mod limiter;
 pub mod plugin;

@@ -13,7 +13,7 @@
 
 use super::{ConsumerState, ConsumerStatus, HubControl};
 use crate::bus::now_ms;
-use crate::config::AlertsConfig;
+use crate::config::{AlertsConfig, Config};
 use crate::dispatch::breaker::BreakerState;
 use crate::ingest::signature::SignatureError;
 use crate::plugin::host::Connection;
@@ -41,6 +41,35 @@ pub struct AlertSettings {
     pub sources: Vec<String>,
     /// The connection of `alerts.webhook`, built with its credentials.
     pub webhook: Option<Arc<Connection>>,
+}
+
+/// `alerts.webhook` names a connection that does not exist or cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[error("alerts.webhook: {0}")]
+pub struct WebhookError(String);
+
+impl AlertSettings {
+    /// What the watch runs with under `config`: its settings, the source
+    /// names, and the webhook's connection built with its credentials.
+    pub fn from_config(config: &Config) -> Result<AlertSettings, WebhookError> {
+        let webhook = match &config.alerts.webhook {
+            None => None,
+            Some(name) => {
+                let connection = config
+                    .connections
+                    .get(name)
+                    .ok_or_else(|| WebhookError(format!("unknown connection `{name}`")))?;
+                Some(Arc::new(
+                    Connection::build(name, connection).map_err(WebhookError)?,
+                ))
+            }
+        };
+        Ok(AlertSettings {
+            config: config.alerts.clone(),
+            sources: config.sources.keys().cloned().collect(),
+            webhook,
+        })
+    }
 }
 
 /// Active and recently cleared alerts, newest cleared first.

@@ -434,7 +434,15 @@ impl HubControl {
         self.metrics
             .bus_integrity_failures
             .set(self.bus.integrity_failures() as i64);
-        self.metrics.guest_pool(&self.pool.usage());
+        let usage = self.pool.usage();
+        self.metrics.guest_pool(
+            usage.threads,
+            usage.busy,
+            usage
+                .consumers
+                .iter()
+                .map(|(name, share)| (name.as_str(), share.used, share.throttled)),
+        );
         Ok(self.metrics.render())
     }
 

@@ -8,7 +8,7 @@ use switchyard::config::Config;
 
 pub async fn serve(path: &Path, accept_empty_store: bool) -> Result<ExitCode> {
     let config = Config::load(path)?;
-    let options = switchyard::hub::StartOptions {
+    let options = switchyard::app::StartOptions {
         config_path: Some(path.to_owned()),
         empty_store: if accept_empty_store {
             switchyard::durable::EmptyStore::Accept
@@ -17,7 +17,7 @@ pub async fn serve(path: &Path, accept_empty_store: bool) -> Result<ExitCode> {
         },
         ..Default::default()
     };
-    let hub = match switchyard::hub::start(config, options).await {
+    let hub = match switchyard::app::start(config, options).await {
         Ok(hub) => hub,
         Err(errors) => {
             for err in &errors {
@@ -57,7 +57,7 @@ pub async fn check(path: &Path) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let problems = switchyard::hub::check(&config).await;
+    let problems = switchyard::app::check(&config).await;
     if problems.is_empty() {
         println!(
             "{}: ok ({} source(s), {} consumer(s), {} route(s))",

@@ -40,7 +40,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body: u64,
@@ -66,7 +66,7 @@ pub struct ServerConfig {
     pub plugin_threads: Option<usize>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token callers must present.
@@ -74,7 +74,7 @@ pub struct AdminConfig {
 }
 
 /// The bus: which engine, and the settings both engines share.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BusConfig {
     pub engine: BusEngine,
     /// How long a pulled delivery stays invisible before it is redelivered.
@@ -86,7 +86,7 @@ pub struct BusConfig {
 }
 
 /// The bus engines. Closed set: a new engine is code behind the `Bus` trait.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum BusEngine {
     /// redb file under `path`: one process, no extra service.
     Embedded { path: PathBuf },
@@ -94,7 +94,7 @@ pub enum BusEngine {
     Nats(NatsConfig),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NatsConfig {
     /// Seed servers, e.g. `nats://127.0.0.1:4222`; the client learns the rest
     /// of a cluster from them.
@@ -116,7 +116,7 @@ pub struct NatsConfig {
 
 /// Trace export. `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_SERVICE_NAME` in
 /// the environment take precedence (the OpenTelemetry convention).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryConfig {
     /// OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318`; no export if unset.
     pub otlp_endpoint: Option<String>,
@@ -135,7 +135,7 @@ pub struct AlertsConfig {
     pub webhook_path: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdempotencyConfig {
     pub backend: IdempotencyBackend,
     /// How long a `done` key lives; longer than the provider's retry window.
@@ -144,7 +144,7 @@ pub struct IdempotencyConfig {
     pub lease: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum IdempotencyBackend {
     Embedded { path: PathBuf },
     Redis { url: String, key_prefix: String },
@@ -488,6 +488,16 @@ pub enum ConfigError {
         path: PathBuf,
         issues: Vec<ConfigIssue>,
     },
+}
+
+impl ConfigError {
+    /// One entry a problem: each issue of an invalid file, or the one error.
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { issues, .. } => issues.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
 }
 
 fn render_issues(issues: &[ConfigIssue]) -> String {

@@ -22,6 +22,7 @@ pub mod idempotency;
 pub mod layers;
 pub mod quarantine;
 pub mod retry;
+pub mod start;
 
 use crate::bus::{Bus, BusError, DeadQueue, Delivery, Lane};
 use crate::config::RetryConfig;

@@ -22,10 +22,10 @@ pub mod server;
 pub mod signature;
 
 use crate::bus::{Appended, Bus, Envelope};
-use crate::config::{SourceKind, is_event_type};
+use crate::config::{Config, ServerConfig, SourceConfig, SourceKind, is_event_type};
 use crate::telemetry::otlp::{self, SpanKind, SpanRecord, TraceContext, Tracer};
 use bytes::{Bytes, BytesMut};
-use edge::{Admission, Allowlist, Limits, PeerAddr, Shed};
+use edge::{Admission, Allowlist, LimitSettings, Limits, PeerAddr, Shed};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use signature::{SignatureError, SigningKey};
@@ -161,6 +161,81 @@ pub struct SourceEndpoint {
     pub limits: Arc<Limits>,
 }
 
+/// A source that cannot be set up; `at` names its key
+/// (`sources.<name>.secrets[0]`, `sources.<name>.allow_ips_file`).
+#[derive(Debug, thiserror::Error)]
+#[error("{at}: {message}")]
+pub struct SourceError {
+    pub at: String,
+    pub message: String,
+}
+
+impl SourceEndpoint {
+    /// Resolves every secret into a key of the source's scheme and reads
+    /// the allowlist file; every error is reported, not just the first.
+    pub fn from_config(name: &str, source: &SourceConfig) -> Result<Self, Vec<SourceError>> {
+        let mut keys = Vec::new();
+        let mut errors = Vec::new();
+        for (index, secret) in source.secrets.iter().enumerate() {
+            match secret
+                .resolve()
+                .and_then(|value| SigningKey::new(source.kind, &value))
+            {
+                Ok(key) => keys.push(key),
+                Err(message) => errors.push(SourceError {
+                    at: format!("sources.{name}.secrets[{index}]"),
+                    message,
+                }),
+            }
+        }
+        let allowlist = Allowlist::load(&source.allow_ips, source.allow_ips_file.as_deref())
+            .unwrap_or_else(|message| {
+                errors.push(SourceError {
+                    at: format!("sources.{name}.allow_ips_file"),
+                    message,
+                });
+                None
+            });
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(SourceEndpoint {
+            name: name.to_owned(),
+            kind: source.kind,
+            keys,
+            tolerance: source.tolerance,
+            allowlist,
+            limits: Arc::new(Limits::new(LimitSettings {
+                max_concurrency: source.max_concurrency,
+                rate_limit: source.rate_limit,
+            })),
+        })
+    }
+}
+
+/// Every source of `config`, by URL path; the errors of all of them.
+pub fn endpoints(config: &Config) -> Result<HashMap<String, SourceEndpoint>, Vec<SourceError>> {
+    let mut endpoints = HashMap::new();
+    let mut errors = Vec::new();
+    for (name, source) in &config.sources {
+        match SourceEndpoint::from_config(name, source) {
+            Ok(endpoint) => {
+                endpoints.insert(source.path.clone(), endpoint);
+            }
+            Err(more) => errors.extend(more),
+        }
+    }
+    if errors.is_empty() {
+        Ok(endpoints)
+    } else {
+        Err(errors)
+    }
+}
+
+/// How long a webhook body may take to start arriving before the minimum
+/// body rate applies (a TCP round trip or two, with room to spare).
+const BODY_GRACE: Duration = Duration::from_secs(2);
+
 /// Listener-wide settings of the edge (restart to change).
 pub struct EdgeSettings {
     pub max_body: u64,
@@ -172,6 +247,25 @@ pub struct EdgeSettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Over all sources.
     pub limits: Limits,
+}
+
+impl EdgeSettings {
+    pub fn from_config(server: &ServerConfig) -> EdgeSettings {
+        EdgeSettings {
+            max_body: server.max_body,
+            body_read_timeout: server.body_read_timeout,
+            body_pace: edge::BodyPace {
+                grace: BODY_GRACE,
+                bytes_per_second: server.min_body_rate,
+            },
+            body_reads: edge::BodyReads::new(server.max_bodies_per_client),
+            trusted_proxies: server.trusted_proxies.clone(),
+            limits: Limits::new(LimitSettings {
+                max_concurrency: Some(server.max_concurrency),
+                rate_limit: server.rate_limit,
+            }),
+        }
+    }
 }
 
 /// Unix seconds; injectable so tests can pin signature time.

@@ -491,8 +491,10 @@ pub async fn run_test(
     let consumer = &config.consumers["test"];
     let host = PluginHost::new(1, consumer.limits.memory)
         .map_err(|err| DevkitError::Load(err.to_string()))?;
-    let connections = super::build_connections(&config.connections)
-        .map_err(|errors| DevkitError::Load(errors.join("; ")))?;
+    let connections = super::build_connections(&config.connections).map_err(|errors| {
+        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        DevkitError::Load(messages.join("; "))
+    })?;
     let loaded = host
         .load("test", consumer, &connections)
         .map_err(|err| DevkitError::Load(err.to_string()))?;

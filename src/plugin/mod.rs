@@ -18,7 +18,7 @@ pub mod egress;
 pub mod host;
 pub mod pool;
 
-use crate::config::{ConnectionConfig, ConsumerConfig, PluginLimits};
+use crate::config::{Config, ConnectionConfig, ConsumerConfig, PluginLimits};
 use host::{CallRecord, ConsumerContext, HostState};
 use pool::{CallTurns, GuestPool, Share};
 
@@ -63,6 +63,10 @@ pub enum PluginError {
     },
     #[error("consumer `{consumer}`: {message}")]
     Connection { consumer: String, message: String },
+    /// A `[connections.<name>]` table that cannot be built (its credentials
+    /// do not resolve, its base URL is not one).
+    #[error("connections.{name}: {message}")]
+    BadConnection { name: String, message: String },
     #[error("cannot start the plugin engine: {0}")]
     Engine(String),
     #[error("cannot start the plugin threads: {0}")]
@@ -255,6 +259,47 @@ impl PluginHost {
         })
     }
 
+    /// A host sized for every consumer of `config`: as many instances as
+    /// their concurrencies add up to, the largest memory cap among them.
+    pub fn for_config(config: &Config) -> Result<PluginHost, PluginError> {
+        let instances: usize = config
+            .consumers
+            .values()
+            .map(|c| c.concurrency + c.replay_concurrency)
+            .sum();
+        let max_memory = config
+            .consumers
+            .values()
+            .map(|c| c.limits.memory)
+            .max()
+            .unwrap_or(32 << 20);
+        PluginHost::new(instances as u32, max_memory)
+    }
+
+    /// Builds the connections and loads every consumer's plugin, by consumer
+    /// name; every failure is reported, not just the first.
+    pub fn load_all(
+        &self,
+        config: &Config,
+    ) -> Result<BTreeMap<String, Arc<ConsumerPlugin>>, Vec<PluginError>> {
+        let connections = build_connections(&config.connections)?;
+        let mut plugins = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (name, consumer) in &config.consumers {
+            match self.load(name, consumer, &connections) {
+                Ok(plugin) => {
+                    plugins.insert(name.clone(), Arc::new(plugin));
+                }
+                Err(err) => errors.push(err),
+            }
+        }
+        if errors.is_empty() {
+            Ok(plugins)
+        } else {
+            Err(errors)
+        }
+    }
+
     /// Loads, type-checks and compiles one consumer's plugin, and resolves the
     /// credentials of its connections. Every error names the consumer.
     pub fn load(
@@ -315,7 +360,7 @@ impl PluginHost {
 /// client and rate limit. Errors name the connection.
 pub fn build_connections(
     configs: &BTreeMap<String, ConnectionConfig>,
-) -> Result<BTreeMap<String, Arc<Connection>>, Vec<String>> {
+) -> Result<BTreeMap<String, Arc<Connection>>, Vec<PluginError>> {
     let mut built = BTreeMap::new();
     let mut errors = Vec::new();
     for (name, config) in configs {
@@ -323,7 +368,10 @@ pub fn build_connections(
             Ok(connection) => {
                 built.insert(name.clone(), Arc::new(connection));
             }
-            Err(message) => errors.push(format!("connections.{name}: {message}")),
+            Err(message) => errors.push(PluginError::BadConnection {
+                name: name.clone(),
+                message,
+            }),
         }
     }
     if errors.is_empty() {

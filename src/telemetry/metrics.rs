@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::durable::WriterCounts;
-use crate::plugin::pool::PoolUsage;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceReason {
@@ -401,24 +400,30 @@ impl Metrics {
     }
 
     /// Raises the guest pool counters to the pool's own totals, as
-    /// [`Metrics::bus_writer`] does.
-    pub fn guest_pool(&self, usage: &PoolUsage) {
+    /// [`Metrics::bus_writer`] does: its threads, their guest time, and per
+    /// consumer (name, guest time, times held back by its quota).
+    pub fn guest_pool<'a>(
+        &self,
+        threads: usize,
+        busy: Duration,
+        consumers: impl IntoIterator<Item = (&'a str, Duration, u64)>,
+    ) {
         let raise_seconds = |counter: &Counter<f64, AtomicU64>, total: Duration| {
             counter
                 .inner()
                 .fetch_max(total.as_secs_f64().to_bits(), Ordering::Relaxed);
         };
-        self.plugin_pool_threads.set(usage.threads as i64);
-        raise_seconds(&self.plugin_pool_busy, usage.busy);
-        for (consumer, share) in &usage.consumers {
+        self.plugin_pool_threads.set(threads as i64);
+        raise_seconds(&self.plugin_pool_busy, busy);
+        for (consumer, used, throttled) in consumers {
             let label = ConsumerLabel {
-                consumer: consumer.clone(),
+                consumer: consumer.to_owned(),
             };
-            raise_seconds(&self.plugin_cpu.get_or_create(&label), share.used);
+            raise_seconds(&self.plugin_cpu.get_or_create(&label), used);
             self.plugin_cpu_throttled
                 .get_or_create(&label)
                 .inner()
-                .fetch_max(share.throttled, Ordering::Relaxed);
+                .fetch_max(throttled, Ordering::Relaxed);
         }
     }
 

@@ -121,6 +121,21 @@ impl Tracer {
         }
     }
 
+    /// The exporter `[telemetry]` asks for, if any; the environment's
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_SERVICE_NAME` come first.
+    pub fn from_config(telemetry: &crate::config::TelemetryConfig) -> Tracer {
+        let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let endpoint = from_env("OTEL_EXPORTER_OTLP_ENDPOINT").or(telemetry.otlp_endpoint.clone());
+        let service = from_env("OTEL_SERVICE_NAME").unwrap_or(telemetry.service_name.clone());
+        match endpoint {
+            Some(endpoint) => {
+                tracing::info!(endpoint = %endpoint, service = %service, "exporting traces over OTLP");
+                Tracer::start(&endpoint, &service)
+            }
+            None => Tracer::default(),
+        }
+    }
+
     /// Starts the exporter task for `endpoint` (e.g. `http://127.0.0.1:4318`).
     /// It ends, after a last flush, when every clone of the tracer is gone.
     pub fn start(endpoint: &str, service_name: &str) -> Tracer {

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use switchyard::app::{RunningHub, StartOptions};
 use switchyard::config::Config;
-use switchyard::hub::{RunningHub, StartOptions};
 use switchyard::ingest::signature::signature_header;
 use warp::Filter;
 
@@ -536,7 +536,7 @@ impl TestHub {
         let config_path = write_config(dir.path(), &options);
         let config = Config::load(&config_path).unwrap_or_else(|err| panic!("{err}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let hub = switchyard::hub::start(
+        let hub = switchyard::app::start(
             config,
             StartOptions {
                 listener: Some(listener),

@@ -9,8 +9,8 @@
 use crate::harness::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
+use switchyard::app::RunningHub;
 use switchyard::bus::DeadQueue;
-use switchyard::hub::RunningHub;
 
 /// A `good` crm consumer beside a `bad` hostile one in `mode`, both routed
 /// `customer.*`. The hostile one gets 2 attempts.

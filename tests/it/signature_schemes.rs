@@ -349,7 +349,7 @@ async fn a_standard_webhooks_secret_that_is_not_base64_fails_the_start_naming_it
         "[sources.svix]\nkind = \"standard-webhooks\"\nsecrets = [\"file:sw_secret\"]\n".into();
     let path = write_config(dir.path(), &options);
     let config = switchyard::config::Config::load(&path).unwrap();
-    let problems = switchyard::hub::check(&config).await;
+    let problems = switchyard::app::check(&config).await;
     let line = problems
         .iter()
         .find(|p| p.starts_with("sources.svix.secrets[0]"))
