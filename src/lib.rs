@@ -3,10 +3,11 @@
 //! The data flow, one folder per stage:
 //! `ingest` (verify, persist) → `bus` (durable queues) → `dispatch` (per
 //! consumer policies) → `plugin` (sandboxed WebAssembly consumers). `config`
-//! reads routes.toml, `admin` and `telemetry` serve the operator, and `app`
-//! wires the stages into a running hub.
+//! reads routes.toml; `admin`, `alerts` and `telemetry` serve the operator;
+//! `app` wires the stages into a running hub.
 
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod bus;
 pub mod config;

@@ -4,11 +4,11 @@
 //! `reqwest`'s `.query()`, so a new filter field reaches the API once it is
 //! in [`QueueFilter::query`].
 
-use super::alerts::AlertsView;
 use super::{
     BulkOutcome, BulkRequest, ConsumerStatus, HistoryOutcome, HistoryReplay, JobStatus,
     ParkedDetail, ParkedEntry, QueueFilter, ReloadReport,
 };
+use crate::alerts::AlertsView;
 use crate::bus::DeadQueue;
 use reqwest::Method;
 use serde::Serialize;

@@ -3,15 +3,16 @@
 //! Owns [`HubControl`] (status of every consumer, pause/resume, the
 //! dead-letter and review queues: list, replay, discard, each with a dry run)
 //! and the admin HTTP API that exposes it on its own listener behind a bearer
-//! token compared in constant time, with the operations dashboard page. Also
-//! runs the anomaly watch over the hub and delivers its alerts ([`alerts`]).
+//! token compared in constant time, with the operations dashboard page. It
+//! serves the alerts' book and feeds their detector its consumer samples
+//! ([`HubControl::consumer_samples`]).
 //! It never shows payload contents in lists or logs, and never a secret.
 
-pub mod alerts;
 pub mod api;
 pub mod client;
 pub mod jobs;
 
+use crate::alerts::{AlertBook, ConsumerSample};
 use crate::bus::{BusAdmin, BusError, DeadLetter, DeadQueue};
 use crate::config::EventPattern;
 use crate::dispatch::breaker::BreakerState;
@@ -307,7 +308,7 @@ pub struct HubControl {
     metrics: Arc<Metrics>,
     reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
     jobs: Jobs,
-    alerts: Arc<alerts::AlertBook>,
+    alerts: Arc<AlertBook>,
     /// The plugin threads: CPU used per consumer.
     pool: Arc<GuestPool>,
 }
@@ -331,7 +332,7 @@ impl HubControl {
     }
 
     /// What the anomaly watch has raised, and the dashboard's series.
-    pub fn alert_book(&self) -> Arc<alerts::AlertBook> {
+    pub fn alert_book(&self) -> Arc<AlertBook> {
         Arc::clone(&self.alerts)
     }
 
@@ -363,6 +364,26 @@ impl HubControl {
     }
 
     /// Status of every consumer, in name order.
+    /// Every consumer's totals and gauges, as the alerts' detector reads
+    /// them: what an attempt counts as, and which states count as paused.
+    pub async fn consumer_samples(&self) -> Result<Vec<ConsumerSample>, BusError> {
+        let statuses = self.status().await?;
+        Ok(statuses
+            .iter()
+            .map(|status| {
+                let label = ConsumerLabel {
+                    consumer: status.name.clone(),
+                };
+                let waits = self
+                    .metrics
+                    .rate_limit_waits
+                    .get(&label)
+                    .map_or(0, |c| c.get());
+                consumer_sample(status, waits)
+            })
+            .collect())
+    }
+
     pub async fn status(&self) -> Result<Vec<ConsumerStatus>, BusError> {
         let mut out = Vec::new();
         let pool = self.pool.usage();
@@ -695,4 +716,30 @@ enum Bulk {
     /// In the background, in batches of this size.
     Replay(Option<usize>),
     Discard,
+}
+
+/// One consumer's totals, as the detector counts them.
+fn consumer_sample(status: &ConsumerStatus, limiter_waits: u64) -> ConsumerSample {
+    let stats = &status.stats;
+    ConsumerSample {
+        name: status.name.clone(),
+        delivered: stats.delivered + stats.skipped_done,
+        failed: stats.retried + stats.dead_lettered + stats.reviewed + stats.infra_errors,
+        downstream: stats.downstream.clone(),
+        plugin_calls: stats.plugin_calls,
+        plugin_micros: stats.plugin_micros,
+        rate_limit_waits: limiter_waits,
+        backlog: status.backlog,
+        oldest_pending_ms: status.oldest_pending_ms,
+        breaker_open: status.breaker == Some(BreakerState::Open),
+        paused: matches!(
+            status.state,
+            ConsumerState::Paused | ConsumerState::Quarantined
+        ),
+        quarantined: status.quarantined.is_some(),
+        cpu_micros: (status.cpu_seconds * 1e6) as u64,
+        cpu_limit: status.cpu_per_second.unwrap_or(status.pool_threads as f64),
+        dead_letters: status.dead_letters,
+        reviews: status.reviews,
+    }
 }

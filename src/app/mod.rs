@@ -16,8 +16,8 @@ mod summary;
 
 pub use check::check;
 
-use crate::admin::alerts::{AlertSettings, WebhookError};
 use crate::admin::{ConsumerControl, ConsumerStatus, HubControl};
+use crate::alerts::{AlertSettings, ConsumerProbe, WebhookError};
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::{Bus, BusAdmin, BusError, Engine, Housekeeping, Subscription};
 use crate::config::Config;
@@ -292,9 +292,22 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         Arc::clone(&pool),
     ));
     let (alerts, alerts_rx) = watch::channel(alerts);
-    tasks.spawn(crate::admin::alerts::run(
-        Arc::clone(&control),
+    let probe: ConsumerProbe = {
+        let control = Arc::clone(&control);
+        Arc::new(move || {
+            let control = Arc::clone(&control);
+            Box::pin(async move {
+                control
+                    .consumer_samples()
+                    .await
+                    .map_err(|err| err.to_string())
+            })
+        })
+    };
+    tasks.spawn(crate::alerts::run(
+        probe,
         Arc::clone(&metrics),
+        control.alert_book(),
         alerts_rx,
         shutdown_rx.clone(),
     ));

@@ -4,8 +4,8 @@
 //! nothing, and the running one stays.
 
 use super::{HubError, Wiring, prepare};
-use crate::admin::alerts::AlertSettings;
 use crate::admin::{ReloadReport, ReloadRequest};
+use crate::alerts::AlertSettings;
 use crate::bus::Subscriber;
 use crate::config::Config;
 use crate::dispatch::start::{RunningConsumer, stop_consumers};

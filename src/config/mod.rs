@@ -129,7 +129,7 @@ pub struct AlertsConfig {
     pub enabled: bool,
     /// How often the hub is sampled.
     pub interval: Duration,
-    pub watch: settings::WatchConfig,
+    pub thresholds: settings::AlertThresholds,
     /// Connection that alerts are POSTed to, and the path of the POST.
     pub webhook: Option<String>,
     pub webhook_path: String,

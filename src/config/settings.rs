@@ -34,9 +34,9 @@ impl Default for BreakerConfig {
     }
 }
 
-/// Thresholds of the watch; `Default` holds the production values.
+/// Thresholds of the alert rules; `Default` holds the production values.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WatchConfig {
+pub struct AlertThresholds {
     /// Time constant of the baselines' exponential averages: roughly how far back "normal"
     /// reaches. Default 1 h.
     pub learn_for: Duration,
@@ -89,10 +89,10 @@ pub struct WatchConfig {
     pub queue_growth_window: Duration,
 }
 
-impl Default for WatchConfig {
-    fn default() -> WatchConfig {
+impl Default for AlertThresholds {
+    fn default() -> AlertThresholds {
         const MINUTE: u64 = 60;
-        WatchConfig {
+        AlertThresholds {
             learn_for: Duration::from_secs(60 * MINUTE),
             warmup: Duration::from_secs(30 * MINUTE),
             band: 4.0,

@@ -472,7 +472,7 @@ impl Checker<'_> {
 
     fn alerts(&mut self, raw: &RawAlerts, all: &RawConfig) -> AlertsConfig {
         let at = |key: &str| format!("alerts.{key}");
-        let defaults = super::settings::WatchConfig::default();
+        let defaults = super::settings::AlertThresholds::default();
         let interval = self.duration(
             at("interval"),
             raw.interval.as_ref(),
@@ -546,7 +546,7 @@ impl Checker<'_> {
         let mut span = |key: &str, value: &Option<String>, default: Duration| {
             self.duration(at(key), value.as_ref(), default)
         };
-        let watch = super::settings::WatchConfig {
+        let thresholds = super::settings::AlertThresholds {
             learn_for: span("learn_for", &raw.learn_for, defaults.learn_for),
             warmup: span("warmup", &raw.warmup, defaults.warmup),
             band,
@@ -587,7 +587,7 @@ impl Checker<'_> {
                 defaults.queue_growth_window,
             ),
         };
-        if watch.learn_for < interval {
+        if thresholds.learn_for < interval {
             self.issue(
                 at("learn_for"),
                 "must be at least `alerts.interval`: a baseline learns from samples",
@@ -614,7 +614,7 @@ impl Checker<'_> {
         AlertsConfig {
             enabled: raw.enabled.unwrap_or(true),
             interval,
-            watch,
+            thresholds,
             webhook: raw.webhook.clone(),
             webhook_path,
         }

@@ -1,13 +1,11 @@
-//! Telemetry: logs, Prometheus metrics, optional OTLP trace export, and the
-//! anomaly watch's baselines and rules ([`watch`], pure: the admin stage
-//! samples the hub and feeds it).
+//! Telemetry: logs, Prometheus metrics and optional OTLP trace export. (The
+//! anomaly watch is a feature of its own: `crate::alerts`.)
 //!
 //! Owns the process-wide tracing subscriber. Span fields are `source`,
 //! `event_id`, `consumer`; payloads and secrets never appear in logs.
 
 pub mod metrics;
 pub mod otlp;
-pub mod watch;
 
 use tracing_subscriber::EnvFilter;
 

@@ -4,7 +4,7 @@
 //! event sent is still delivered once.
 //!
 //! The rules themselves are proven with a fake clock in
-//! `src/telemetry/watch/tests.rs`; this test proves the wiring.
+//! `src/alerts/tests.rs`; this test proves the wiring.
 
 use crate::harness::*;
 use reqwest::Method;

@@ -1,6 +1,11 @@
-//! Anomaly watch: baselines and alert rules over samples of the hub.
+//! Alerts: the anomaly watch, one feature in one folder. The [`Detector`]
+//! (this page, `rules.rs`, `baseline.rs`) learns the normal flow and decides
+//! what is raised and cleared; the [`runner`] samples the live hub, feeds the
+//! detector, and delivers its alerts (log, metrics, the admin API's book, an
+//! on-call webhook). The admin stage reads the book; the hub hands the
+//! runner a probe of its consumers, so nothing here depends on `admin`.
 //!
-//! The caller looks at the hub now and then (every ten seconds or so) and hands the watch a
+//! The caller looks at the hub now and then (every ten seconds or so) and hands the detector a
 //! [`Sample`]: cumulative counters and current gauges per source and consumer, stamped with the
 //! time the caller read. The watch turns counters into per-tick rates, learns what normal looks
 //! like for each measure ([`Baseline`]: overall and per hour of day), and answers with the
@@ -30,29 +35,31 @@
 
 mod baseline;
 mod rules;
+pub mod runner;
 
 #[cfg(test)]
 mod tests;
 
 pub use baseline::{Baseline, Ewma, Expected};
 pub use rules::*;
+pub use runner::{AlertBook, AlertSettings, AlertsView, ConsumerProbe, WebhookError, run};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 /// The anomaly watch over one hub. See the module page.
 #[derive(Debug)]
-pub struct Watch {
-    config: WatchConfig,
+pub struct Detector {
+    config: AlertThresholds,
     next_alert_id: u64,
     last_at_ms: Option<u64>,
-    sources: BTreeMap<String, SourceWatch>,
-    consumers: BTreeMap<String, ConsumerWatch>,
+    sources: BTreeMap<String, SourceTrack>,
+    consumers: BTreeMap<String, ConsumerTrack>,
 }
 
-impl Watch {
-    pub fn new(config: WatchConfig) -> Watch {
-        Watch {
+impl Detector {
+    pub fn new(config: AlertThresholds) -> Detector {
+        Detector {
             config,
             next_alert_id: 1,
             last_at_ms: None,
@@ -62,11 +69,11 @@ impl Watch {
     }
 
     /// Keeps baselines and active alerts; used on a config reload.
-    pub fn set_config(&mut self, config: WatchConfig) {
+    pub fn set_config(&mut self, config: AlertThresholds) {
         self.config = config;
     }
 
-    pub fn config(&self) -> &WatchConfig {
+    pub fn config(&self) -> &AlertThresholds {
         &self.config
     }
 
@@ -128,13 +135,13 @@ trait SubjectWatch: Sized {
     type Sample;
     fn name(sample: &Self::Sample) -> &str;
     /// The first sample of a subject: only a starting point for its counters.
-    fn start(now: &Self::Sample, at_ms: u64, config: &WatchConfig) -> Self;
+    fn start(now: &Self::Sample, at_ms: u64, config: &AlertThresholds) -> Self;
     fn observe(
         &mut self,
         now: &Self::Sample,
         at_ms: u64,
         step: Duration,
-        config: &WatchConfig,
+        config: &AlertThresholds,
         ledger: &mut Ledger,
     );
     fn trackers(&mut self) -> &mut BTreeMap<Rule, Tracker>;
@@ -148,7 +155,7 @@ fn observe_subjects<W: SubjectWatch>(
     samples: &[W::Sample],
     at_ms: u64,
     step: Option<Duration>,
-    config: &WatchConfig,
+    config: &AlertThresholds,
     ledger: &mut Ledger,
 ) {
     let samples: BTreeMap<&str, &W::Sample> = samples
@@ -201,7 +208,7 @@ fn band_limit(expected: Expected, band: f64, min_spread: f64) -> f64 {
 }
 
 #[derive(Debug)]
-struct SourceWatch {
+struct SourceTrack {
     previous: SourceSample,
     ingest_rate: Baseline,
     refusals_per_min: Baseline,
@@ -212,7 +219,7 @@ struct SourceWatch {
     trackers: BTreeMap<Rule, Tracker>,
 }
 
-impl SubjectWatch for SourceWatch {
+impl SubjectWatch for SourceTrack {
     type Sample = SourceSample;
 
     fn name(sample: &SourceSample) -> &str {
@@ -223,8 +230,8 @@ impl SubjectWatch for SourceWatch {
         &mut self.trackers
     }
 
-    fn start(now: &SourceSample, _at_ms: u64, _config: &WatchConfig) -> SourceWatch {
-        SourceWatch {
+    fn start(now: &SourceSample, _at_ms: u64, _config: &AlertThresholds) -> SourceTrack {
+        SourceTrack {
             previous: now.clone(),
             ingest_rate: Baseline::new(),
             refusals_per_min: Baseline::new(),
@@ -239,7 +246,7 @@ impl SubjectWatch for SourceWatch {
         now: &SourceSample,
         at_ms: u64,
         step: Duration,
-        config: &WatchConfig,
+        config: &AlertThresholds,
         ledger: &mut Ledger,
     ) {
         let restarted = now.received < self.previous.received
@@ -325,8 +332,8 @@ impl SubjectWatch for SourceWatch {
     }
 }
 
-impl SourceWatch {
-    fn silence(&self, received: u64, at_ms: u64, config: &WatchConfig) -> Condition {
+impl SourceTrack {
+    fn silence(&self, received: u64, at_ms: u64, config: &AlertThresholds) -> Condition {
         if received > 0 {
             return Condition::Normal(Some(0.0));
         }
@@ -352,7 +359,7 @@ impl SourceWatch {
 }
 
 #[derive(Debug)]
-struct ConsumerWatch {
+struct ConsumerTrack {
     previous: ConsumerSample,
     failure_ratio: Baseline,
     plugin_call_ms: Baseline,
@@ -365,7 +372,7 @@ struct ConsumerWatch {
     trackers: BTreeMap<Rule, Tracker>,
 }
 
-impl SubjectWatch for ConsumerWatch {
+impl SubjectWatch for ConsumerTrack {
     type Sample = ConsumerSample;
 
     fn name(sample: &ConsumerSample) -> &str {
@@ -376,12 +383,12 @@ impl SubjectWatch for ConsumerWatch {
         &mut self.trackers
     }
 
-    fn start(now: &ConsumerSample, at_ms: u64, config: &WatchConfig) -> ConsumerWatch {
+    fn start(now: &ConsumerSample, at_ms: u64, config: &AlertThresholds) -> ConsumerTrack {
         let mut dead_letters = GaugeWindow::default();
         dead_letters.record(at_ms, now.dead_letters, config.queue_growth_window);
         let mut reviews = GaugeWindow::default();
         reviews.record(at_ms, now.reviews, config.queue_growth_window);
-        ConsumerWatch {
+        ConsumerTrack {
             previous: now.clone(),
             failure_ratio: Baseline::new(),
             plugin_call_ms: Baseline::new(),
@@ -399,7 +406,7 @@ impl SubjectWatch for ConsumerWatch {
         now: &ConsumerSample,
         at_ms: u64,
         step: Duration,
-        config: &WatchConfig,
+        config: &AlertThresholds,
         ledger: &mut Ledger,
     ) {
         let previous = &self.previous;
@@ -614,7 +621,7 @@ impl SubjectWatch for ConsumerWatch {
     }
 }
 
-impl ConsumerWatch {
+impl ConsumerTrack {
     fn is_active(&self, rule: Rule) -> bool {
         self.trackers.get(&rule).is_some_and(Tracker::is_active)
     }
@@ -627,7 +634,7 @@ impl ConsumerWatch {
 
     /// A backlog grows while it is above the level its streak started from and never shrinks
     /// from one tick to the next; time spent flat at that level does not count as growth.
-    fn growth(&mut self, backlog: u64, at_ms: u64, config: &WatchConfig) -> Condition {
+    fn growth(&mut self, backlog: u64, at_ms: u64, config: &AlertThresholds) -> Condition {
         if backlog < self.previous.backlog || backlog <= self.growth_from {
             self.growth_from = backlog;
         }
@@ -652,7 +659,7 @@ fn band_rule(
     floor: f64,
     min_spread: f64,
     at_ms: u64,
-    config: &WatchConfig,
+    config: &AlertThresholds,
 ) -> Condition {
     match baseline.expected(at_ms, config.warmup) {
         None => Condition::Normal(Some(value)),
@@ -669,7 +676,7 @@ fn queue_growth(
     window: &GaugeWindow,
     active: bool,
     grew_this_tick: bool,
-    config: &WatchConfig,
+    config: &AlertThresholds,
 ) -> Condition {
     let growth = window.growth();
     let out = if active {

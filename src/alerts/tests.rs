@@ -1,4 +1,4 @@
-//! The watch against a simulated hub sampled every ten seconds on a fake clock.
+//! The detector against a simulated hub sampled every ten seconds on a fake clock.
 
 use std::collections::BTreeMap;
 use std::f64::consts::TAU;
@@ -191,21 +191,21 @@ impl Hub {
     }
 }
 
-/// A watch with default thresholds that has seen the hub's first sample.
-fn start() -> (Watch, Hub) {
-    start_with(WatchConfig::default())
+/// A detector with default thresholds that has seen the hub's first sample.
+fn start() -> (Detector, Hub) {
+    start_with(AlertThresholds::default())
 }
 
-fn start_with(config: WatchConfig) -> (Watch, Hub) {
+fn start_with(config: AlertThresholds) -> (Detector, Hub) {
     let hub = Hub::new();
-    let mut watch = Watch::new(config);
-    assert!(watch.observe(&hub.sample()).is_empty());
-    (watch, hub)
+    let mut detector = Detector::new(config);
+    assert!(detector.observe(&hub.sample()).is_empty());
+    (detector, hub)
 }
 
 /// Runs the hub for `duration_ms`, the plan chosen per tick by the tick's time.
 fn run(
-    watch: &mut Watch,
+    detector: &mut Detector,
     hub: &mut Hub,
     duration_ms: u64,
     plan: impl Fn(u64) -> Plan,
@@ -214,14 +214,14 @@ fn run(
     let mut changes = Vec::new();
     while hub.at_ms < end_ms {
         let sample = hub.advance(&plan(hub.at_ms + STEP_MS));
-        changes.extend(watch.observe(&sample));
+        changes.extend(detector.observe(&sample));
     }
     changes
 }
 
 /// An hour of steady, healthy traffic, so the baselines are warm.
-fn warm_up(watch: &mut Watch, hub: &mut Hub) {
-    let changes = run(watch, hub, HOUR, |_| Plan::normal(5.0));
+fn warm_up(detector: &mut Detector, hub: &mut Hub) {
+    let changes = run(detector, hub, HOUR, |_| Plan::normal(5.0));
     assert!(changes.is_empty(), "warm-up raised {changes:#?}");
 }
 
@@ -255,27 +255,27 @@ fn rules_raised(changes: &[Change]) -> Vec<Rule> {
     raised(changes).map(|alert| alert.rule).collect()
 }
 
-fn config() -> WatchConfig {
-    WatchConfig::default()
+fn config() -> AlertThresholds {
+    AlertThresholds::default()
 }
 
 #[test]
 fn a_normal_day_raises_nothing() {
-    let (mut watch, mut hub) = start();
-    let changes = run(&mut watch, &mut hub, 2 * DAY + 12 * HOUR, |at_ms| {
+    let (mut detector, mut hub) = start();
+    let changes = run(&mut detector, &mut hub, 2 * DAY + 12 * HOUR, |at_ms| {
         Plan::normal(daily_rhythm(at_ms))
     });
     assert!(changes.is_empty(), "raised {changes:#?}");
-    assert!(watch.active().is_empty());
+    assert!(detector.active().is_empty());
 }
 
 #[test]
 fn a_5xx_storm_raises_delivery_failures_and_clears_after_recovery() {
-    let (mut watch, mut hub) = start();
-    warm_up(&mut watch, &mut hub);
+    let (mut detector, mut hub) = start();
+    warm_up(&mut detector, &mut hub);
 
     let storm_from_ms = hub.at_ms;
-    let storm = run(&mut watch, &mut hub, 10 * MINUTE, |_| Plan {
+    let storm = run(&mut detector, &mut hub, 10 * MINUTE, |_| Plan {
         failure_share: 0.9,
         failure_answer: "503",
         ..Plan::normal(5.0)
@@ -306,7 +306,7 @@ fn a_5xx_storm_raises_delivery_failures_and_clears_after_recovery() {
     assert_eq!(alert.message, alert.message.to_lowercase());
     assert!(!was_cleared(&storm, Rule::DeliveryFailures));
 
-    let active = watch.active();
+    let active = detector.active();
     let still = active
         .iter()
         .find(|alert| alert.rule == Rule::DeliveryFailures)
@@ -319,7 +319,7 @@ fn a_5xx_storm_raises_delivery_failures_and_clears_after_recovery() {
     assert!(still.peak >= still.value);
 
     let recovered_from_ms = hub.at_ms;
-    let recovery = run(&mut watch, &mut hub, 10 * MINUTE, |_| Plan::normal(5.0));
+    let recovery = run(&mut detector, &mut hub, 10 * MINUTE, |_| Plan::normal(5.0));
     let gone = first_cleared(&recovery, Rule::DeliveryFailures).expect("cleared");
     let clear_after = ms(config().clear_after);
     let cleared_at_ms = gone.cleared_at_ms.unwrap_or(0);
@@ -330,17 +330,17 @@ fn a_5xx_storm_raises_delivery_failures_and_clears_after_recovery() {
     );
     assert_eq!(gone.id, alert.id);
     assert!(raised(&recovery).next().is_none(), "{recovery:#?}");
-    assert!(watch.active().is_empty());
+    assert!(detector.active().is_empty());
 }
 
 #[test]
 fn a_silent_source_raises_after_fifteen_minutes_and_clears_on_traffic() {
-    let (mut watch, mut hub) = start();
-    warm_up(&mut watch, &mut hub);
+    let (mut detector, mut hub) = start();
+    warm_up(&mut detector, &mut hub);
     let last_event_at_ms = hub.at_ms;
     let silence = |_| Plan::normal(0.0);
 
-    let quiet = run(&mut watch, &mut hub, 14 * MINUTE, silence);
+    let quiet = run(&mut detector, &mut hub, 14 * MINUTE, silence);
     assert!(
         first_raised(&quiet, Rule::SourceSilent).is_none(),
         "{quiet:#?}"
@@ -348,18 +348,18 @@ fn a_silent_source_raises_after_fifteen_minutes_and_clears_on_traffic() {
 
     let silent_after = ms(config().silent_after);
     let remaining = last_event_at_ms + silent_after + STEP_MS - hub.at_ms;
-    let silent = run(&mut watch, &mut hub, remaining, silence);
+    let silent = run(&mut detector, &mut hub, remaining, silence);
     let alert = first_raised(&silent, Rule::SourceSilent).expect("source_silent raised");
     assert_eq!(alert.cause, Cause::NoTraffic);
     assert_eq!(alert.subject, Subject::Source("stripe".to_owned()));
     assert_eq!(alert.started_at_ms, last_event_at_ms);
     assert!(alert.raised_at_ms <= last_event_at_ms + silent_after + STEP_MS);
 
-    let back = run(&mut watch, &mut hub, STEP_MS, |_| Plan::normal(5.0));
+    let back = run(&mut detector, &mut hub, STEP_MS, |_| Plan::normal(5.0));
     let gone = first_cleared(&back, Rule::SourceSilent).expect("cleared on traffic");
     assert_eq!(gone.cleared_at_ms, Some(hub.at_ms));
     assert!(
-        !watch
+        !detector
             .active()
             .iter()
             .any(|alert| alert.rule == Rule::SourceSilent)
@@ -368,10 +368,10 @@ fn a_silent_source_raises_after_fifteen_minutes_and_clears_on_traffic() {
 
 #[test]
 fn a_hanging_downstream_leaves_the_backlog_stuck_and_growing() {
-    let (mut watch, mut hub) = start();
-    warm_up(&mut watch, &mut hub);
+    let (mut detector, mut hub) = start();
+    warm_up(&mut detector, &mut hub);
     let hang_from_ms = hub.at_ms;
-    let hang = run(&mut watch, &mut hub, 15 * MINUTE, |_| Plan {
+    let hang = run(&mut detector, &mut hub, 15 * MINUTE, |_| Plan {
         delivery: Delivery::Hangs,
         ..Plan::normal(5.0)
     });
@@ -404,7 +404,7 @@ fn a_hanging_downstream_leaves_the_backlog_stuck_and_growing() {
     assert!(growing.value > growing.threshold);
     assert!(matches!(growing.cause, Cause::Timeouts { .. }));
 
-    let drain = run(&mut watch, &mut hub, 20 * MINUTE, |at_ms| {
+    let drain = run(&mut detector, &mut hub, 20 * MINUTE, |at_ms| {
         let delivery = if at_ms < hang_from_ms + 15 * MINUTE + 10 * MINUTE {
             Delivery::Drains { per_second: 30.0 }
         } else {
@@ -419,7 +419,7 @@ fn a_hanging_downstream_leaves_the_backlog_stuck_and_growing() {
     assert!(was_cleared(&drain, Rule::BacklogStuck), "{drain:#?}");
     assert!(was_cleared(&drain, Rule::BacklogGrowing), "{drain:#?}");
     assert!(raised(&drain).next().is_none(), "{drain:#?}");
-    assert!(watch.active().is_empty(), "{:#?}", watch.active());
+    assert!(detector.active().is_empty(), "{:#?}", detector.active());
 }
 
 #[test]
@@ -432,10 +432,10 @@ fn a_burst_of_bad_signatures_names_the_rotated_secret() {
     let sustain = ms(config().sustain);
     let clear_after = ms(config().clear_after);
 
-    let (mut watch, mut hub) = start();
-    warm_up(&mut watch, &mut hub);
+    let (mut detector, mut hub) = start();
+    warm_up(&mut detector, &mut hub);
     let burst_from_ms = hub.at_ms;
-    let burst = run(&mut watch, &mut hub, 5 * MINUTE, bad_signatures);
+    let burst = run(&mut detector, &mut hub, 5 * MINUTE, bad_signatures);
     let alert = first_raised(&burst, Rule::SignatureFailures).expect("signature_failures raised");
     assert!(alert.raised_at_ms >= burst_from_ms + sustain);
     assert!(alert.raised_at_ms <= burst_from_ms + sustain + STEP_MS);
@@ -448,13 +448,13 @@ fn a_burst_of_bad_signatures_names_the_rotated_secret() {
     assert!(alert.message.contains("no_match ×"), "{}", alert.message);
 
     let calm_from_ms = hub.at_ms;
-    let calm = run(&mut watch, &mut hub, 10 * MINUTE, |_| Plan::normal(5.0));
+    let calm = run(&mut detector, &mut hub, 10 * MINUTE, |_| Plan::normal(5.0));
     let gone = first_cleared(&calm, Rule::SignatureFailures).expect("cleared");
     assert!(gone.cleared_at_ms.unwrap_or(0) <= calm_from_ms + clear_after + STEP_MS);
 
     // right after start there is no baseline, the floor alone catches it
-    let (mut watch, mut hub) = start();
-    let burst = run(&mut watch, &mut hub, 5 * MINUTE, bad_signatures);
+    let (mut detector, mut hub) = start();
+    let burst = run(&mut detector, &mut hub, 5 * MINUTE, bad_signatures);
     let alert = first_raised(&burst, Rule::SignatureFailures).expect("raised cold");
     assert!(alert.raised_at_ms <= sustain + STEP_MS, "{alert:?}");
     assert_eq!(alert.baseline, None);
@@ -462,8 +462,8 @@ fn a_burst_of_bad_signatures_names_the_rotated_secret() {
 
 #[test]
 fn stale_timestamps_point_at_clocks() {
-    let (mut watch, mut hub) = start();
-    let burst = run(&mut watch, &mut hub, 5 * MINUTE, |_| Plan {
+    let (mut detector, mut hub) = start();
+    let burst = run(&mut detector, &mut hub, 5 * MINUTE, |_| Plan {
         refused_per_tick: 10,
         refusal_reason: "stale_timestamp",
         ..Plan::normal(5.0)
@@ -477,9 +477,9 @@ fn stale_timestamps_point_at_clocks() {
 
 #[test]
 fn a_paused_consumer_is_stuck_because_paused() {
-    let (mut watch, mut hub) = start();
-    warm_up(&mut watch, &mut hub);
-    let paused = run(&mut watch, &mut hub, 10 * MINUTE, |_| Plan {
+    let (mut detector, mut hub) = start();
+    warm_up(&mut detector, &mut hub);
+    let paused = run(&mut detector, &mut hub, 10 * MINUTE, |_| Plan {
         paused: true,
         delivery: Delivery::Stopped,
         ..Plan::normal(5.0)
@@ -491,10 +491,10 @@ fn a_paused_consumer_is_stuck_because_paused() {
 
 #[test]
 fn breaker_and_queue_growth_raise_their_rules() {
-    let (mut watch, mut hub) = start();
-    warm_up(&mut watch, &mut hub);
+    let (mut detector, mut hub) = start();
+    warm_up(&mut detector, &mut hub);
     let open_from_ms = hub.at_ms;
-    let open = run(&mut watch, &mut hub, 7 * MINUTE, |_| Plan {
+    let open = run(&mut detector, &mut hub, 7 * MINUTE, |_| Plan {
         breaker_open: true,
         delivery: Delivery::Stopped,
         ..Plan::normal(5.0)
@@ -507,7 +507,7 @@ fn breaker_and_queue_growth_raise_their_rules() {
     let stuck = first_raised(&open, Rule::BacklogStuck).expect("backlog_stuck raised");
     assert_eq!(stuck.cause, Cause::BreakerOpen);
 
-    let closed = run(&mut watch, &mut hub, 15 * MINUTE, |at_ms| Plan {
+    let closed = run(&mut detector, &mut hub, 15 * MINUTE, |at_ms| Plan {
         delivery: if at_ms < open_from_ms + 12 * MINUTE {
             Delivery::Drains { per_second: 30.0 }
         } else {
@@ -519,7 +519,7 @@ fn breaker_and_queue_growth_raise_their_rules() {
 
     // two a tick: the tenth arrives on the fifth tick
     let filling_from_ms = hub.at_ms;
-    let filling = run(&mut watch, &mut hub, 3 * MINUTE, |_| Plan {
+    let filling = run(&mut detector, &mut hub, 3 * MINUTE, |_| Plan {
         dead_letters_per_tick: 2,
         reviews_per_tick: 2,
         ..Plan::normal(5.0)
@@ -535,7 +535,7 @@ fn breaker_and_queue_growth_raise_their_rules() {
         assert!(alert.value >= 10.0);
     }
     let stopped_from_ms = hub.at_ms;
-    let settled = run(&mut watch, &mut hub, 10 * MINUTE, |_| Plan::normal(5.0));
+    let settled = run(&mut detector, &mut hub, 10 * MINUTE, |_| Plan::normal(5.0));
     for rule in [Rule::DeadLetterGrowth, Rule::ReviewGrowth] {
         let gone = first_cleared(&settled, rule).expect("growth cleared");
         let cleared_at_ms = gone.cleared_at_ms.unwrap_or(0);
@@ -546,8 +546,8 @@ fn breaker_and_queue_growth_raise_their_rules() {
 
 #[test]
 fn a_small_queue_growth_raises_nothing() {
-    let (mut watch, mut hub) = start();
-    let changes = run(&mut watch, &mut hub, 30 * MINUTE, |at_ms| Plan {
+    let (mut detector, mut hub) = start();
+    let changes = run(&mut detector, &mut hub, 30 * MINUTE, |at_ms| Plan {
         // one every two minutes: 7 or 8 within any fifteen minutes
         dead_letters_per_tick: u64::from(at_ms % (2 * MINUTE) == 0),
         ..Plan::normal(5.0)
@@ -557,14 +557,14 @@ fn a_small_queue_growth_raises_nothing() {
 
 #[test]
 fn a_removed_consumer_has_its_alerts_cleared() {
-    let (mut watch, mut hub) = start();
-    warm_up(&mut watch, &mut hub);
-    let hang = run(&mut watch, &mut hub, 8 * MINUTE, |_| Plan {
+    let (mut detector, mut hub) = start();
+    warm_up(&mut detector, &mut hub);
+    let hang = run(&mut detector, &mut hub, 8 * MINUTE, |_| Plan {
         delivery: Delivery::Hangs,
         ..Plan::normal(5.0)
     });
     assert!(first_raised(&hang, Rule::BacklogStuck).is_some());
-    let consumer_alerts = watch
+    let consumer_alerts = detector
         .active()
         .iter()
         .filter(|alert| alert.subject == Subject::Consumer("crm".to_owned()))
@@ -572,13 +572,13 @@ fn a_removed_consumer_has_its_alerts_cleared() {
     assert!(consumer_alerts > 0);
 
     hub.consumer_present = false;
-    let removed = run(&mut watch, &mut hub, STEP_MS, |_| Plan::normal(5.0));
+    let removed = run(&mut detector, &mut hub, STEP_MS, |_| Plan::normal(5.0));
     assert_eq!(cleared(&removed).count(), consumer_alerts, "{removed:#?}");
     for alert in cleared(&removed) {
         assert_eq!(alert.cleared_at_ms, Some(hub.at_ms));
         assert_eq!(alert.subject.name(), "crm");
     }
-    assert!(watch.active().is_empty(), "{:#?}", watch.active());
+    assert!(detector.active().is_empty(), "{:#?}", detector.active());
 
     // back after a reload, counting from zero: no stale state, no panic
     hub.consumer_present = true;
@@ -586,19 +586,19 @@ fn a_removed_consumer_has_its_alerts_cleared() {
         name: "crm".to_owned(),
         ..ConsumerSample::default()
     };
-    let back = run(&mut watch, &mut hub, 10 * MINUTE, |_| Plan::normal(5.0));
+    let back = run(&mut detector, &mut hub, 10 * MINUTE, |_| Plan::normal(5.0));
     assert!(back.is_empty(), "{back:#?}");
 }
 
 #[test]
 fn a_removed_source_has_its_alerts_cleared() {
-    let (mut watch, mut hub) = start();
-    run(&mut watch, &mut hub, 5 * MINUTE, |_| Plan {
+    let (mut detector, mut hub) = start();
+    run(&mut detector, &mut hub, 5 * MINUTE, |_| Plan {
         refused_per_tick: 10,
         ..Plan::normal(5.0)
     });
     assert!(
-        watch
+        detector
             .active()
             .iter()
             .any(|alert| alert.rule == Rule::SignatureFailures)
@@ -608,20 +608,20 @@ fn a_removed_source_has_its_alerts_cleared() {
         sources: Vec::new(),
         consumers: vec![hub.consumer.clone()],
     };
-    let changes = watch.observe(&sample);
+    let changes = detector.observe(&sample);
     assert!(first_cleared(&changes, Rule::SignatureFailures).is_some());
-    assert!(watch.active().is_empty());
+    assert!(detector.active().is_empty());
 }
 
 #[test]
 fn a_nightly_batch_becomes_normal_for_its_hour_only() {
-    let (mut watch, mut hub) = start();
+    let (mut detector, mut hub) = start();
     let batch_hours = |at_ms: u64| {
         let hour = (at_ms - STEP_MS) % DAY / HOUR;
         let day = at_ms / DAY;
         hour == 2 || (day == 4 && hour == 14)
     };
-    let changes = run(&mut watch, &mut hub, 4 * DAY + 16 * HOUR, |at_ms| {
+    let changes = run(&mut detector, &mut hub, 4 * DAY + 16 * HOUR, |at_ms| {
         let arrivals = if batch_hours(at_ms) {
             20.0
         } else {
@@ -669,11 +669,11 @@ fn a_nightly_batch_becomes_normal_for_its_hour_only() {
 #[test]
 fn counters_going_down_do_not_panic_or_raise() {
     // raising on the first out-of-band tick, so one bogus delta would show
-    let (mut watch, mut hub) = start_with(WatchConfig {
+    let (mut detector, mut hub) = start_with(AlertThresholds {
         sustain: Duration::ZERO,
-        ..WatchConfig::default()
+        ..AlertThresholds::default()
     });
-    warm_up(&mut watch, &mut hub);
+    warm_up(&mut detector, &mut hub);
 
     // a reload recreated both: every counter starts again from zero
     hub.source.received = 0;
@@ -685,43 +685,43 @@ fn counters_going_down_do_not_panic_or_raise() {
         oldest_pending_ms: gauges.oldest_pending_ms,
         ..ConsumerSample::default()
     };
-    let after = run(&mut watch, &mut hub, HOUR, |_| Plan::normal(5.0));
+    let after = run(&mut detector, &mut hub, HOUR, |_| Plan::normal(5.0));
     assert!(after.is_empty(), "{after:#?}");
 
     // one counter going down on its own
     hub.consumer.plugin_micros /= 2;
     hub.consumer.failed = 0;
-    let after = run(&mut watch, &mut hub, 10 * MINUTE, |_| Plan::normal(5.0));
+    let after = run(&mut detector, &mut hub, 10 * MINUTE, |_| Plan::normal(5.0));
     assert!(after.is_empty(), "{after:#?}");
 }
 
 #[test]
 fn set_config_keeps_baselines_and_active_alerts() {
-    let (mut watch, mut hub) = start();
-    warm_up(&mut watch, &mut hub);
+    let (mut detector, mut hub) = start();
+    warm_up(&mut detector, &mut hub);
     let storm = |_| Plan {
         failure_share: 0.9,
         failure_answer: "503",
         ..Plan::normal(5.0)
     };
-    let raised_storm = run(&mut watch, &mut hub, 5 * MINUTE, storm);
+    let raised_storm = run(&mut detector, &mut hub, 5 * MINUTE, storm);
     let alert = first_raised(&raised_storm, Rule::DeliveryFailures).expect("raised");
 
-    let reloaded = WatchConfig {
+    let reloaded = AlertThresholds {
         sustain: Duration::ZERO,
         clear_after: Duration::from_secs(10 * 60),
-        ..WatchConfig::default()
+        ..AlertThresholds::default()
     };
-    watch.set_config(reloaded.clone());
-    assert_eq!(watch.config(), &reloaded);
-    assert_eq!(watch.active().first().map(|a| a.id), Some(alert.id));
+    detector.set_config(reloaded.clone());
+    assert_eq!(detector.config(), &reloaded);
+    assert_eq!(detector.active().first().map(|a| a.id), Some(alert.id));
 
-    let more_storm = run(&mut watch, &mut hub, 2 * MINUTE, storm);
+    let more_storm = run(&mut detector, &mut hub, 2 * MINUTE, storm);
     assert!(raised(&more_storm).next().is_none(), "{more_storm:#?}");
 
     // a warm ingest baseline, so the spike is caught on its first tick with no sustain
     let spike_from_ms = hub.at_ms;
-    let spike = run(&mut watch, &mut hub, STEP_MS, |_| Plan {
+    let spike = run(&mut detector, &mut hub, STEP_MS, |_| Plan {
         failure_share: 0.9,
         failure_answer: "503",
         ..Plan::normal(30.0)
@@ -731,7 +731,7 @@ fn set_config_keeps_baselines_and_active_alerts() {
 
     // and clearing follows the new clear_after
     let recovered_from_ms = hub.at_ms;
-    let recovery = run(&mut watch, &mut hub, 15 * MINUTE, |_| Plan::normal(5.0));
+    let recovery = run(&mut detector, &mut hub, 15 * MINUTE, |_| Plan::normal(5.0));
     let gone = first_cleared(&recovery, Rule::DeliveryFailures).expect("cleared");
     let cleared_at_ms = gone.cleared_at_ms.unwrap_or(0);
     assert!(cleared_at_ms >= recovered_from_ms + 10 * MINUTE, "{gone:?}");
@@ -743,28 +743,28 @@ fn set_config_keeps_baselines_and_active_alerts() {
 
 #[test]
 fn samples_not_after_the_previous_are_ignored() {
-    let (mut watch, mut hub) = start();
-    warm_up(&mut watch, &mut hub);
+    let (mut detector, mut hub) = start();
+    warm_up(&mut detector, &mut hub);
     let mut stale = hub.sample();
     stale.consumers[0].backlog = 1_000_000;
     stale.sources[0].received += 1_000_000;
-    assert!(watch.observe(&stale).is_empty());
+    assert!(detector.observe(&stale).is_empty());
     stale.at_ms -= STEP_MS;
-    assert!(watch.observe(&stale).is_empty());
-    let next = run(&mut watch, &mut hub, 5 * MINUTE, |_| Plan::normal(5.0));
+    assert!(detector.observe(&stale).is_empty());
+    let next = run(&mut detector, &mut hub, 5 * MINUTE, |_| Plan::normal(5.0));
     assert!(next.is_empty(), "{next:#?}");
 }
 
 #[test]
 fn alert_ids_increase_and_active_is_oldest_first() {
-    let (mut watch, mut hub) = start();
-    warm_up(&mut watch, &mut hub);
-    run(&mut watch, &mut hub, 15 * MINUTE, |_| Plan {
+    let (mut detector, mut hub) = start();
+    warm_up(&mut detector, &mut hub);
+    run(&mut detector, &mut hub, 15 * MINUTE, |_| Plan {
         delivery: Delivery::Hangs,
         refused_per_tick: 10,
         ..Plan::normal(5.0)
     });
-    let active = watch.active();
+    let active = detector.active();
     assert!(active.len() >= 3, "{active:#?}");
     assert!(active.windows(2).all(|pair| pair[0].id < pair[1].id));
     assert!(
@@ -872,9 +872,9 @@ fn cause_prefers_what_was_seen_most() {
 
 #[test]
 fn alerts_serialize_in_snake_case() {
-    let (mut watch, mut hub) = start();
-    warm_up(&mut watch, &mut hub);
-    let storm = run(&mut watch, &mut hub, 5 * MINUTE, |_| Plan {
+    let (mut detector, mut hub) = start();
+    warm_up(&mut detector, &mut hub);
+    let storm = run(&mut detector, &mut hub, 5 * MINUTE, |_| Plan {
         failure_share: 0.9,
         failure_answer: "503",
         ..Plan::normal(5.0)
@@ -916,7 +916,7 @@ fn alerts_serialize_in_snake_case() {
 
 #[test]
 fn default_config_matches_the_documented_values() {
-    let config = WatchConfig::default();
+    let config = AlertThresholds::default();
     assert_eq!(config.learn_for, Duration::from_secs(3600));
     assert_eq!(config.warmup, Duration::from_secs(1800));
     assert_eq!(config.sustain, Duration::from_secs(120));
@@ -928,13 +928,13 @@ fn default_config_matches_the_documented_values() {
 
 #[test]
 fn one_dead_letter_raises_from_a_cold_start_when_one_is_news() {
-    let (mut watch, mut hub) = start_with(WatchConfig {
+    let (mut detector, mut hub) = start_with(AlertThresholds {
         queue_growth: 1,
-        ..WatchConfig::default()
+        ..AlertThresholds::default()
     });
-    let quiet = run(&mut watch, &mut hub, 3 * STEP_MS, |_| Plan::normal(5.0));
+    let quiet = run(&mut detector, &mut hub, 3 * STEP_MS, |_| Plan::normal(5.0));
     assert!(quiet.is_empty(), "{quiet:#?}");
-    let one = run(&mut watch, &mut hub, STEP_MS, |_| Plan {
+    let one = run(&mut detector, &mut hub, STEP_MS, |_| Plan {
         dead_letters_per_tick: 1,
         ..Plan::normal(5.0)
     });
@@ -943,38 +943,38 @@ fn one_dead_letter_raises_from_a_cold_start_when_one_is_news() {
 }
 
 /// Runs `ticks` ticks of normal traffic with the plugin using `cores` of guest CPU.
-fn run_with_cpu(watch: &mut Watch, hub: &mut Hub, ticks: u64, cores: f64) -> Vec<Change> {
+fn run_with_cpu(detector: &mut Detector, hub: &mut Hub, ticks: u64, cores: f64) -> Vec<Change> {
     let mut changes = Vec::new();
     for _ in 0..ticks {
         hub.consumer.cpu_micros += (cores * STEP_MS as f64 * 1000.0) as u64;
-        changes.extend(run(watch, hub, STEP_MS, |_| Plan::normal(5.0)));
+        changes.extend(run(detector, hub, STEP_MS, |_| Plan::normal(5.0)));
     }
     changes
 }
 
 #[test]
 fn a_plugin_at_its_cpu_quota_raises_cpu_saturated_until_it_eases() {
-    let (mut watch, mut hub) = start();
+    let (mut detector, mut hub) = start();
     hub.consumer.cpu_limit = 0.5;
-    warm_up(&mut watch, &mut hub);
-    let below = run_with_cpu(&mut watch, &mut hub, 30, 0.4);
+    warm_up(&mut detector, &mut hub);
+    let below = run_with_cpu(&mut detector, &mut hub, 30, 0.4);
     assert!(below.is_empty(), "{below:#?}");
     let saturated_from_ms = hub.at_ms;
-    let saturated = run_with_cpu(&mut watch, &mut hub, 30, 0.49);
+    let saturated = run_with_cpu(&mut detector, &mut hub, 30, 0.49);
     let alert = first_raised(&saturated, Rule::CpuSaturated).expect("cpu_saturated raised");
     assert_eq!(alert.cause, Cause::PluginCpu);
     assert!(alert.raised_at_ms >= saturated_from_ms + ms(config().sustain));
     assert!(alert.message.contains("0.49 cores"), "{}", alert.message);
-    let eased = run_with_cpu(&mut watch, &mut hub, 60, 0.1);
+    let eased = run_with_cpu(&mut detector, &mut hub, 60, 0.1);
     assert!(was_cleared(&eased, Rule::CpuSaturated), "{eased:#?}");
 }
 
 #[test]
 fn a_quarantined_plugin_raises_at_once_and_clears_when_resumed() {
-    let (mut watch, mut hub) = start();
-    warm_up(&mut watch, &mut hub);
+    let (mut detector, mut hub) = start();
+    warm_up(&mut detector, &mut hub);
     hub.consumer.quarantined = true;
-    let quarantined = run(&mut watch, &mut hub, STEP_MS, |_| Plan {
+    let quarantined = run(&mut detector, &mut hub, STEP_MS, |_| Plan {
         paused: true,
         delivery: Delivery::Stopped,
         ..Plan::normal(5.0)
@@ -983,7 +983,7 @@ fn a_quarantined_plugin_raises_at_once_and_clears_when_resumed() {
     assert_eq!(alert.cause, Cause::Quarantined);
     assert!(alert.message.contains("quarantined"), "{}", alert.message);
     hub.consumer.quarantined = false;
-    let resumed = run(&mut watch, &mut hub, 10 * MINUTE, |_| Plan::normal(5.0));
+    let resumed = run(&mut detector, &mut hub, 10 * MINUTE, |_| Plan::normal(5.0));
     assert!(
         was_cleared(&resumed, Rule::PluginQuarantined),
         "{resumed:#?}"

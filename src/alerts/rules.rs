@@ -60,7 +60,7 @@ pub struct ConsumerSample {
     pub cpu_limit: f64,
 }
 
-pub use crate::config::settings::WatchConfig;
+pub use crate::config::settings::AlertThresholds;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -141,7 +141,7 @@ impl Rule {
     }
 
     /// Rules that measure a duration themselves hold for that duration instead of `sustain`.
-    fn timing(self, config: &WatchConfig) -> Timing {
+    fn timing(self, config: &AlertThresholds) -> Timing {
         let hold_for = match self {
             Rule::IngestSpike
             | Rule::SignatureFailures
@@ -321,7 +321,7 @@ fn counts_text(counts: &BTreeMap<String, u64>) -> String {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
-    /// Increasing per [`super::Watch`].
+    /// Increasing per [`super::Detector`].
     pub id: u64,
     pub rule: Rule,
     pub subject: Subject,
@@ -592,7 +592,7 @@ pub(super) fn settle(
     tracker: &mut Tracker,
     judgement: Judgement<'_>,
     cause_of: impl Fn(&Tally) -> Cause,
-    config: &WatchConfig,
+    config: &AlertThresholds,
     ledger: &mut Ledger,
 ) {
     let Judgement {
@@ -665,7 +665,7 @@ fn describe(
     subject: &Subject,
     reading: &Reading,
     cause: &Cause,
-    config: &WatchConfig,
+    config: &AlertThresholds,
 ) -> String {
     let value = amount(rule, reading.value);
     let threshold = amount(rule, reading.threshold);

@@ -1,39 +1,43 @@
-//! Alerts: the anomaly watch ([`crate::telemetry::watch`]) run over the live
-//! hub, and the places its alerts go.
+//! The detector run over the live hub, and the places its alerts go.
 //!
-//! Every `alerts.interval` the hub is sampled (consumer status and counters,
-//! ingest counters per source), the watch decides what was raised or
-//! cleared, and each change goes to the log, to
-//! `switchyard_alert_active{rule,subject}`, to the [`AlertBook`] behind
-//! `GET /v1/alerts`, and, when `alerts.webhook` names a connection, to an
-//! on-call tool as a JSON POST sent off the sampling loop. The book also keeps
-//! short per-consumer series for the dashboard (`GET /v1/series`).
+//! Every `alerts.interval` the hub is sampled (the consumers through the
+//! [`ConsumerProbe`] the hub hands over, ingest counters per source from the
+//! metrics), the detector decides what was raised or cleared, and each
+//! change goes to the log, to `switchyard_alert_active{rule,subject}`, to the
+//! [`AlertBook`] behind `GET /v1/alerts`, and, when `alerts.webhook` names a
+//! connection, to an on-call tool as a JSON POST sent off the sampling loop.
+//! The book also keeps short per-consumer series for the dashboard
+//! (`GET /v1/series`).
 //!
 //! This only reads: it never pauses, retries or drops anything.
 
-use super::{ConsumerState, ConsumerStatus, HubControl};
+use super::{Alert, Change, ConsumerSample, Detector, Sample, SourceSample};
 use crate::bus::now_ms;
 use crate::config::{AlertsConfig, Config};
-use crate::dispatch::breaker::BreakerState;
 use crate::ingest::signature::SignatureError;
 use crate::plugin::host::Connection;
-use crate::telemetry::metrics::{AlertLabel, ConsumerLabel, Metrics, SourceOutcome, SourceReason};
-use crate::telemetry::watch::{Alert, Change, ConsumerSample, Sample, SourceSample, Watch};
+use crate::telemetry::metrics::{AlertLabel, Metrics, SourceOutcome, SourceReason};
+use futures::future::BoxFuture;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
+/// Reads every consumer's totals and gauges now, in name order; an error
+/// (the bus did not answer) skips one interval.
+pub type ConsumerProbe =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<ConsumerSample>, String>> + Send + Sync>;
+
 /// Cleared alerts kept for `GET /v1/alerts`.
 const KEEP_RECENT: usize = 100;
 /// Points per consumer kept for the dashboard's sparklines.
 const KEEP_POINTS: usize = 90;
 /// Alert posts waiting for the webhook; beyond this the oldest are dropped
-/// (and logged) rather than slowing the watch.
+/// (and logged) rather than slowing the detector.
 const WEBHOOK_QUEUE: usize = 256;
 
-/// What the watch runs with; replaced whole on a reload.
+/// What the detector runs with; replaced whole on a reload.
 #[derive(Clone)]
 pub struct AlertSettings {
     pub config: AlertsConfig,
@@ -49,7 +53,7 @@ pub struct AlertSettings {
 pub struct WebhookError(String);
 
 impl AlertSettings {
-    /// What the watch runs with under `config`: its settings, the source
+    /// What the detector runs with under `config`: its settings, the source
     /// names, and the webhook's connection built with its credentials.
     pub fn from_config(config: &Config) -> Result<AlertSettings, WebhookError> {
         let webhook = match &config.alerts.webhook {
@@ -97,7 +101,7 @@ pub struct SeriesView {
     pub consumers: BTreeMap<String, Vec<SeriesPoint>>,
 }
 
-/// What the admin API reads of the watch.
+/// What the admin API reads of the alerts.
 #[derive(Default)]
 pub struct AlertBook {
     state: Mutex<Book>,
@@ -139,32 +143,6 @@ impl AlertBook {
     }
 }
 
-/// Counts the totals of one consumer: what an attempt counts as.
-fn consumer_sample(status: &ConsumerStatus, limiter_waits: u64) -> ConsumerSample {
-    let stats = &status.stats;
-    ConsumerSample {
-        name: status.name.clone(),
-        delivered: stats.delivered + stats.skipped_done,
-        failed: stats.retried + stats.dead_lettered + stats.reviewed + stats.infra_errors,
-        downstream: stats.downstream.clone(),
-        plugin_calls: stats.plugin_calls,
-        plugin_micros: stats.plugin_micros,
-        rate_limit_waits: limiter_waits,
-        backlog: status.backlog,
-        oldest_pending_ms: status.oldest_pending_ms,
-        breaker_open: status.breaker == Some(BreakerState::Open),
-        paused: matches!(
-            status.state,
-            ConsumerState::Paused | ConsumerState::Quarantined
-        ),
-        quarantined: status.quarantined.is_some(),
-        cpu_micros: (status.cpu_seconds * 1e6) as u64,
-        cpu_limit: status.cpu_per_second.unwrap_or(status.pool_threads as f64),
-        dead_letters: status.dead_letters,
-        reviews: status.reviews,
-    }
-}
-
 fn source_sample(metrics: &Metrics, name: &str) -> SourceSample {
     let requests = |outcome: &str| {
         let label = SourceOutcome {
@@ -191,32 +169,20 @@ fn source_sample(metrics: &Metrics, name: &str) -> SourceSample {
     }
 }
 
-/// One look at the hub, and the consumers' statuses it was made from.
+/// One look at the hub.
 async fn sample(
-    control: &HubControl,
+    consumers: &ConsumerProbe,
     metrics: &Metrics,
     sources: &[String],
-) -> Result<(Sample, Vec<ConsumerStatus>), crate::bus::BusError> {
-    let statuses = control.status().await?;
-    let consumers = statuses
-        .iter()
-        .map(|status| {
-            let label = ConsumerLabel {
-                consumer: status.name.clone(),
-            };
-            let waits = metrics.rate_limit_waits.get(&label).map_or(0, |c| c.get());
-            consumer_sample(status, waits)
-        })
-        .collect();
-    let sample = Sample {
+) -> Result<Sample, String> {
+    Ok(Sample {
         at_ms: now_ms(),
         sources: sources
             .iter()
             .map(|name| source_sample(metrics, name))
             .collect(),
-        consumers,
-    };
-    Ok((sample, statuses))
+        consumers: consumers().await?,
+    })
 }
 
 /// The body of a webhook post: Alertmanager-like enough for on-call tools
@@ -285,7 +251,7 @@ fn announce(
 }
 
 /// Posts alerts to the webhook connection, each retried with backoff; a
-/// slow or dead on-call endpoint never holds up the watch.
+/// slow or dead on-call endpoint never holds up the detector.
 async fn post_alerts(
     mut posts: mpsc::Receiver<serde_json::Value>,
     settings: watch::Receiver<AlertSettings>,
@@ -324,23 +290,24 @@ async fn post_alerts(
     }
 }
 
-fn record_series(book: &mut Book, at_ms: u64, statuses: &[ConsumerStatus], previous: &Sample) {
+fn record_series(book: &mut Book, now: &Sample, previous: &Sample) {
     book.series
-        .retain(|name, _| statuses.iter().any(|status| &status.name == name));
-    for status in statuses {
-        let now = consumer_sample(status, 0);
+        .retain(|name, _| now.consumers.iter().any(|c| &c.name == name));
+    for consumer in &now.consumers {
         let before = previous
             .consumers
             .iter()
-            .find(|c| c.name == status.name)
-            .map_or((now.delivered, now.failed), |c| (c.delivered, c.failed));
-        let points = book.series.entry(status.name.clone()).or_default();
+            .find(|c| c.name == consumer.name)
+            .map_or((consumer.delivered, consumer.failed), |c| {
+                (c.delivered, c.failed)
+            });
+        let points = book.series.entry(consumer.name.clone()).or_default();
         points.push_back(SeriesPoint {
-            at_ms,
-            delivered: now.delivered.saturating_sub(before.0),
-            failed: now.failed.saturating_sub(before.1),
-            backlog: status.backlog,
-            oldest_pending_ms: status.oldest_pending_ms,
+            at_ms: now.at_ms,
+            delivered: consumer.delivered.saturating_sub(before.0),
+            failed: consumer.failed.saturating_sub(before.1),
+            backlog: consumer.backlog,
+            oldest_pending_ms: consumer.oldest_pending_ms,
         });
         while points.len() > KEEP_POINTS {
             points.pop_front();
@@ -351,13 +318,13 @@ fn record_series(book: &mut Book, at_ms: u64, statuses: &[ConsumerStatus], previ
 /// Samples the hub every `alerts.interval` until shutdown. New settings
 /// (a reload) apply at once and keep the learned baselines.
 pub async fn run(
-    control: Arc<HubControl>,
+    consumers: ConsumerProbe,
     metrics: Arc<Metrics>,
+    book: Arc<AlertBook>,
     mut settings: watch::Receiver<AlertSettings>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let book = control.alert_book();
-    let mut watch = Watch::new(settings.borrow().config.watch.clone());
+    let mut detector = Detector::new(settings.borrow().config.thresholds.clone());
     let (post_tx, post_rx) = mpsc::channel(WEBHOOK_QUEUE);
     let poster = tokio::spawn(post_alerts(post_rx, settings.clone()));
     let mut previous = Sample::default();
@@ -373,36 +340,36 @@ pub async fn run(
                 if changed.is_err() {
                     break;
                 }
-                watch.set_config(settings.borrow().config.watch.clone());
+                detector.set_config(settings.borrow().config.thresholds.clone());
                 continue;
             }
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
         if !current.config.enabled {
             // Switched off: what was active is no longer watched.
-            for mut alert in watch.active() {
+            for mut alert in detector.active() {
                 alert.cleared_at_ms = Some(now_ms());
                 announce(Change::Cleared(alert), &metrics, &book, None);
             }
-            watch = Watch::new(current.config.watch.clone());
+            detector = Detector::new(current.config.thresholds.clone());
             book.update(|book| book.active.clear());
             continue;
         }
-        let (sample, statuses) = match sample(&control, &metrics, &current.sources).await {
-            Ok(sampled) => sampled,
+        let sample = match sample(&consumers, &metrics, &current.sources).await {
+            Ok(sample) => sample,
             Err(err) => {
                 tracing::warn!(error = %err, "anomaly watch could not sample the hub; trying again next interval");
                 continue;
             }
         };
         let posts = current.webhook.is_some().then_some(&post_tx);
-        for change in watch.observe(&sample) {
+        for change in detector.observe(&sample) {
             announce(change, &metrics, &book, posts);
         }
-        let active = watch.active();
+        let active = detector.active();
         book.update(|book| {
             book.active = active;
-            record_series(book, sample.at_ms, &statuses, &previous);
+            record_series(book, &sample, &previous);
         });
         previous = sample;
     }
