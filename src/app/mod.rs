@@ -108,19 +108,16 @@ fn prepare(
         .map(|host| host.with_tracer(tracer.clone()).with_pool(Arc::clone(pool)))
         .map_err(|err| vec![err])
         .and_then(|host| host.load_all(&config));
-    let errors: Vec<HubError> = match (sources, plugins) {
-        (Ok(sources), Ok(plugins)) => {
-            return Ok(Prepared {
-                config,
-                sources,
-                plugins,
-            });
-        }
-        (sources, plugins) => (sources.err().into_iter().flatten().map(HubError::from))
+    match (sources, plugins) {
+        (Ok(sources), Ok(plugins)) => Ok(Prepared {
+            config,
+            sources,
+            plugins,
+        }),
+        (sources, plugins) => Err((sources.err().into_iter().flatten().map(HubError::from))
             .chain(plugins.err().into_iter().flatten().map(HubError::from))
-            .collect(),
-    };
-    Err(errors)
+            .collect()),
+    }
 }
 
 /// What every generation of consumers is wired to; fixed for the
