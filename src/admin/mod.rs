@@ -498,7 +498,7 @@ impl HubControl {
             .as_deref()
             .map(EventPattern::parse)
             .transpose()
-            .map_err(AdminError::BadFilter)?;
+            .map_err(|err| AdminError::BadFilter(err.to_string()))?;
         let names: Vec<String> = match &filter.consumer {
             Some(name) => {
                 self.consumer(name)?;
@@ -565,7 +565,7 @@ impl HubControl {
     ) -> Result<HistoryOutcome, AdminError> {
         let control = self.consumer(consumer)?;
         let pattern = EventPattern::parse(request.event_type.as_deref().unwrap_or("*"))
-            .map_err(AdminError::BadFilter)?;
+            .map_err(|err| AdminError::BadFilter(err.to_string()))?;
         let until = request.until_ms.unwrap_or(u64::MAX);
         if request.since_ms >= until {
             return Err(AdminError::BadFilter(

@@ -14,8 +14,8 @@
 use super::{Alert, Change, ConsumerSample, Detector, Sample, SourceSample};
 use crate::bus::now_ms;
 use crate::config::{AlertsConfig, Config};
-use crate::ingest::signature::SignatureError;
-use crate::plugin::host::Connection;
+use crate::ingest::scheme::SignatureError;
+use crate::plugin::host::{Connection, ConnectionError};
 use crate::telemetry::metrics::{AlertLabel, Metrics, SourceOutcome, SourceReason};
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -49,8 +49,12 @@ pub struct AlertSettings {
 
 /// `alerts.webhook` names a connection that does not exist or cannot be built.
 #[derive(Debug, thiserror::Error)]
-#[error("alerts.webhook: {0}")]
-pub struct WebhookError(String);
+pub enum WebhookError {
+    #[error("alerts.webhook: unknown connection `{0}`")]
+    UnknownConnection(String),
+    #[error("alerts.webhook: {0}")]
+    Connection(#[from] ConnectionError),
+}
 
 impl AlertSettings {
     /// What the detector runs with under `config`: its settings, the source
@@ -62,10 +66,8 @@ impl AlertSettings {
                 let connection = config
                     .connections
                     .get(name)
-                    .ok_or_else(|| WebhookError(format!("unknown connection `{name}`")))?;
-                Some(Arc::new(
-                    Connection::build(name, connection).map_err(WebhookError)?,
-                ))
+                    .ok_or_else(|| WebhookError::UnknownConnection(name.clone()))?;
+                Some(Arc::new(Connection::build(name, connection)?))
             }
         };
         Ok(AlertSettings {
@@ -272,7 +274,7 @@ async fn post_alerts(
             match connection.post_json(&path, &body).await {
                 Ok(status) if (200..300).contains(&status) => Ok(()),
                 Ok(status) => Err(format!("answered HTTP {status}")),
-                Err(err) => Err(err),
+                Err(err) => Err(err.to_string()),
             }
         };
         let sent = post

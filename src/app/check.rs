@@ -20,7 +20,7 @@ pub async fn check(config: &Config) -> Vec<String> {
     }
     if let Some(admin) = &config.admin {
         match admin.token.resolve() {
-            Err(message) => problems.push(format!("admin.token: {message}")),
+            Err(err) => problems.push(format!("admin.token: {err}")),
             Ok(token) if token.expose().chars().count() < MIN_ADMIN_TOKEN_CHARS => {
                 problems.push(format!(
                     "admin.token: {} characters is too short to resist guessing; use at least {MIN_ADMIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`)",

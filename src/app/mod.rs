@@ -43,8 +43,11 @@ use tokio::task::JoinSet;
 pub enum HubError {
     #[error(transparent)]
     Source(#[from] SourceError),
-    #[error("{at}: {message}")]
-    Secret { at: String, message: String },
+    #[error("{at}: {source}")]
+    Secret {
+        at: String,
+        source: crate::config::SecretError,
+    },
     #[error("bus: {0}")]
     Bus(#[from] BusError),
     #[error("idempotency store: {0}")]
@@ -187,17 +190,18 @@ fn readiness(
     bus: Arc<dyn Engine>,
     idempotency: Arc<dyn IdempotencyStore>,
 ) -> crate::ingest::ReadinessCheck {
+    use crate::ingest::NotReady;
     Arc::new(move || {
         let bus = Arc::clone(&bus);
         let idempotency = Arc::clone(&idempotency);
         Box::pin(async move {
             bus.ping().await.map_err(|err| {
                 tracing::warn!(error = %err, "not ready: the bus does not answer");
-                "bus unavailable".to_owned()
+                NotReady::Bus
             })?;
             idempotency.ping().await.map_err(|err| {
                 tracing::warn!(error = %err, "not ready: the idempotency store does not answer");
-                "idempotency store unavailable".to_owned()
+                NotReady::IdempotencyStore
             })
         })
     })
@@ -235,10 +239,10 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
     let config = &prepared.config;
     let admin_token = match &config.admin {
         None => None,
-        Some(admin) => Some(admin.token.resolve().map_err(|message| {
+        Some(admin) => Some(admin.token.resolve().map_err(|source| {
             vec![HubError::Secret {
                 at: "admin.token".into(),
-                message,
+                source,
             }]
         })?),
     };

@@ -40,7 +40,7 @@ pub fn nats_settings(
             .map(|secret| {
                 secret
                     .resolve()
-                    .map_err(|message| BusError::Unavailable(format!("{at}: {message}")))
+                    .map_err(|err| BusError::Unavailable(format!("{at}: {err}")))
             })
             .transpose()
     };

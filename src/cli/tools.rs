@@ -173,7 +173,7 @@ pub async fn sign(config_path: &Path, args: SignArgs) -> Result<ExitCode> {
     let config = Config::load(config_path).ok();
     let (path, listen, secret_ref) = match (&config, &secret) {
         (_, Some(text)) => {
-            let reference = SecretRef::parse(text, Path::new(".")).map_err(anyhow::Error::msg)?;
+            let reference = SecretRef::parse(text, Path::new("."))?;
             let (path, listen) = match &config {
                 Some(config) => {
                     let source = pick_source(config, source.as_deref())?;
@@ -201,9 +201,10 @@ pub async fn sign(config_path: &Path, args: SignArgs) -> Result<ExitCode> {
             config_path.display()
         ),
     };
-    let secret = secret_ref.resolve().map_err(anyhow::Error::msg)?;
+    let secret = secret_ref.resolve()?;
     let timestamp = timestamp.unwrap_or_else(|| (switchyard::ingest::system_clock())());
-    let header = switchyard::ingest::signature::signature_header(secret.expose(), timestamp, &body);
+    let header =
+        switchyard::ingest::scheme::stripe::signature_header(secret.expose(), timestamp, &body);
     let target = format!(
         "{}{path}",
         url.unwrap_or_else(|| format!("http://{listen}"))

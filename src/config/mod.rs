@@ -19,8 +19,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+pub use units::{ValueError, parse_net};
 pub use validate::validate;
 
 /// A validated configuration. Paths are absolute (resolved against the
@@ -151,7 +153,7 @@ pub enum IdempotencyBackend {
 }
 
 /// The signature schemes a source may use. Closed set: a new scheme is code
-/// in `ingest::signature`; a new provider using a known scheme is config.
+/// in `ingest::scheme`; a new provider using a known scheme is config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
     /// `Stripe-Signature: t=…,v1=<hex>`; id and type from the body.
@@ -206,15 +208,6 @@ pub struct SourceConfig {
     pub max_concurrency: Option<usize>,
     /// Request rate of this source.
     pub rate_limit: Option<RateLimit>,
-}
-
-/// A CIDR (`10.0.0.0/8`) or a bare address (one host).
-pub fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
-    let text = text.trim();
-    text.parse::<ipnet::IpNet>()
-        .map(|net| net.trunc())
-        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-        .map_err(|_| format!("`{text}` is not an address or CIDR like `10.0.0.0/8`"))
 }
 
 #[derive(Debug, Clone)]
@@ -313,7 +306,7 @@ pub enum EventPattern {
 }
 
 impl EventPattern {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ValueError> {
         if text == "*" {
             return Ok(EventPattern::Any);
         }
@@ -322,9 +315,7 @@ impl EventPattern {
             None => (text, false),
         };
         if !is_event_type(body) {
-            return Err(format!(
-                "`{text}` is not an event pattern: use `*`, `prefix.*` or an exact type like `invoice.paid`"
-            ));
+            return Err(ValueError::EventPattern(text.to_owned()));
         }
         Ok(if prefix {
             EventPattern::Prefix(format!("{body}."))
@@ -388,44 +379,58 @@ pub enum SecretRef {
 }
 
 impl SecretRef {
-    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, String> {
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, ValueError> {
         if let Some(name) = text.strip_prefix("env:") {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(format!(
-                    "`env:{name}` does not name an environment variable"
-                ));
+                return Err(ValueError::EnvName(name.to_owned()));
             }
             return Ok(SecretRef::Env(name.to_owned()));
         }
         if let Some(path) = text.strip_prefix("file:") {
             if path.is_empty() {
-                return Err("`file:` needs a path".to_owned());
+                return Err(ValueError::NoPath);
             }
             return Ok(SecretRef::File(base_dir.join(path)));
         }
         // Never echo the value: it may be a pasted secret.
-        Err(
-            "secrets are references like `env:NAME` or `file:PATH`, never literal values"
-                .to_owned(),
-        )
+        Err(ValueError::LiteralSecret)
     }
 
     /// Reads the secret. Leading and trailing whitespace is trimmed, from
     /// files and variables alike (an editor's newline or a pasted space is
     /// never part of a signing secret or a token).
-    pub fn resolve(&self) -> Result<Secret, String> {
+    pub fn resolve(&self) -> Result<Secret, SecretError> {
         let value = match self {
-            SecretRef::Env(name) => std::env::var(name)
-                .map_err(|_| format!("environment variable `{name}` is not set"))?,
-            SecretRef::File(path) => std::fs::read_to_string(path)
-                .map_err(|err| format!("cannot read secret file `{}`: {err}", path.display()))?,
+            SecretRef::Env(name) => {
+                std::env::var(name).map_err(|_| SecretError::EnvUnset(name.clone()))?
+            }
+            SecretRef::File(path) => {
+                std::fs::read_to_string(path).map_err(|source| SecretError::Unreadable {
+                    path: path.clone(),
+                    source: Arc::new(source),
+                })?
+            }
         };
         let value = value.trim().to_owned();
         if value.is_empty() {
-            return Err(format!("secret {self} is empty"));
+            return Err(SecretError::Empty(self.clone()));
         }
         Ok(Secret(value))
     }
+}
+
+/// A secret reference that does not resolve. Never contains a secret value.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable `{0}` is not set")]
+    EnvUnset(String),
+    #[error("cannot read secret file `{}`: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: Arc<std::io::Error>,
+    },
+    #[error("secret {0} is empty")]
+    Empty(SecretRef),
 }
 
 impl fmt::Display for SecretRef {
@@ -651,7 +656,13 @@ mod tests {
         assert_eq!(file.resolve().unwrap().expose(), "admin-token-0123456789");
         std::fs::write(dir.path().join("blank"), " \n").unwrap();
         let blank = SecretRef::parse("file:blank", dir.path()).unwrap();
-        assert!(blank.resolve().unwrap_err().contains("is empty"));
+        assert!(
+            blank
+                .resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("is empty")
+        );
     }
 
     #[test]
@@ -705,7 +716,7 @@ mod tests {
             SecretRef::File("/etc/switchyard/secrets/stripe".into())
         );
         let err = SecretRef::parse("whsec_supersecret", base).unwrap_err();
-        assert!(!err.contains("supersecret"), "{err}");
+        assert!(!err.to_string().contains("supersecret"), "{err}");
     }
 
     #[test]

@@ -113,8 +113,8 @@ impl Checker<'_> {
                 default
             }
             Some(Ok(duration)) => duration,
-            Some(Err(message)) => {
-                self.issue(at, message);
+            Some(Err(err)) => {
+                self.issue(at, err.to_string());
                 default
             }
         }
@@ -128,8 +128,8 @@ impl Checker<'_> {
                 default
             }
             Some(Ok(size)) => size,
-            Some(Err(message)) => {
-                self.issue(at, message);
+            Some(Err(err)) => {
+                self.issue(at, err.to_string());
                 default
             }
         }
@@ -152,8 +152,8 @@ impl Checker<'_> {
     fn secret(&mut self, at: String, text: &str) -> Option<SecretRef> {
         match SecretRef::parse(text, self.base_dir) {
             Ok(secret) => Some(secret),
-            Err(message) => {
-                self.issue(at, message);
+            Err(err) => {
+                self.issue(at, err.to_string());
                 None
             }
         }
@@ -258,8 +258,8 @@ impl Checker<'_> {
             .enumerate()
             .filter_map(|(index, text)| match parse_net(text) {
                 Ok(net) => Some(net),
-                Err(message) => {
-                    self.issue(format!("{at}[{index}]"), message);
+                Err(err) => {
+                    self.issue(format!("{at}[{index}]"), err.to_string());
                     None
                 }
             })
@@ -1024,8 +1024,8 @@ impl Checker<'_> {
             .enumerate()
             .filter_map(|(i, text)| match EventPattern::parse(text) {
                 Ok(pattern) => Some(pattern),
-                Err(message) => {
-                    self.issue(format!("{}[{i}]", at("events")), message);
+                Err(err) => {
+                    self.issue(format!("{}[{i}]", at("events")), err.to_string());
                     None
                 }
             })

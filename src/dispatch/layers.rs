@@ -7,7 +7,7 @@ use super::quarantine::PluginHealth;
 use super::{ConsumerStats, DispatchError, Verdict};
 use crate::bus::Delivery;
 use crate::limiter::RateLimiter;
-use crate::plugin::{CallOutcome, ConsumerPlugin, PluginEvent};
+use crate::plugin::{ConsumerPlugin, PluginEvent};
 use crate::telemetry::metrics::{ConsumerAnswer, ConsumerLabel, ConsumerReason, Metrics};
 use futures::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
@@ -128,7 +128,7 @@ where
                         let renewed = store
                             .renew(key, lease, length)
                             .await
-                            .map_err(|err| err.to_string());
+                            .map_err(DispatchError::from);
                         metrics.lease_renewal(&consumer, "key", matches!(renewed, Ok(true)));
                         renewed
                     })
@@ -241,22 +241,7 @@ impl Service<Delivery> for PluginCall {
                     })
                     .inc();
             }
-            Ok(match report.outcome {
-                CallOutcome::Done => Verdict::Delivered {
-                    called_downstream: !report.calls.is_empty(),
-                },
-                CallOutcome::Retry {
-                    reason,
-                    after,
-                    downstream_unwell,
-                } => Verdict::Retry {
-                    reason,
-                    after,
-                    downstream_unwell,
-                },
-                CallOutcome::Reject(reason) => Verdict::Reject(reason),
-                CallOutcome::Review(reason) => Verdict::Review(reason),
-            })
+            Ok(Verdict::from(report))
         })
     }
 }

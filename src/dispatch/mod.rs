@@ -27,7 +27,7 @@ pub mod start;
 use crate::bus::{Bus, BusError, DeadQueue, Delivery, Lane};
 use crate::config::RetryConfig;
 use crate::limiter::RateLimiter;
-use crate::plugin::ConsumerPlugin;
+use crate::plugin::{CallOutcome, CallReport, ConsumerPlugin};
 use crate::telemetry::metrics::{ConsumerLabel, Metrics};
 use crate::telemetry::otlp::{SpanKind, SpanRecord, TraceContext, Tracer};
 use futures::FutureExt;
@@ -66,6 +66,30 @@ pub enum Verdict {
     Review(String),
 }
 
+/// A plugin call's outcome is the verdict, except that a delivery also says
+/// whether a downstream was called: only an answer from one tells the
+/// circuit breaker the downstream is healthy.
+impl From<CallReport> for Verdict {
+    fn from(report: CallReport) -> Verdict {
+        match report.outcome {
+            CallOutcome::Done => Verdict::Delivered {
+                called_downstream: !report.calls.is_empty(),
+            },
+            CallOutcome::Retry {
+                reason,
+                after,
+                downstream_unwell,
+            } => Verdict::Retry {
+                reason,
+                after,
+                downstream_unwell,
+            },
+            CallOutcome::Reject(reason) => Verdict::Reject(reason),
+            CallOutcome::Review(reason) => Verdict::Review(reason),
+        }
+    }
+}
+
 /// Infrastructure failures (not the plugin's): the event stays in the bus
 /// and comes back; these never dead-letter an event.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -93,7 +117,9 @@ pub async fn while_renewing<T, L>(
     work: impl std::future::Future<Output = T>,
     length: Duration,
     lease: &mut L,
-    mut renew: impl for<'a> FnMut(&'a mut L) -> futures::future::BoxFuture<'a, Result<bool, String>>,
+    mut renew: impl for<'a> FnMut(
+        &'a mut L,
+    ) -> futures::future::BoxFuture<'a, Result<bool, DispatchError>>,
 ) -> (T, Option<String>) {
     let every = renewal_interval(length);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -106,7 +132,7 @@ pub async fn while_renewing<T, L>(
             _ = ticks.tick(), if lost.is_none() => match renew(lease).await {
                 Ok(true) => {}
                 Ok(false) => lost = Some("the lease expired and was taken over".to_owned()),
-                Err(err) => lost = Some(err),
+                Err(err) => lost = Some(err.to_string()),
             },
         }
     }
@@ -456,7 +482,7 @@ impl ConsumerLoop {
             while_renewing(call, self.visibility_timeout, &mut delivery, |lease| {
                 let (bus, metrics) = (Arc::clone(&self.bus), Arc::clone(&self.metrics));
                 Box::pin(async move {
-                    let renewed = bus.extend(lease).await.map_err(|err| err.to_string());
+                    let renewed = bus.extend(lease).await.map_err(DispatchError::from);
                     metrics.lease_renewal(&lease.consumer, "bus", matches!(renewed, Ok(true)));
                     renewed
                 })

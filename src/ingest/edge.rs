@@ -12,7 +12,7 @@ use crate::config::RateLimit;
 use crate::limiter::RateLimiter;
 use ipnet::IpNet;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -59,20 +59,57 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -
 #[derive(Debug, Clone)]
 pub struct Allowlist(Vec<IpNet>);
 
+/// An `allow_ips_file` that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AllowlistError {
+    #[error("cannot read `{}`: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{}` line {line}: {source}", path.display())]
+    BadLine {
+        path: PathBuf,
+        line: usize,
+        source: crate::config::ValueError,
+    },
+    /// An empty file would otherwise silently allow everyone.
+    #[error("`{}` lists no address", path.display())]
+    Empty { path: PathBuf },
+}
+
 impl Allowlist {
-    /// `allow_ips` plus the lines of `allow_ips_file`; `None` when neither
-    /// is set (everyone may post). Errors name the file and line.
-    pub fn load(inline: &[IpNet], file: Option<&Path>) -> Result<Option<Allowlist>, String> {
+    /// `allow_ips` plus the lines of `allow_ips_file` (one CIDR or address
+    /// a line, `#` starts a comment); `None` when neither is set (everyone
+    /// may post).
+    pub fn load(
+        inline: &[IpNet],
+        file: Option<&Path>,
+    ) -> Result<Option<Allowlist>, AllowlistError> {
         let mut nets = inline.to_vec();
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|err| format!("cannot read `{}`: {err}", path.display()))?;
-            nets.extend(
-                parse_list(&text).map_err(|message| format!("`{}` {message}", path.display()))?,
-            );
+            let text =
+                std::fs::read_to_string(path).map_err(|source| AllowlistError::Unreadable {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            for (index, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or_default().trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let net =
+                    crate::config::parse_net(line).map_err(|source| AllowlistError::BadLine {
+                        path: path.to_owned(),
+                        line: index + 1,
+                        source,
+                    })?;
+                nets.push(net);
+            }
             if nets.is_empty() {
-                // An empty file would otherwise silently allow everyone.
-                return Err(format!("`{}` lists no address", path.display()));
+                return Err(AllowlistError::Empty {
+                    path: path.to_owned(),
+                });
             }
         }
         Ok((!nets.is_empty()).then_some(Allowlist(nets)))
@@ -81,21 +118,6 @@ impl Allowlist {
     pub fn allows(&self, ip: Option<IpAddr>) -> bool {
         ip.is_some_and(|ip| in_any(&self.0, ip.to_canonical()))
     }
-}
-
-/// One CIDR or address a line; `#` starts a comment.
-fn parse_list(text: &str) -> Result<Vec<IpNet>, String> {
-    let mut nets = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or_default().trim();
-        if line.is_empty() {
-            continue;
-        }
-        let net = crate::config::parse_net(line)
-            .map_err(|message| format!("line {}: {message}", index + 1))?;
-        nets.push(net);
-    }
-    Ok(nets)
 }
 
 /// Why a request was shed. Also the metric label.
@@ -357,7 +379,7 @@ mod tests {
         assert!(Allowlist::load(&[], None).unwrap().is_none());
 
         std::fs::write(&file, "54.187.174.169\nnot-an-ip\n").unwrap();
-        let err = Allowlist::load(&[], Some(&file)).unwrap_err();
+        let err = Allowlist::load(&[], Some(&file)).unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("not-an-ip"), "{err}");
         std::fs::write(&file, "# nothing\n").unwrap();
         assert!(Allowlist::load(&[], Some(&file)).is_err());

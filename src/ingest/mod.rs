@@ -18,8 +18,8 @@
 //! downstream can hold an unverified event by mistake.
 
 pub mod edge;
+pub mod scheme;
 pub mod server;
-pub mod signature;
 
 use crate::bus::{Appended, Bus, Envelope};
 use crate::config::{Config, ServerConfig, SourceConfig, SourceKind, is_event_type};
@@ -27,8 +27,7 @@ use crate::telemetry::otlp::{self, SpanKind, SpanRecord, TraceContext, Tracer};
 use bytes::{Bytes, BytesMut};
 use edge::{Admission, Allowlist, LimitSettings, Limits, PeerAddr, Shed};
 use futures::{Stream, StreamExt};
-use serde::Deserialize;
-use signature::{SignatureError, SigningKey};
+use scheme::{SignatureError, SigningKey};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -164,10 +163,20 @@ pub struct SourceEndpoint {
 /// A source that cannot be set up; `at` names its key
 /// (`sources.<name>.secrets[0]`, `sources.<name>.allow_ips_file`).
 #[derive(Debug, thiserror::Error)]
-#[error("{at}: {message}")]
+#[error("{at}: {problem}")]
 pub struct SourceError {
     pub at: String,
-    pub message: String,
+    pub problem: SourceProblem,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceProblem {
+    #[error(transparent)]
+    Secret(#[from] crate::config::SecretError),
+    #[error(transparent)]
+    Key(#[from] scheme::KeyError),
+    #[error(transparent)]
+    Allowlist(#[from] edge::AllowlistError),
 }
 
 impl SourceEndpoint {
@@ -177,22 +186,23 @@ impl SourceEndpoint {
         let mut keys = Vec::new();
         let mut errors = Vec::new();
         for (index, secret) in source.secrets.iter().enumerate() {
-            match secret
+            let key = secret
                 .resolve()
-                .and_then(|value| SigningKey::new(source.kind, &value))
-            {
+                .map_err(SourceProblem::from)
+                .and_then(|value| Ok(SigningKey::new(source.kind, &value)?));
+            match key {
                 Ok(key) => keys.push(key),
-                Err(message) => errors.push(SourceError {
+                Err(problem) => errors.push(SourceError {
                     at: format!("sources.{name}.secrets[{index}]"),
-                    message,
+                    problem,
                 }),
             }
         }
         let allowlist = Allowlist::load(&source.allow_ips, source.allow_ips_file.as_deref())
-            .unwrap_or_else(|message| {
+            .unwrap_or_else(|err| {
                 errors.push(SourceError {
                     at: format!("sources.{name}.allow_ips_file"),
-                    message,
+                    problem: err.into(),
                 });
                 None
             });
@@ -283,7 +293,16 @@ pub fn system_clock() -> Clock {
 /// Answers whether the hub can take traffic (bus and idempotency store
 /// reachable; plugins are loaded before the listener opens).
 pub type ReadinessCheck =
-    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), NotReady>> + Send + Sync>;
+
+/// Which dependency keeps the hub from taking traffic (`/readyz`'s reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("bus unavailable")]
+    Bus,
+    #[error("idempotency store unavailable")]
+    IdempotencyStore,
+}
 
 /// Everything the ingest handler needs.
 pub struct Ingest {
@@ -380,64 +399,6 @@ impl Ingest {
     }
 }
 
-/// The fields of a Stripe event routing needs.
-#[derive(Deserialize)]
-struct StripeEvent {
-    id: String,
-    #[serde(rename = "type")]
-    event_type: String,
-    #[serde(default)]
-    created: Option<i64>,
-    #[serde(default)]
-    livemode: Option<bool>,
-    #[serde(default)]
-    account: Option<String>,
-}
-
-/// Standard Webhooks payloads carry their type in the body.
-#[derive(Deserialize)]
-struct TypedEvent {
-    #[serde(rename = "type")]
-    event_type: String,
-}
-
-/// Where a scheme's event id and type come from, when not from the body.
-struct IdentityHeaders {
-    id: &'static str,
-    event_type: &'static str,
-}
-
-fn identity_headers(kind: SourceKind) -> Option<IdentityHeaders> {
-    match kind {
-        SourceKind::Stripe | SourceKind::StandardWebhooks => None,
-        SourceKind::GitHub => Some(IdentityHeaders {
-            id: "X-GitHub-Delivery",
-            event_type: "X-GitHub-Event",
-        }),
-        SourceKind::Shopify => Some(IdentityHeaders {
-            id: "X-Shopify-Webhook-Id",
-            event_type: "X-Shopify-Topic",
-        }),
-    }
-}
-
-/// The routing facts of a verified body, before their shape is checked.
-struct Facts {
-    id: String,
-    event_type: String,
-    created: i64,
-    livemode: bool,
-    account: Option<String>,
-}
-
-fn header_text(headers: &HeaderMap, name: &'static str) -> Result<String, IngestError> {
-    match signature::single_header(headers, name) {
-        Ok(Some(value)) => Ok(value.trim().to_owned()),
-        Ok(None) => Err(IngestError::BadEvent(format!("missing `{name}` header"))),
-        Err(err) => Err(IngestError::BadEvent(err.to_string())),
-    }
-}
-
 /// Whether JSON `body` nests deeper than `limit` (strings are skipped, so a
 /// `[` inside one does not count). Linear, no recursion.
 fn nests_deeper_than(body: &[u8], limit: usize) -> bool {
@@ -469,14 +430,14 @@ fn nests_deeper_than(body: &[u8], limit: usize) -> bool {
     false
 }
 
-/// Reads id, type and the rest from the body and headers, as the source's
-/// scheme says. Every body must be a JSON object.
+/// Checks what every event body must be, then reads id, type and the rest
+/// as the source's scheme says.
 fn facts(
     kind: SourceKind,
     headers: &HeaderMap,
     body: &[u8],
-    signed: &signature::Signed,
-) -> Result<Facts, IngestError> {
+    signed: &scheme::Signed,
+) -> Result<scheme::EventFacts, IngestError> {
     // JSON is UTF-8 (RFC 8259), but serde_json does not check the strings it
     // skips; plugins receive the payload as text and would see it altered.
     if std::str::from_utf8(body).is_err() {
@@ -491,44 +452,8 @@ fn facts(
             "JSON nested deeper than {MAX_DEPTH} levels"
         )));
     }
-    let bad_json = |err: serde_json::Error| IngestError::BadEvent(format!("{err}"));
-    let created = signed.timestamp.unwrap_or(0);
-    match kind {
-        SourceKind::Stripe => {
-            let event: StripeEvent = serde_json::from_slice(body).map_err(bad_json)?;
-            Ok(Facts {
-                id: event.id,
-                event_type: event.event_type,
-                created: event.created.unwrap_or(0),
-                livemode: event.livemode.unwrap_or(false),
-                account: event.account,
-            })
-        }
-        SourceKind::StandardWebhooks => {
-            let event: TypedEvent = serde_json::from_slice(body).map_err(bad_json)?;
-            Ok(Facts {
-                id: signed.id.clone().unwrap_or_default(),
-                event_type: event.event_type,
-                created,
-                livemode: false,
-                account: None,
-            })
-        }
-        SourceKind::GitHub | SourceKind::Shopify => {
-            let names = identity_headers(kind).expect("header identity");
-            serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(bad_json)?;
-            // Shopify topics are `orders/create`: dots make them event types
-            // that route patterns like `orders.*` match.
-            let event_type = header_text(headers, names.event_type)?.replace('/', ".");
-            Ok(Facts {
-                id: header_text(headers, names.id)?,
-                event_type,
-                created,
-                livemode: false,
-                account: None,
-            })
-        }
-    }
+    scheme::event_facts(kind, headers, body, signed)
+        .map_err(|err| IngestError::BadEvent(err.to_string()))
 }
 
 /// Checks the signature on the raw bytes, then reads the few fields routing
@@ -539,7 +464,7 @@ pub fn verify_and_parse(
     body: Bytes,
     now: i64,
 ) -> Result<VerifiedEvent, IngestError> {
-    let signed = signature::verify_request(
+    let signed = scheme::verify_request(
         source.kind,
         headers,
         &body,
@@ -707,7 +632,7 @@ impl Ingest {
         }
         // What the headers alone can tell, before any slot or body read: a
         // missing or malformed signature header, a stale timestamp.
-        if let Err(err) = signature::precheck(
+        if let Err(err) = scheme::precheck(
             source.kind,
             &headers,
             source.tolerance.as_secs() as i64,
@@ -803,7 +728,7 @@ pub fn routes(
                             .into_response(),
                         Err(reason) => warp::reply::with_status(
                             warp::reply::json(
-                                &serde_json::json!({ "status": "not_ready", "reason": reason }),
+                                &serde_json::json!({ "status": "not_ready", "reason": reason.to_string() }),
                             ),
                             StatusCode::SERVICE_UNAVAILABLE,
                         )

@@ -53,9 +53,39 @@ pub struct Connection {
     refused: Option<AddressRefused>,
 }
 
+/// A `[connections.<name>]` table that cannot be built. Names no secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// url's parse error, as text: url is not a direct dependency.
+    #[error("bad base_url: {0}")]
+    BaseUrl(String),
+    #[error("cannot build http client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error(transparent)]
+    Secret(#[from] crate::config::SecretError),
+    #[error("`{0}` is not a header name")]
+    HeaderName(String),
+    #[error("credential is not a valid header value")]
+    HeaderValue,
+}
+
+/// Why the hub's own POST through a connection ([`Connection::post_json`])
+/// failed. Names no secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    #[error(transparent)]
+    Refused(#[from] AddressRefused),
+    #[error("bad path: {0}")]
+    Path(String),
+    #[error("timed out")]
+    Timeout,
+    #[error("unreachable")]
+    Unreachable,
+}
+
 impl Connection {
     /// Resolves the connection's credentials. Errors name no secret value.
-    pub fn build(name: &str, config: &ConnectionConfig) -> Result<Connection, String> {
+    pub fn build(name: &str, config: &ConnectionConfig) -> Result<Connection, ConnectionError> {
         Connection::build_with(name, config, Lookup::System)
     }
 
@@ -63,9 +93,9 @@ impl Connection {
         name: &str,
         config: &ConnectionConfig,
         lookup: Lookup,
-    ) -> Result<Connection, String> {
+    ) -> Result<Connection, ConnectionError> {
         let base = reqwest::Url::parse(&config.base_url)
-            .map_err(|err| format!("connection `{name}`: bad base_url: {err}"))?;
+            .map_err(|err| ConnectionError::BaseUrl(err.to_string()))?;
         let policy = AddressPolicy {
             allow_private: config.allow_private,
         };
@@ -84,14 +114,8 @@ impl Connection {
             // A proxy would resolve the name itself, past the address policy.
             .no_proxy()
             .dns_resolver(Arc::new(GuardedResolver { policy, lookup }))
-            .build()
-            .map_err(|err| format!("connection `{name}`: cannot build http client: {err}"))?;
-        let authorization = match &config.auth {
-            None => None,
-            Some(auth) => {
-                Some(authorization(auth).map_err(|err| format!("connection `{name}`: {err}"))?)
-            }
-        };
+            .build()?;
+        let authorization = config.auth.as_ref().map(authorization).transpose()?;
         Ok(Connection {
             base,
             client,
@@ -104,13 +128,15 @@ impl Connection {
     /// A POST of `body` made by the hub itself (not a plugin), e.g. an alert
     /// to an on-call tool: same base URL, credentials, timeout and address
     /// policy as a plugin's calls. Returns the status; errors name no secret.
-    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<u16, String> {
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<u16, PostError> {
         if let Some(refused) = &self.refused {
-            return Err(refused.to_string());
+            return Err(refused.clone().into());
         }
-        let url = join_path(&self.base, path).map_err(|err| match err {
-            http::Error::InvalidRequest(message) => message,
-            other => format!("{other:?}"),
+        let url = join_path(&self.base, path).map_err(|err| {
+            PostError::Path(match err {
+                http::Error::InvalidRequest(message) => message,
+                other => format!("{other:?}"),
+            })
         })?;
         if let Some(limiter) = &self.limiter {
             limiter.acquire().await;
@@ -121,16 +147,16 @@ impl Connection {
         }
         match request.send().await {
             Ok(response) => Ok(response.status().as_u16()),
-            Err(err) if err.is_timeout() => Err("timed out".to_owned()),
+            Err(err) if err.is_timeout() => Err(PostError::Timeout),
             Err(err) => Err(match AddressRefused::find_in(&err) {
-                Some(refused) => refused.to_string(),
-                None => "unreachable".to_owned(),
+                Some(refused) => refused.clone().into(),
+                None => PostError::Unreachable,
             }),
         }
     }
 }
 
-fn authorization(auth: &AuthConfig) -> Result<(HeaderName, HeaderValue), String> {
+fn authorization(auth: &AuthConfig) -> Result<(HeaderName, HeaderValue), ConnectionError> {
     use base64::Engine as _;
     let (name, value) = match auth {
         AuthConfig::Bearer(token) => (
@@ -149,12 +175,11 @@ fn authorization(auth: &AuthConfig) -> Result<(HeaderName, HeaderValue), String>
         }
         AuthConfig::Header { name, value } => (
             HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("`{name}` is not a header name"))?,
+                .map_err(|_| ConnectionError::HeaderName(name.clone()))?,
             value.resolve()?.expose().to_owned(),
         ),
     };
-    let mut value = HeaderValue::from_str(&value)
-        .map_err(|_| "credential is not a valid header value".to_owned())?;
+    let mut value = HeaderValue::from_str(&value).map_err(|_| ConnectionError::HeaderValue)?;
     value.set_sensitive(true);
     Ok((name, value))
 }

@@ -65,8 +65,11 @@ pub enum PluginError {
     Connection { consumer: String, message: String },
     /// A `[connections.<name>]` table that cannot be built (its credentials
     /// do not resolve, its base URL is not one).
-    #[error("connections.{name}: {message}")]
-    BadConnection { name: String, message: String },
+    #[error("connections.{name}: {source}")]
+    BadConnection {
+        name: String,
+        source: host::ConnectionError,
+    },
     #[error("cannot start the plugin engine: {0}")]
     Engine(String),
     #[error("cannot start the plugin threads: {0}")]
@@ -368,9 +371,9 @@ pub fn build_connections(
             Ok(connection) => {
                 built.insert(name.clone(), Arc::new(connection));
             }
-            Err(message) => errors.push(PluginError::BadConnection {
+            Err(source) => errors.push(PluginError::BadConnection {
                 name: name.clone(),
-                message,
+                source,
             }),
         }
     }

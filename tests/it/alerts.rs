@@ -50,7 +50,7 @@ impl Traffic {
                     if forging.load(Ordering::Relaxed) {
                         // Signed with a secret the hub does not have: the
                         // sender rotated without telling us.
-                        let header = switchyard::ingest::signature::signature_header(
+                        let header = switchyard::ingest::scheme::stripe::signature_header(
                             "whsec_the_new_secret_nobody_added",
                             now(),
                             &body,

@@ -4,7 +4,7 @@
 
 use crate::harness::*;
 use std::time::Duration;
-use switchyard::ingest::signature::signature_header;
+use switchyard::ingest::scheme::stripe::signature_header;
 
 async fn hub() -> TestHub {
     let mock = MockDownstream::start().await;

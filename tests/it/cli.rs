@@ -137,13 +137,15 @@ fn sign_prints_a_header_the_verifier_accepts() {
         .expect("a Stripe-Signature line");
     assert!(stdout.contains("curl -sS -X POST 'http://127.0.0.1:8080/webhooks/stripe'"));
     let secret_file = dir.path().join("secret");
-    let secrets = vec![
-        switchyard::config::SecretRef::File(secret_file)
-            .resolve()
-            .unwrap(),
-    ];
+    let secret = switchyard::config::SecretRef::File(secret_file)
+        .resolve()
+        .unwrap();
+    let kind = switchyard::config::SourceKind::Stripe;
+    let keys = [switchyard::ingest::scheme::SigningKey::new(kind, &secret).unwrap()];
+    let mut headers = warp::http::HeaderMap::new();
+    headers.insert("stripe-signature", header.parse().unwrap());
     let body = std::fs::read(&event).unwrap();
-    switchyard::ingest::signature::verify(Some(header), &body, &secrets, 300, 1_700_000_000)
+    switchyard::ingest::scheme::verify_request(kind, &headers, &body, &keys, 300, 1_700_000_000)
         .unwrap();
 }
 

@@ -25,7 +25,7 @@ async fn post_from(
     body: &[u8],
     forwarded: Option<&str>,
 ) -> (u16, serde_json::Value) {
-    let signature = switchyard::ingest::signature::signature_header(SECRET, now(), body);
+    let signature = switchyard::ingest::scheme::stripe::signature_header(SECRET, now(), body);
     let mut headers = vec![("stripe-signature", signature.as_str())];
     if let Some(forwarded) = forwarded {
         headers.push(("x-forwarded-for", forwarded));
@@ -78,7 +78,7 @@ async fn behind_a_trusted_proxy_the_forwarded_client_counts_and_the_list_file_re
     assert_eq!(status, 403);
     // An allowed address is no pass: the signature still decides.
     let body = event("evt_ip_5");
-    let forged = switchyard::ingest::signature::signature_header("whsec_forged", now(), &body);
+    let forged = switchyard::ingest::scheme::stripe::signature_header("whsec_forged", now(), &body);
     let (status, answer) = hub
         .post(
             "/webhooks/stripe",
@@ -248,7 +248,7 @@ fn head_from(body: &[u8], client: &str, timestamp: i64) -> String {
     format!(
         "POST /webhooks/stripe HTTP/1.1\r\nHost: switchyard\r\nContent-Type: application/json\r\n\
          X-Forwarded-For: {client}\r\nStripe-Signature: {}\r\nContent-Length: {}\r\n\r\n",
-        switchyard::ingest::signature::signature_header(SECRET, timestamp, body),
+        switchyard::ingest::scheme::stripe::signature_header(SECRET, timestamp, body),
         body.len()
     )
 }

@@ -408,7 +408,7 @@ async fn trace_context_reaches_the_downstream_as_traceparent() {
     // A sender that traces: its trace continues downstream.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let body = fixture("customer.created.json");
-    let header = switchyard::ingest::signature::signature_header(SECRET, now(), &body);
+    let header = switchyard::ingest::scheme::stripe::signature_header(SECRET, now(), &body);
     let parent = format!("00-{trace_id}-00f067aa0ba902b7-01");
     let (status, _) = hub
         .post(

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use switchyard::app::{RunningHub, StartOptions};
 use switchyard::config::Config;
-use switchyard::ingest::signature::signature_header;
+use switchyard::ingest::scheme::stripe::signature_header;
 use warp::Filter;
 
 pub const SECRET: &str = "whsec_harness_secret_0123456789";

@@ -261,7 +261,7 @@ async fn the_hub_on_redis_delivers_each_effect_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_id_on_two_sources_is_two_effects_under_two_keys() {
     use crate::harness::*;
-    use switchyard::ingest::signature::signature_header;
+    use switchyard::ingest::scheme::stripe::signature_header;
     let crm = MockDownstream::start().await;
     let mut options = HubOptions::new(crm_routes(&crm, ""));
     options.extra_tables = r#"

@@ -3,7 +3,7 @@
 
 use crate::harness::*;
 use std::time::Duration;
-use switchyard::ingest::signature::signature_header;
+use switchyard::ingest::scheme::stripe::signature_header;
 
 fn one_consumer(mock: &MockDownstream) -> String {
     format!(

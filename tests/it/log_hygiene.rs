@@ -4,7 +4,7 @@ use crate::harness::*;
 use serde_json::json;
 use std::process::Stdio;
 use std::time::Duration;
-use switchyard::ingest::signature::signature_header;
+use switchyard::ingest::scheme::stripe::signature_header;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_payload_field_and_no_secret_reaches_the_logs_even_at_trace() {

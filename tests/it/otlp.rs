@@ -46,7 +46,7 @@ async fn a_trace_runs_from_the_sender_through_the_bus_to_the_downstream() {
         "customer.created",
         json!({"id": "cus_traced", "object": "customer", "email": "private@example.com", "name": null}),
     );
-    let signature = switchyard::ingest::signature::signature_header(SECRET, now(), &body);
+    let signature = switchyard::ingest::scheme::stripe::signature_header(SECRET, now(), &body);
     let traceparent = format!("00-{trace_id}-{sender_span}-01");
     let (status, _) = hub
         .post(

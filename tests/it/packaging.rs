@@ -401,7 +401,7 @@ async fn the_image_builds_and_runs_on_its_own() {
         .header("content-type", "application/json")
         .header(
             "stripe-signature",
-            switchyard::ingest::signature::signature_header(
+            switchyard::ingest::scheme::stripe::signature_header(
                 crate::harness::SECRET,
                 crate::harness::now(),
                 &body,

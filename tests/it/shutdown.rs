@@ -4,7 +4,7 @@
 use crate::harness::*;
 use serde_json::json;
 use std::time::Duration;
-use switchyard::ingest::signature::signature_header;
+use switchyard::ingest::scheme::stripe::signature_header;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_deliveries_and_keeps_the_rest() {

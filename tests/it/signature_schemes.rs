@@ -323,7 +323,7 @@ async fn shopify_topics_become_event_types() {
         (400, Some("bad_signature"))
     );
     // A Stripe signature means nothing to a Shopify source.
-    let stripe = switchyard::ingest::signature::signature_header(SHOPIFY_SECRET, now(), body);
+    let stripe = switchyard::ingest::scheme::stripe::signature_header(SHOPIFY_SECRET, now(), body);
     let (status, _) = hub
         .post(
             path,

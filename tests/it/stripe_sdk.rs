@@ -4,7 +4,7 @@
 
 use crate::harness::*;
 use std::process::Command;
-use switchyard::ingest::signature::signature_header;
+use switchyard::ingest::scheme::stripe::signature_header;
 
 fn sdk_dir() -> std::path::PathBuf {
     repo_root().join("tests/.sdk")
