@@ -15,7 +15,7 @@ use super::{Alert, Change, ConsumerSample, Detector, Sample, SourceSample};
 use crate::bus::now_ms;
 use crate::config::{AlertsConfig, Config};
 use crate::ingest::scheme::SignatureError;
-use crate::plugin::host::{Connection, ConnectionError};
+use crate::plugin::connection::{Connection, ConnectionError};
 use crate::telemetry::metrics::{AlertLabel, Metrics, SourceOutcome, SourceReason};
 use futures::future::BoxFuture;
 use serde::Serialize;

@@ -16,10 +16,19 @@
 //!
 //! Only [`verify_and_parse`] turns raw bytes into a [`VerifiedEvent`]; nothing
 //! downstream can hold an unverified event by mistake.
+//!
+//! Files: [`source`] (the configured sources), [`scheme`] (one file per
+//! webhook sender), [`event`] (bytes to envelope), [`edge`] (allowlists and
+//! load shedding), [`server`] (the accept loop); this page holds the handler.
 
 pub mod edge;
+mod event;
 pub mod scheme;
 pub mod server;
+mod source;
+
+pub use event::{VerifiedEvent, verify_and_parse};
+pub use source::{SourceEndpoint, SourceError, SourceProblem, endpoints};
 
 use crate::bus::{Appended, Bus, Envelope};
 use crate::config::{Config, ServerConfig, SourceConfig, SourceKind, is_event_type};
@@ -36,11 +45,6 @@ use warp::{Filter, Reply};
 
 /// Seconds a provider is told to wait when the bus cannot persist.
 const RETRY_AFTER_SECS: u64 = 5;
-/// Longest accepted event id.
-const MAX_EVENT_ID: usize = 255;
-/// Deepest accepted JSON nesting: serde_json's own default limit, so every
-/// accepted event can be decoded by consumers using it.
-const MAX_DEPTH: usize = 128;
 
 /// Why a request was refused. One place ([`IngestError::status`]) maps these
 /// to HTTP; messages never contain secrets or echo the body.
@@ -130,115 +134,6 @@ impl IngestError {
             );
         }
         response
-    }
-}
-
-/// An event whose signature checked out. Constructed only by
-/// [`verify_and_parse`].
-#[derive(Debug)]
-pub struct VerifiedEvent {
-    envelope: Envelope,
-    /// The sender's span, when it sent a `traceparent`: the ingest span's parent.
-    parent_span_id: Option<String>,
-}
-
-impl VerifiedEvent {
-    pub fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-}
-
-/// One configured source, with its secrets resolved.
-pub struct SourceEndpoint {
-    pub name: String,
-    pub kind: SourceKind,
-    /// One per configured secret, newest first.
-    pub keys: Vec<SigningKey>,
-    pub tolerance: Duration,
-    /// `None`: every address may post.
-    pub allowlist: Option<Allowlist>,
-    pub limits: Arc<Limits>,
-}
-
-/// A source that cannot be set up; `at` names its key
-/// (`sources.<name>.secrets[0]`, `sources.<name>.allow_ips_file`).
-#[derive(Debug, thiserror::Error)]
-#[error("{at}: {problem}")]
-pub struct SourceError {
-    pub at: String,
-    pub problem: SourceProblem,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SourceProblem {
-    #[error(transparent)]
-    Secret(#[from] crate::config::SecretError),
-    #[error(transparent)]
-    Key(#[from] scheme::KeyError),
-    #[error(transparent)]
-    Allowlist(#[from] edge::AllowlistError),
-}
-
-impl SourceEndpoint {
-    /// Resolves every secret into a key of the source's scheme and reads
-    /// the allowlist file; every error is reported, not just the first.
-    pub fn from_config(name: &str, source: &SourceConfig) -> Result<Self, Vec<SourceError>> {
-        let mut keys = Vec::new();
-        let mut errors = Vec::new();
-        for (index, secret) in source.secrets.iter().enumerate() {
-            let key = secret
-                .resolve()
-                .map_err(SourceProblem::from)
-                .and_then(|value| Ok(SigningKey::new(source.kind, &value)?));
-            match key {
-                Ok(key) => keys.push(key),
-                Err(problem) => errors.push(SourceError {
-                    at: format!("sources.{name}.secrets[{index}]"),
-                    problem,
-                }),
-            }
-        }
-        let allowlist = Allowlist::load(&source.allow_ips, source.allow_ips_file.as_deref())
-            .unwrap_or_else(|err| {
-                errors.push(SourceError {
-                    at: format!("sources.{name}.allow_ips_file"),
-                    problem: err.into(),
-                });
-                None
-            });
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Ok(SourceEndpoint {
-            name: name.to_owned(),
-            kind: source.kind,
-            keys,
-            tolerance: source.tolerance,
-            allowlist,
-            limits: Arc::new(Limits::new(LimitSettings {
-                max_concurrency: source.max_concurrency,
-                rate_limit: source.rate_limit,
-            })),
-        })
-    }
-}
-
-/// Every source of `config`, by URL path; the errors of all of them.
-pub fn endpoints(config: &Config) -> Result<HashMap<String, SourceEndpoint>, Vec<SourceError>> {
-    let mut endpoints = HashMap::new();
-    let mut errors = Vec::new();
-    for (name, source) in &config.sources {
-        match SourceEndpoint::from_config(name, source) {
-            Ok(endpoint) => {
-                endpoints.insert(source.path.clone(), endpoint);
-            }
-            Err(more) => errors.extend(more),
-        }
-    }
-    if errors.is_empty() {
-        Ok(endpoints)
-    } else {
-        Err(errors)
     }
 }
 
@@ -397,146 +292,6 @@ impl Ingest {
     fn sources(&self) -> Arc<HashMap<String, SourceEndpoint>> {
         Arc::clone(&self.sources.read().expect("sources lock"))
     }
-}
-
-/// Whether JSON `body` nests deeper than `limit` (strings are skipped, so a
-/// `[` inside one does not count). Linear, no recursion.
-fn nests_deeper_than(body: &[u8], limit: usize) -> bool {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in body {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > limit {
-                    return true;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
-}
-
-/// Checks what every event body must be, then reads id, type and the rest
-/// as the source's scheme says.
-fn facts(
-    kind: SourceKind,
-    headers: &HeaderMap,
-    body: &[u8],
-    signed: &scheme::Signed,
-) -> Result<scheme::EventFacts, IngestError> {
-    // JSON is UTF-8 (RFC 8259), but serde_json does not check the strings it
-    // skips; plugins receive the payload as text and would see it altered.
-    if std::str::from_utf8(body).is_err() {
-        return Err(IngestError::BadEvent("body is not UTF-8".into()));
-    }
-    // serde would also read a struct from a JSON array; only objects are events.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(IngestError::BadEvent("expected a JSON object".into()));
-    }
-    if nests_deeper_than(body, MAX_DEPTH) {
-        return Err(IngestError::BadEvent(format!(
-            "JSON nested deeper than {MAX_DEPTH} levels"
-        )));
-    }
-    scheme::event_facts(kind, headers, body, signed)
-        .map_err(|err| IngestError::BadEvent(err.to_string()))
-}
-
-/// Checks the signature on the raw bytes, then reads the few fields routing
-/// needs. The body is kept byte for byte.
-pub fn verify_and_parse(
-    source: &SourceEndpoint,
-    headers: &HeaderMap,
-    body: Bytes,
-    now: i64,
-) -> Result<VerifiedEvent, IngestError> {
-    let signed = scheme::verify_request(
-        source.kind,
-        headers,
-        &body,
-        &source.keys,
-        source.tolerance.as_secs() as i64,
-        now,
-    )?;
-    let event = facts(source.kind, headers, &body, &signed)?;
-    if event.id.is_empty()
-        || event.id.len() > MAX_EVENT_ID
-        || !event.id.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(IngestError::BadEvent(
-            "`id` must be 1 to 255 printable ASCII characters".into(),
-        ));
-    }
-    if !is_event_type(&event.event_type) {
-        return Err(IngestError::BadEvent(
-            "`type` must be dot-separated tokens of a-z, 0-9 and _".into(),
-        ));
-    }
-    // Join the sender's trace when it sent one; start a trace otherwise, so
-    // every event can be followed to each downstream call. The envelope
-    // carries the ingest span: deliveries become its children.
-    let sender = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_traceparent(v))
-        .and_then(TraceContext::parse);
-    let ingest_span = match &sender {
-        Some(sender) => sender.child(),
-        None => TraceContext {
-            trace_id: otlp::new_trace_id(),
-            span_id: otlp::new_span_id(),
-        },
-    };
-    let traceparent = Some(ingest_span.traceparent());
-    Ok(VerifiedEvent {
-        envelope: Envelope {
-            source: source.name.clone(),
-            event_id: event.id,
-            event_type: event.event_type,
-            created: event.created,
-            livemode: event.livemode,
-            account: event.account,
-            received_at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-            traceparent,
-            generation: None,
-            key_format: crate::bus::envelope::KeyFormat::SourceScoped,
-            payload: body,
-        },
-        parent_span_id: sender.map(|sender| sender.span_id),
-    })
-}
-
-/// W3C `traceparent`: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
-fn is_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    parts.len() == 4
-        && hex(parts[0], 2)
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
-        && parts[1] != "0".repeat(32)
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

@@ -13,6 +13,7 @@
 //!
 //! The contract is the WIT package in `plugins/wit/`.
 
+pub mod connection;
 pub mod devkit;
 pub mod egress;
 pub mod host;
@@ -22,7 +23,7 @@ use crate::config::{Config, ConnectionConfig, ConsumerConfig, PluginLimits};
 use host::{CallRecord, ConsumerContext, HostState};
 use pool::{CallTurns, GuestPool, Share};
 
-pub use host::Connection;
+pub use connection::Connection;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -68,7 +69,7 @@ pub enum PluginError {
     #[error("connections.{name}: {source}")]
     BadConnection {
         name: String,
-        source: host::ConnectionError,
+        source: connection::ConnectionError,
     },
     #[error("cannot start the plugin engine: {0}")]
     Engine(String),

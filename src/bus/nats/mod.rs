@@ -22,14 +22,24 @@
 //! plugin call runs), a retry is `NAK` with a delay, dead-lettering is a
 //! publish to the dead stream followed by `TERM`. Ingest dedup is JetStream's
 //! `Nats-Msg-Id` window.
+//!
+//! [`connect`] reaches the servers and declares the streams and durable
+//! consumers; [`headers`] is the CloudEvents codec of an envelope; [`admin`] answers the
+//! operator's queries (dead letters, history, replays).
+
+mod admin;
+mod connect;
+mod headers;
+
+pub use connect::probe;
 
 use super::*;
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::{PublishMessage, StreamMessage};
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use headers::*;
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
-use std::time::UNIX_EPOCH;
 
 /// How many unacked deliveries one worker slot may account for across all
 /// processes. Deliveries waiting out a retry delay stay unacked in
@@ -38,26 +48,6 @@ use std::time::UNIX_EPOCH;
 const ACK_PENDING_PER_WORKER: i64 = 256;
 /// Longest dead-letter reason kept in a header.
 const MAX_REASON: usize = 1024;
-
-const H_SPEC: &str = "ce-specversion";
-const H_ID: &str = "ce-id";
-const H_SOURCE: &str = "ce-source";
-const H_TYPE: &str = "ce-type";
-const H_TIME: &str = "ce-time";
-const H_CONTENT_TYPE: &str = "ce-datacontenttype";
-const H_SWITCHYARD_SOURCE: &str = "switchyard-source";
-const H_CREATED: &str = "switchyard-created";
-const H_LIVEMODE: &str = "switchyard-livemode";
-const H_ACCOUNT: &str = "switchyard-account";
-const H_RECEIVED: &str = "switchyard-received-at";
-const H_TRACEPARENT: &str = "traceparent";
-const H_REASON: &str = "switchyard-reason";
-const H_ATTEMPTS: &str = "switchyard-attempts";
-const H_DEAD_AT: &str = "switchyard-dead-at";
-const H_GENERATION: &str = "switchyard-generation";
-/// Present on events whose `Idempotency-Key`s name their source (see
-/// [`KeyFormat`]); absent on events stored by older builds.
-const H_KEYS: &str = "switchyard-key-format";
 
 /// Settings of the JetStream engine (from `[bus]`).
 #[derive(Debug, Clone)]
@@ -211,242 +201,7 @@ fn filter_subjects(prefix: &str, subscription: &Subscription) -> Vec<String> {
         .collect()
 }
 
-/// Several filter subjects on one consumer arrived in nats-server 2.10.
-fn supports_filter_subjects(version: &str) -> bool {
-    let mut parts = version
-        .split(['.', '-'])
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let major = parts.next().unwrap_or(0);
-    let minor = parts.next().unwrap_or(0);
-    (major, minor) >= (2, 10)
-}
-
-fn header_value(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
-fn rfc3339_ms(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
-/// The headers that carry an envelope (everything but the payload).
-fn envelope_headers(envelope: &Envelope) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(H_SPEC, "1.0");
-    headers.insert(H_ID, header_value(&envelope.event_id).as_str());
-    headers.insert(
-        H_SOURCE,
-        format!("/switchyard/{}", envelope.source).as_str(),
-    );
-    headers.insert(H_TYPE, header_value(&envelope.event_type).as_str());
-    let time_ms = if envelope.created > 0 {
-        envelope.created as u64 * 1000
-    } else {
-        envelope.received_at_ms
-    };
-    headers.insert(H_TIME, rfc3339_ms(time_ms).as_str());
-    headers.insert(H_CONTENT_TYPE, "application/json");
-    headers.insert(H_SWITCHYARD_SOURCE, envelope.source.as_str());
-    headers.insert(H_CREATED, envelope.created.to_string().as_str());
-    headers.insert(H_LIVEMODE, if envelope.livemode { "true" } else { "false" });
-    if let Some(account) = &envelope.account {
-        headers.insert(H_ACCOUNT, header_value(account).as_str());
-    }
-    headers.insert(H_RECEIVED, envelope.received_at_ms.to_string().as_str());
-    if let Some(traceparent) = &envelope.traceparent {
-        headers.insert(H_TRACEPARENT, header_value(traceparent).as_str());
-    }
-    if let Some(generation) = envelope.generation {
-        headers.insert(H_GENERATION, generation.to_string().as_str());
-    }
-    if envelope.key_format == KeyFormat::SourceScoped {
-        headers.insert(H_KEYS, "source-scoped");
-    }
-    headers
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).map(|value| value.as_str())
-}
-
-fn corrupt(message: String) -> BusError {
-    BusError::Corrupt(EnvelopeError::Header(message))
-}
-
-/// Rebuilds the envelope from a message's headers and body.
-fn envelope_from(
-    headers: Option<&HeaderMap>,
-    payload: &bytes::Bytes,
-) -> Result<Envelope, BusError> {
-    let headers = headers.ok_or_else(|| corrupt("message has no headers".into()))?;
-    let required = |name: &str| {
-        header(headers, name)
-            .map(str::to_owned)
-            .ok_or_else(|| corrupt(format!("message lacks the `{name}` header")))
-    };
-    let number = |name: &str| -> Result<i64, BusError> {
-        required(name)?
-            .parse()
-            .map_err(|_| corrupt(format!("header `{name}` is not a number")))
-    };
-    Ok(Envelope {
-        source: required(H_SWITCHYARD_SOURCE)?,
-        event_id: required(H_ID)?,
-        event_type: required(H_TYPE)?,
-        created: number(H_CREATED)?,
-        livemode: header(headers, H_LIVEMODE) == Some("true"),
-        account: header(headers, H_ACCOUNT).map(str::to_owned),
-        received_at_ms: number(H_RECEIVED)? as u64,
-        traceparent: header(headers, H_TRACEPARENT).map(str::to_owned),
-        generation: header(headers, H_GENERATION).and_then(|g| g.parse().ok()),
-        key_format: match header(headers, H_KEYS) {
-            Some("source-scoped") => KeyFormat::SourceScoped,
-            _ => KeyFormat::Legacy,
-        },
-        payload: payload.clone(),
-    })
-}
-
-/// Connects to a server new enough for this engine.
-async fn connect_client(settings: &NatsSettings) -> Result<async_nats::Client, BusError> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name("switchyard")
-        .connection_timeout(settings.ack_timeout)
-        .request_timeout(Some(settings.ack_timeout))
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("nats connected"),
-                other => tracing::warn!(event = %other, "nats connection event"),
-            }
-        });
-    if let Some(credentials) = &settings.credentials {
-        options = options
-            .credentials(credentials.expose())
-            .map_err(|err| unavailable(format!("bad credentials: {err}")))?;
-    }
-    if let Some(token) = &settings.token {
-        options = options.token(token.expose().to_owned());
-    }
-    let client = options
-        .connect(settings.urls.as_slice())
-        .await
-        .map_err(unavailable)?;
-    let version = client.server_info().version;
-    if !supports_filter_subjects(&version) {
-        return Err(unavailable(format!(
-            "nats-server {version} is too old: switchyard needs 2.10 or newer (consumers with several subject filters)"
-        )));
-    }
-    Ok(client)
-}
-
-/// What `switchyard check` asks of NATS: reachable, new enough, JetStream
-/// enabled for the account. Creates nothing.
-pub async fn probe(settings: &NatsSettings) -> Result<(), BusError> {
-    let client = connect_client(settings).await?;
-    jetstream::new(client)
-        .query_account()
-        .await
-        .map(drop)
-        .map_err(|err| unavailable(format!("jetstream: {err}")))
-}
-
 impl NatsBus {
-    /// Connects, creates or updates both streams and one durable consumer
-    /// per subscriber. Fails (rather than waiting) if NATS is unreachable.
-    pub async fn connect(
-        settings: NatsSettings,
-        subscribers: &[Subscriber],
-    ) -> Result<NatsBus, BusError> {
-        let client = connect_client(&settings).await?;
-        let jetstream = jetstream::ContextBuilder::new()
-            .timeout(settings.ack_timeout)
-            .build(client.clone());
-        let prefix = settings.subject_prefix.clone();
-        let events = jetstream
-            .create_or_update_stream(stream::Config {
-                name: settings.stream.clone(),
-                description: Some("switchyard: verified webhook events".into()),
-                subjects: vec![format!("{prefix}.events.>"), format!("{prefix}.replay.>")],
-                retention: stream::RetentionPolicy::Limits,
-                storage: stream::StorageType::File,
-                num_replicas: settings.replicas,
-                max_age: settings.retention,
-                duplicate_window: settings.dedup_window,
-                allow_direct: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|err| unavailable(format!("stream `{}`: {err}", settings.stream)))?;
-        let dead_name = format!("{}_DEAD", settings.stream);
-        jetstream
-            .create_or_update_stream(stream::Config {
-                name: dead_name.clone(),
-                description: Some("switchyard: dead-letter and review queues".into()),
-                subjects: vec![format!("{prefix}.dead.>")],
-                retention: stream::RetentionPolicy::Limits,
-                storage: stream::StorageType::File,
-                num_replicas: settings.replicas,
-                allow_direct: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|err| unavailable(format!("stream `{dead_name}`: {err}")))?;
-        let events = jetstream
-            .get_stream(&events.config.name)
-            .await
-            .map_err(unavailable)?;
-        let dead = jetstream
-            .get_stream(&dead_name)
-            .await
-            .map_err(unavailable)?;
-        let bus = NatsBus {
-            client,
-            jetstream,
-            events,
-            dead,
-            prefix,
-            consumers: RwLock::default(),
-            ack_wait: settings.visibility_timeout,
-            replicas: settings.replicas,
-            released: Mutex::new(HashMap::new()),
-        };
-        bus.resubscribe(subscribers).await?;
-        Ok(bus)
-    }
-
-    /// Creates or updates one lane's durable: a changed route changes the
-    /// filters in place.
-    async fn durable(
-        &self,
-        consumer: &str,
-        lane: Lane,
-        filter_subjects: Vec<String>,
-        concurrency: usize,
-    ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
-        let name = durable_name(consumer, lane);
-        self.events
-            .create_consumer(pull::Config {
-                durable_name: Some(name.clone()),
-                description: Some(format!("switchyard consumer `{consumer}`, {lane:?} lane")),
-                // A consumer added later starts with new events; older ones
-                // reach it only by an explicit history replay.
-                deliver_policy: jetstream::consumer::DeliverPolicy::New,
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: self.ack_wait,
-                // Dispatch decides when to give up, not the server.
-                max_deliver: -1,
-                filter_subjects,
-                max_ack_pending: concurrency as i64 * ACK_PENDING_PER_WORKER,
-                num_replicas: self.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|err| unavailable(format!("consumer `{name}`: {err}")))
-    }
-
     fn consumer(&self, name: &str) -> Result<Arc<Consumer>, BusError> {
         self.consumers
             .read()
@@ -839,207 +594,6 @@ impl Bus for NatsBus {
     }
 }
 
-#[async_trait]
-impl BusAdmin for NatsBus {
-    async fn parked_count(&self, consumer: &str, queue: DeadQueue) -> Result<u64, BusError> {
-        self.consumer(consumer)?;
-        let mut info = self
-            .dead
-            .info_with_subjects(self.dead_filter(consumer))
-            .await
-            .map_err(unavailable)?;
-        let mut count = 0;
-        while let Some(entry) = futures::StreamExt::next(&mut info).await {
-            let (name, n) = entry.map_err(unavailable)?;
-            if self.in_dead_queue(&name, consumer, queue) {
-                count += n as u64;
-            }
-        }
-        Ok(count)
-    }
-
-    async fn dead_letters(
-        &self,
-        consumer: &str,
-        queue: DeadQueue,
-    ) -> Result<Vec<DeadLetter>, BusError> {
-        self.consumer(consumer)?;
-        let filter = self.dead_filter(consumer);
-        let mut out = Vec::new();
-        let mut from = 1;
-        while let Some(message) = Self::next_message(&self.dead, &filter, from).await? {
-            from = message.sequence + 1;
-            if !self.in_dead_queue(message.subject.as_str(), consumer, queue) {
-                continue;
-            }
-            let headers = Some(&message.headers);
-            let number = |name: &str| {
-                headers
-                    .and_then(|h| header(h, name))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            out.push(DeadLetter {
-                id: message.sequence,
-                consumer: consumer.to_owned(),
-                queue,
-                envelope: envelope_from(headers, &message.payload)?,
-                attempts: number(H_ATTEMPTS) as u32,
-                reason: headers
-                    .and_then(|h| header(h, H_REASON))
-                    .unwrap_or_default()
-                    .to_owned(),
-                at_ms: number(H_DEAD_AT),
-            });
-        }
-        Ok(out)
-    }
-
-    async fn backlog(&self, consumer: &str) -> Result<u64, BusError> {
-        self.consumer(consumer)?;
-        let mut waiting = 0;
-        for lane in Lane::ALL {
-            let info = self
-                .events
-                .consumer_info(durable_name(consumer, lane))
-                .await
-                .map_err(unavailable)?;
-            waiting += info.num_pending + info.num_ack_pending as u64;
-        }
-        Ok(waiting)
-    }
-
-    async fn oldest_pending_age(&self, consumer: &str) -> Result<Option<Duration>, BusError> {
-        // The live lane only: replayed events are old on purpose.
-        let entry = self.consumer(consumer)?;
-        let info = self
-            .events
-            .consumer_info(consumer)
-            .await
-            .map_err(unavailable)?;
-        if info.num_pending + info.num_ack_pending as u64 == 0 {
-            return Ok(None);
-        }
-        // Everything below the ack floor is settled: the oldest waiting
-        // event is the first one of ours above it.
-        let from = info.ack_floor.stream_sequence + 1;
-        let mut oldest: Option<StreamMessage> = None;
-        for filter in &entry.filters {
-            if let Some(message) = Self::next_message(&self.events, filter, from).await?
-                && oldest
-                    .as_ref()
-                    .is_none_or(|o| message.sequence < o.sequence)
-            {
-                oldest = Some(message);
-            }
-        }
-        let Some(message) = oldest else {
-            return Ok(None);
-        };
-        let envelope = envelope_from(Some(&message.headers), &message.payload)?;
-        Ok(Some(Duration::from_millis(
-            now_ms().saturating_sub(envelope.received_at_ms),
-        )))
-    }
-
-    async fn requeue_dead(
-        &self,
-        consumer: &str,
-        queue: DeadQueue,
-        ids: &[u64],
-    ) -> Result<usize, BusError> {
-        self.consumer(consumer)?;
-        let mut moved = 0;
-        for &id in ids {
-            let Some(message) = self.parked(consumer, queue, id).await? else {
-                continue;
-            };
-            let envelope = envelope_from(Some(&message.headers), &message.payload)?;
-            // Publish first, then delete: a crash in between replays twice,
-            // which idempotency keys absorb; the other order could lose it.
-            self.publish_replay(consumer, &envelope, &format!("requeue:{consumer}:{id}"))
-                .await?;
-            self.dead.delete_message(id).await.map_err(unavailable)?;
-            moved += 1;
-        }
-        Ok(moved)
-    }
-
-    async fn history(
-        &self,
-        consumer: &str,
-        source: &str,
-        pattern: &EventPattern,
-        since_ms: u64,
-        until_ms: u64,
-    ) -> Result<Vec<u64>, BusError> {
-        self.consumer(consumer)?;
-        let probe = Subscription {
-            consumer: consumer.to_owned(),
-            filters: vec![(source.to_owned(), pattern.clone())],
-        };
-        let subject = filter_subjects(&self.prefix, &probe).remove(0);
-        let mut seqs = Vec::new();
-        let mut from = 1;
-        while let Some(message) = Self::next_message(&self.events, &subject, from).await? {
-            from = message.sequence + 1;
-            let envelope = envelope_from(Some(&message.headers), &message.payload)?;
-            if in_history(&envelope, source, pattern, since_ms, until_ms) {
-                seqs.push(message.sequence);
-            }
-        }
-        Ok(seqs)
-    }
-
-    async fn requeue_history(
-        &self,
-        consumer: &str,
-        ids: &[u64],
-        force: bool,
-    ) -> Result<usize, BusError> {
-        self.consumer(consumer)?;
-        let events = format!("{}.events.", self.prefix);
-        // One run's message ids differ from the next run's, so an operator
-        // can replay the same window twice on purpose.
-        let run = now_ms();
-        let mut queued = 0;
-        for &seq in ids {
-            let Some(message) = Self::message_at(&self.events, seq).await? else {
-                continue;
-            };
-            if !message.subject.starts_with(&events) {
-                continue;
-            }
-            let mut envelope = envelope_from(Some(&message.headers), &message.payload)?;
-            if force {
-                envelope.generation = Some(run);
-            }
-            let id = format!("history:{consumer}:{seq}:{run}");
-            self.publish_replay(consumer, &envelope, &id).await?;
-            queued += 1;
-        }
-        Ok(queued)
-    }
-
-    async fn discard_dead(
-        &self,
-        consumer: &str,
-        queue: DeadQueue,
-        ids: &[u64],
-    ) -> Result<usize, BusError> {
-        self.consumer(consumer)?;
-        let mut deleted = 0;
-        for &id in ids {
-            if self.parked(consumer, queue, id).await?.is_some()
-                && self.dead.delete_message(id).await.map_err(unavailable)?
-            {
-                deleted += 1;
-            }
-        }
-        Ok(deleted)
-    }
-}
-
 /// The last token of a parked entry's subject: the event's source and id,
 /// hashed (ids may hold characters a subject cannot).
 fn dead_event_token(envelope: &Envelope) -> String {
@@ -1051,15 +605,6 @@ fn dead_event_token(envelope: &Envelope) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn server_versions_before_2_10_are_refused() {
-        assert!(!supports_filter_subjects("2.9.10"));
-        assert!(supports_filter_subjects("2.10.0"));
-        assert!(supports_filter_subjects("2.15.1"));
-        assert!(supports_filter_subjects("3.0.0-beta.1"));
-        assert!(!supports_filter_subjects("garbage"));
-    }
 
     #[test]
     fn event_types_become_safe_subject_tokens() {
