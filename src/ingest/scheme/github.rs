@@ -3,7 +3,6 @@
 //! `X-GitHub-Event`; no timestamp is signed.
 
 use super::{IdentityHeaders, SignatureError, Signed, SigningKey};
-use crate::config::Secret;
 use warp::http::HeaderMap;
 
 const HEADER: &str = "X-Hub-Signature-256";
@@ -13,25 +12,13 @@ pub(super) const IDENTITY: IdentityHeaders = IdentityHeaders {
     event_type: "X-GitHub-Event",
 };
 
-pub(super) fn key(secret: &Secret) -> Vec<u8> {
-    secret.expose().as_bytes().to_vec()
-}
-
 pub(super) fn verify(
     headers: &HeaderMap,
     payload: &[u8],
     keys: &[SigningKey],
 ) -> Result<Signed, SignatureError> {
-    let header = super::required(headers, HEADER)?;
-    let hex = header
-        .strip_prefix("sha256=")
-        .ok_or(SignatureError::Malformed {
-            header: HEADER,
-            reason: "expected `sha256=<hex>`",
-        })?;
-    super::any_match(keys, &[payload], hex::encode, &[hex])
-        .then_some(Signed::default())
-        .ok_or(SignatureError::NoMatch)
+    let prefix = ("sha256=", "expected `sha256=<hex>`");
+    super::body_signature(headers, payload, keys, HEADER, Some(prefix), hex::encode)
 }
 
 #[cfg(test)]

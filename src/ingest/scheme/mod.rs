@@ -11,7 +11,8 @@
 //!
 //! Adding a sender is a file here and an arm in each of the three matches
 //! below ([`SigningKey::new`], [`verify_request`], [`event_facts`]), plus its
-//! name in [`SourceKind`].
+//! name in [`SourceKind`]. A sender that signs the raw body with one header
+//! (GitHub, Shopify) is a call of [`body_signature`].
 //!
 //! What every scheme shares lives here: every configured secret is tried
 //! against every signature (a rotation sends several), without an early exit
@@ -102,12 +103,14 @@ impl fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
+    /// Stripe, GitHub and Shopify key the HMAC with the secret's UTF-8
+    /// bytes; Standard Webhooks decodes it.
     pub fn new(kind: SourceKind, secret: &Secret) -> Result<SigningKey, KeyError> {
         let bytes = match kind {
-            SourceKind::Stripe => stripe::key(secret),
             SourceKind::StandardWebhooks => standard_webhooks::key(secret)?,
-            SourceKind::GitHub => github::key(secret),
-            SourceKind::Shopify => shopify::key(secret),
+            SourceKind::Stripe | SourceKind::GitHub | SourceKind::Shopify => {
+                secret.expose().as_bytes().to_vec()
+            }
         };
         Ok(SigningKey(bytes))
     }
@@ -230,6 +233,34 @@ impl IdentityHeaders {
             account: None,
         })
     }
+}
+
+/// The check of schemes that sign only the raw body, in one header: the
+/// header's value, `prefix` removed, must be the encoded HMAC of the body
+/// under one of the keys. Nothing but the body is signed.
+fn body_signature(
+    headers: &HeaderMap,
+    payload: &[u8],
+    keys: &[SigningKey],
+    header: &'static str,
+    prefix: Option<(&'static str, &'static str)>,
+    encode: impl Fn([u8; 32]) -> String,
+) -> Result<Signed, SignatureError> {
+    let value = required(headers, header)?.trim();
+    let signature = match prefix {
+        None => value,
+        Some((prefix, expected)) => {
+            value
+                .strip_prefix(prefix)
+                .ok_or(SignatureError::Malformed {
+                    header,
+                    reason: expected,
+                })?
+        }
+    };
+    any_match(keys, &[payload], encode, &[signature])
+        .then_some(Signed::default())
+        .ok_or(SignatureError::NoMatch)
 }
 
 /// The clock a signed timestamp is checked against.

@@ -4,7 +4,6 @@
 //! routed as `orders.create`); no timestamp is signed.
 
 use super::{IdentityHeaders, SignatureError, Signed, SigningKey};
-use crate::config::Secret;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use warp::http::HeaderMap;
@@ -16,20 +15,13 @@ pub(super) const IDENTITY: IdentityHeaders = IdentityHeaders {
     event_type: "X-Shopify-Topic",
 };
 
-pub(super) fn key(secret: &Secret) -> Vec<u8> {
-    secret.expose().as_bytes().to_vec()
-}
-
 pub(super) fn verify(
     headers: &HeaderMap,
     payload: &[u8],
     keys: &[SigningKey],
 ) -> Result<Signed, SignatureError> {
-    let header = super::required(headers, HEADER)?;
     let encode = |mac: [u8; 32]| BASE64.encode(mac);
-    super::any_match(keys, &[payload], encode, &[header.trim()])
-        .then_some(Signed::default())
-        .ok_or(SignatureError::NoMatch)
+    super::body_signature(headers, payload, keys, HEADER, None, encode)
 }
 
 #[cfg(test)]

@@ -5,16 +5,11 @@
 //! read from the body.
 
 use super::{EventFacts, FactsError, SignatureError, Signed, SigningKey, Window};
-use crate::config::Secret;
 use serde::Deserialize;
 use std::fmt;
 use warp::http::HeaderMap;
 
 pub const HEADER: &str = "Stripe-Signature";
-
-pub(super) fn key(secret: &Secret) -> Vec<u8> {
-    secret.expose().as_bytes().to_vec()
-}
 
 pub(super) fn verify(
     headers: &HeaderMap,
