@@ -24,15 +24,18 @@
 //! --accept-empty-store`): acknowledged events would otherwise vanish while
 //! the hub reports ready.
 //!
+//! (The store's identity lives in [`identity`].)
+//!
 //! Lazy commits ride on the next durable one. When none comes (queues
 //! draining with no ingest), the writer makes them durable itself within
 //! [`LAZY_PERSIST_WITHIN`]: a crash then rolls back at most that much
 //! bookkeeping, and redb, which frees the pages a lazy commit releases only
 //! at a durable commit, does not grow the file for as long as the streak lasts.
 
-use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction,
-};
+mod identity;
+
+pub use identity::EmptyStore;
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -71,107 +74,6 @@ impl From<redb::Error> for DurableError {
     fn from(err: redb::Error) -> Self {
         DurableError::Storage(err.to_string())
     }
-}
-
-/// What opening does when a store's marker says it held data but the file
-/// is missing, empty or another store.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum EmptyStore {
-    /// Refuse to open, changing nothing.
-    #[default]
-    Refuse,
-    /// Start a new, empty store (the operator accepted losing the old one).
-    Accept,
-}
-
-/// The id of a store, written once at its first start.
-const STORE_ID: TableDefinition<&str, &str> = TableDefinition::new("switchyard_store");
-const STORE_ID_KEY: &str = "id";
-
-/// `<file>.id` beside the store file.
-fn marker_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".id");
-    path.with_file_name(name)
-}
-
-/// Refuses, before touching the file, to open a missing or empty store
-/// whose marker says it held data.
-fn refuse_vanished_store(path: &Path, marker: &Option<String>) -> Result<(), String> {
-    let Some(id) = marker else { return Ok(()) };
-    let state = match std::fs::metadata(path) {
-        Err(_) => "missing",
-        Ok(meta) if meta.len() == 0 => "empty",
-        Ok(_) => return Ok(()),
-    };
-    Err(format!(
-        "the store file is {state}, but `{}` says it held store {id}: its acknowledged data would be lost. Restore the file from a backup, or start with --accept-empty-store to begin a new, empty store",
-        marker_path(path).display()
-    ))
-}
-
-/// Checks the opened store is the one the marker names; gives a new store
-/// its id (and marker). Writes nothing when it refuses.
-fn claim_store_id(
-    db: &Database,
-    path: &Path,
-    marker: Option<String>,
-    empty: EmptyStore,
-) -> Result<(), String> {
-    let stored: Option<String> = {
-        let txn = db.begin_read().map_err(|err| err.to_string())?;
-        match txn.open_table(STORE_ID) {
-            Ok(table) => table
-                .get(STORE_ID_KEY)
-                .map_err(|err| err.to_string())?
-                .map(|id| id.value().to_owned()),
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(err) => return Err(err.to_string()),
-        }
-    };
-    let id = match (marker, stored) {
-        (Some(marker), Some(stored)) if marker == stored => return Ok(()),
-        (Some(marker), stored) if empty == EmptyStore::Refuse => {
-            let found = match stored {
-                Some(stored) => format!("store {stored}"),
-                None => "a new, empty store".to_owned(),
-            };
-            return Err(format!(
-                "the file holds {found}, but `{}` says it held store {marker}: its acknowledged data would be lost. Restore the file from a backup, or start with --accept-empty-store to begin a new, empty store",
-                marker_path(path).display()
-            ));
-        }
-        (_, Some(stored)) => stored,
-        (_, None) => {
-            let id = format!("{:032x}", rand::random::<u128>());
-            let txn = db.begin_write().map_err(|err| err.to_string())?;
-            txn.open_table(STORE_ID)
-                .map_err(|err| err.to_string())?
-                .insert(STORE_ID_KEY, id.as_str())
-                .map_err(|err| err.to_string())?;
-            txn.commit().map_err(|err| err.to_string())?;
-            id
-        }
-    };
-    // After the id is durable in the file: a crash in between only leaves
-    // the marker to be written at the next start.
-    write_marker(&marker_path(path), &id)
-        .map_err(|err| format!("cannot write the store marker: {err}"))
-}
-
-fn write_marker(marker: &Path, id: &str) -> std::io::Result<()> {
-    let temporary = marker.with_extension("id.tmp");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(format!("{id}\n").as_bytes())?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&temporary, marker)?;
-    if let Some(dir) = marker.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Whether an operation must be on disk before its caller hears back.
@@ -373,15 +275,14 @@ impl GroupCommit {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|err| open_error(err.to_string()))?;
         }
-        let marker = std::fs::read_to_string(marker_path(path))
-            .ok()
-            .map(|id| id.trim().to_owned())
-            .filter(|id| !id.is_empty());
+        let marker = identity::read_marker(path);
         if empty == EmptyStore::Refuse {
-            refuse_vanished_store(path, &marker).map_err(open_error)?;
+            identity::refuse_vanished_store(path, &marker)
+                .map_err(|err| open_error(err.to_string()))?;
         }
         let db = open_database(path)?;
-        claim_store_id(&db, path, marker, empty).map_err(open_error)?;
+        identity::claim_store_id(&db, path, marker, empty)
+            .map_err(|err| open_error(err.to_string()))?;
         let shared = Arc::new(Shared {
             path: path.to_owned(),
             db: RwLock::new(Some(Arc::new(db))),
