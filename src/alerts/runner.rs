@@ -12,6 +12,7 @@
 //! This only reads: it never pauses, retries or drops anything.
 
 use super::{Alert, Change, ConsumerSample, Detector, Sample, SourceSample};
+use crate::bus::BusError;
 use crate::bus::now_ms;
 use crate::config::{AlertsConfig, Config};
 use crate::ingest::scheme::SignatureError;
@@ -27,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 /// Reads every consumer's totals and gauges now, in name order; an error
 /// (the bus did not answer) skips one interval.
 pub type ConsumerProbe =
-    Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<ConsumerSample>, String>> + Send + Sync>;
+    Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<ConsumerSample>, BusError>> + Send + Sync>;
 
 /// Cleared alerts kept for `GET /v1/alerts`.
 const KEEP_RECENT: usize = 100;
@@ -176,7 +177,7 @@ async fn sample(
     consumers: &ConsumerProbe,
     metrics: &Metrics,
     sources: &[String],
-) -> Result<Sample, String> {
+) -> Result<Sample, BusError> {
     Ok(Sample {
         at_ms: now_ms(),
         sources: sources

@@ -297,12 +297,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<RunningHub, 
         let control = Arc::clone(&control);
         Arc::new(move || {
             let control = Arc::clone(&control);
-            Box::pin(async move {
-                control
-                    .consumer_samples()
-                    .await
-                    .map_err(|err| err.to_string())
-            })
+            Box::pin(async move { control.consumer_samples().await })
         })
     };
     tasks.spawn(crate::alerts::run(

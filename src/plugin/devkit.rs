@@ -290,7 +290,8 @@ pub fn build(dir: &Path, target_dir: Option<&Path>) -> Result<PathBuf, DevkitErr
         .join("release")
         .join(format!("{}.wasm", name.replace('-', "_")));
     let bytes = std::fs::read(&module).map_err(|err| file_error(&module, err))?;
-    let component = super::componentize(&bytes).map_err(DevkitError::Load)?;
+    let component =
+        super::componentize(&bytes).map_err(|err| DevkitError::Load(err.to_string()))?;
     let out = dir.join(format!("{name}.wasm"));
     std::fs::write(&out, &component).map_err(|err| file_error(&out, err))?;
     // Type-check against the host's WIT now rather than at deploy time.

@@ -323,7 +323,7 @@ impl PluginHost {
             path: path.clone(),
             message,
         };
-        let component_bytes = componentize(&bytes).map_err(invalid)?;
+        let component_bytes = componentize(&bytes).map_err(|err| invalid(err.to_string()))?;
         let component = Component::new(&self.engine, &component_bytes)
             .map_err(|err| invalid(format!("{err:#}")))?;
         let pre = self
@@ -388,17 +388,27 @@ pub fn build_connections(
 /// Accepts a component, or a core module carrying a component-type section
 /// (what `wit-bindgen` produces for `wasm32-unknown-unknown`) and encodes it
 /// into a component in-process, so no extra tool is needed.
-pub fn componentize(bytes: &[u8]) -> Result<Vec<u8>, String> {
+pub fn componentize(bytes: &[u8]) -> Result<Vec<u8>, ComponentizeError> {
     if wasmparser::Parser::is_component(bytes) {
         return Ok(bytes.to_vec());
     }
     if !wasmparser::Parser::is_core_wasm(bytes) {
-        return Err("not a WebAssembly file".to_owned());
+        return Err(ComponentizeError::NotWasm);
     }
     wit_component::ComponentEncoder::default()
         .module(bytes)
         .and_then(|encoder| encoder.validate(true).encode())
-        .map_err(|err| format!("cannot make a component of this module: {err:#}"))
+        .map_err(|err| ComponentizeError::Encode(format!("{err:#}")))
+}
+
+/// A plugin file that is not a component and cannot be made one.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentizeError {
+    #[error("not a WebAssembly file")]
+    NotWasm,
+    /// wit-component's error chain, as text (anyhow).
+    #[error("cannot make a component of this module: {0}")]
+    Encode(String),
 }
 
 /// Advances `engine`'s epoch every tick while `alive` lives, and counts
