@@ -136,9 +136,109 @@ pub fn size(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, reference};
+    use serde_json::Value;
     use std::net::SocketAddr;
     use std::path::Path;
+
+    /// What the reference and the schema say is the default is what an
+    /// absent key gets: writing each documented default into a file loads
+    /// the same config as leaving it out. Catches a field pointing at
+    /// another key's constant.
+    #[test]
+    fn every_documented_default_is_the_one_that_applies() {
+        let tables = [
+            ("RawServer", "server"),
+            ("RawBus", "bus"),
+            ("RawIdempotency", "idempotency"),
+            ("RawTelemetry", "telemetry"),
+            ("RawAlerts", "alerts"),
+            ("RawSource", "sources.s"),
+            ("RawConnection", "connections.c"),
+            ("RawConsumer", "consumers.k"),
+            ("RawRetry", "consumers.k.retry"),
+            ("RawLimits", "consumers.k.limits"),
+            ("RawBreaker", "consumers.k.circuit_breaker"),
+        ];
+        let base = r#"
+            [sources.s]
+            secrets = ["env:S"]
+            [connections.c]
+            base_url = "https://example.com"
+            [consumers.k]
+            plugin = "k.wasm"
+            [[routes]]
+            source = "s"
+            events = ["*"]
+            consumers = ["k"]
+        "#;
+        // Some keys apply only next to another: NATS keys, Redis keys, the
+        // alert webhook's path.
+        let settings = [
+            "",
+            "bus = { kind = \"nats\" }",
+            "idempotency = { kind = \"redis\", url = \"redis://127.0.0.1\" }",
+            "alerts = { webhook = \"c\" }",
+        ];
+        let dir = Path::new("/etc/switchyard");
+        let load = |text: &str| Config::parse(text, dir).map(|config| format!("{config:?}"));
+        let schema = reference::json_schema();
+        let definitions = schema["$defs"].as_object().unwrap();
+        for (name, definition) in definitions {
+            let properties = definition["properties"].as_object().unwrap();
+            let defaulted: Vec<_> = properties
+                .iter()
+                .filter_map(|(key, property)| Some((key, property.get("default")?)))
+                .collect();
+            if defaulted.is_empty() {
+                continue;
+            }
+            let (_, path) = tables
+                .iter()
+                .find(|(table, _)| table == name)
+                .unwrap_or_else(|| panic!("`{name}` has defaults: add it to `tables`"));
+            for (key, default) in defaulted {
+                let applies = settings.iter().any(|setting| {
+                    let mut file: toml::Table = toml::from_str(base).unwrap();
+                    file.extend(toml::from_str::<toml::Table>(setting).unwrap());
+                    let without = load(&toml::to_string(&file).unwrap());
+                    let mut table = &mut file;
+                    for part in path.split('.') {
+                        table = table
+                            .entry(part)
+                            .or_insert_with(|| toml::Table::new().into())
+                            .as_table_mut()
+                            .unwrap();
+                    }
+                    table.insert(key.clone(), toml_value(default));
+                    let with = load(&toml::to_string(&file).unwrap());
+                    without.is_ok() && with.is_ok() && without.ok() == with.ok()
+                });
+                assert!(
+                    applies,
+                    "{path}.{key}: documented default {default} does not apply"
+                );
+            }
+        }
+    }
+
+    fn toml_value(json: &Value) -> toml::Value {
+        match json {
+            Value::Bool(b) => (*b).into(),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => i.into(),
+                None => n.as_f64().unwrap().into(),
+            },
+            Value::String(s) => s.clone().into(),
+            Value::Array(items) => toml::Value::Array(items.iter().map(toml_value).collect()),
+            Value::Object(map) => toml::Value::Table(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), toml_value(v)))
+                    .collect(),
+            ),
+            Value::Null => unreachable!("no default is null"),
+        }
+    }
 
     #[test]
     fn every_text_default_parses_like_a_user_value() {
