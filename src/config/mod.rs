@@ -9,6 +9,7 @@
 //! Secrets are references (`env:NAME`, `file:PATH`), never literals: the text of
 //! routes.toml can be committed and shared.
 
+pub mod defaults;
 pub mod raw;
 pub mod reference;
 pub mod settings;
@@ -280,11 +281,11 @@ pub struct PluginLimits {
 impl Default for PluginLimits {
     fn default() -> Self {
         PluginLimits {
-            cpu: Duration::from_millis(100),
-            wall: Duration::from_secs(30),
-            memory: 32 << 20,
-            http_calls: 10,
-            response_body: 1 << 20,
+            cpu: defaults::duration(defaults::LIMITS_CPU),
+            wall: defaults::duration(defaults::LIMITS_WALL),
+            memory: defaults::size(defaults::LIMITS_MEMORY),
+            http_calls: defaults::LIMITS_HTTP_CALLS,
+            response_body: defaults::size(defaults::LIMITS_RESPONSE_BODY),
         }
     }
 }

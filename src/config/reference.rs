@@ -1,6 +1,7 @@
 //! The config reference and JSON Schema, both generated from [`raw`]: the
-//! serde shape and its doc comments are the single source, so the reference
-//! cannot drift from what the loader accepts.
+//! serde shape, its doc comments and the defaults it carries from
+//! [`super::defaults`] are the single source, so the reference cannot drift
+//! from what the loader accepts and applies.
 //!
 //! `switchyard config schema` prints the schema (for editor completion with
 //! taplo / Even Better TOML); `switchyard config reference` prints the
@@ -96,6 +97,7 @@ fn section(
             Some(Table::Array(table)) => nested.push((format!("[[{here}]]"), here, text, table)),
             None => {
                 let kind = type_of(child, definitions);
+                let text = with_default(&text, property);
                 let _ = writeln!(rows, "| `{key}` | {kind} | {text} |");
             }
         }
@@ -178,6 +180,16 @@ fn text_of(node: &Value, definitions: &Map<String, Value>) -> String {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned()
+}
+
+/// The description followed by the key's schema default, if it has one.
+/// JSON and TOML write these values alike (`"10s"`, `64`, `true`, `[]`).
+fn with_default(text: &str, node: &Value) -> String {
+    match node.get("default") {
+        Some(value) if text.is_empty() => format!("Default `{value}`."),
+        Some(value) => format!("{text} Default `{value}`."),
+        None => text.to_owned(),
+    }
 }
 
 fn type_of(node: &Value, definitions: &Map<String, Value>) -> String {

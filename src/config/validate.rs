@@ -1,6 +1,7 @@
 //! Step two of config loading: from [`RawConfig`] to [`Config`], collecting
 //! every problem instead of stopping at the first. No IO happens here.
 
+use super::defaults::{self, duration, size};
 use super::raw::*;
 use super::units::{parse_duration, parse_size};
 use super::*;
@@ -173,8 +174,14 @@ impl Checker<'_> {
         }
     }
 
-    fn one_of(&mut self, at: String, value: Option<&String>, allowed: &[&str]) -> String {
-        let value = value.map(String::as_str).unwrap_or(allowed[0]);
+    fn one_of(
+        &mut self,
+        at: String,
+        value: Option<&String>,
+        allowed: &[&str],
+        default: &str,
+    ) -> String {
+        let value = value.map(String::as_str).unwrap_or(default);
         if !allowed.contains(&value) {
             let allowed = allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>();
             self.issue(
@@ -186,7 +193,9 @@ impl Checker<'_> {
     }
 
     fn server(&mut self, raw: &RawServer) -> ServerConfig {
-        let default_listen: SocketAddr = ([127, 0, 0, 1], 8080).into();
+        let default_listen: SocketAddr = defaults::SERVER_LISTEN
+            .parse()
+            .expect("the default address parses");
         let listen = match raw.listen.as_deref().map(str::parse::<SocketAddr>) {
             None => default_listen,
             Some(Ok(addr)) => addr,
@@ -201,40 +210,44 @@ impl Checker<'_> {
         };
         ServerConfig {
             listen,
-            max_body: self.size("server.max_body".into(), raw.max_body.as_ref(), 1 << 20),
+            max_body: self.size(
+                "server.max_body".into(),
+                raw.max_body.as_ref(),
+                size(defaults::SERVER_MAX_BODY),
+            ),
             shutdown_grace: self.duration(
                 "server.shutdown_grace".into(),
                 raw.shutdown_grace.as_ref(),
-                Duration::from_secs(30),
+                duration(defaults::SERVER_SHUTDOWN_GRACE),
             ),
-            watch_config: raw.watch_config.unwrap_or(true),
+            watch_config: raw.watch_config.unwrap_or(defaults::SERVER_WATCH_CONFIG),
             header_read_timeout: self.duration(
                 "server.header_read_timeout".into(),
                 raw.header_read_timeout.as_ref(),
-                Duration::from_secs(10),
+                duration(defaults::SERVER_HEADER_READ_TIMEOUT),
             ),
             body_read_timeout: self.duration(
                 "server.body_read_timeout".into(),
                 raw.body_read_timeout.as_ref(),
-                Duration::from_secs(30),
+                duration(defaults::SERVER_BODY_READ_TIMEOUT),
             ),
             min_body_rate: self.size(
                 "server.min_body_rate".into(),
                 raw.min_body_rate.as_ref(),
-                1 << 10,
+                size(defaults::SERVER_MIN_BODY_RATE),
             ),
             max_bodies_per_client: self.count(
                 "server.max_bodies_per_client".into(),
                 raw.max_bodies_per_client,
                 (1, 1_000_000),
-                64,
+                defaults::SERVER_MAX_BODIES_PER_CLIENT,
             ) as usize,
             trusted_proxies: self.nets("server.trusted_proxies", &raw.trusted_proxies),
             max_concurrency: self.count(
                 "server.max_concurrency".into(),
                 raw.max_concurrency,
                 (1, 1_000_000),
-                1024,
+                defaults::SERVER_MAX_CONCURRENCY,
             ) as usize,
             rate_limit: raw
                 .rate_limit
@@ -302,7 +315,12 @@ impl Checker<'_> {
     }
 
     fn bus(&mut self, raw: &RawBus) -> BusConfig {
-        let kind = self.one_of("bus.kind".into(), raw.kind.as_ref(), &["embedded", "nats"]);
+        let kind = self.one_of(
+            "bus.kind".into(),
+            raw.kind.as_ref(),
+            &["embedded", "nats"],
+            defaults::BUS_KIND,
+        );
         let engine = if kind == "nats" {
             if raw.path.is_some() {
                 self.issue("bus.path", "applies only to `kind = \"embedded\"`");
@@ -324,7 +342,7 @@ impl Checker<'_> {
             BusEngine::Embedded {
                 path: self
                     .base_dir
-                    .join(raw.path.as_deref().unwrap_or("data/bus")),
+                    .join(raw.path.as_deref().unwrap_or(defaults::BUS_PATH)),
             }
         };
         let bus = BusConfig {
@@ -332,17 +350,17 @@ impl Checker<'_> {
             visibility_timeout: self.duration(
                 "bus.visibility_timeout".into(),
                 raw.visibility_timeout.as_ref(),
-                Duration::from_secs(10),
+                duration(defaults::BUS_VISIBILITY_TIMEOUT),
             ),
             dedup_window: self.duration(
                 "bus.dedup_window".into(),
                 raw.dedup_window.as_ref(),
-                Duration::from_secs(7 * 86_400),
+                duration(defaults::BUS_DEDUP_WINDOW),
             ),
             retention: self.duration(
                 "bus.retention".into(),
                 raw.retention.as_ref(),
-                Duration::from_secs(7 * 86_400),
+                duration(defaults::BUS_RETENTION),
             ),
         };
         // JetStream refuses a duplicate window longer than the stream's max age.
@@ -359,7 +377,7 @@ impl Checker<'_> {
     }
 
     fn nats(&mut self, raw: &RawBus) -> NatsConfig {
-        let text = raw.url.as_deref().unwrap_or("nats://127.0.0.1:4222");
+        let text = raw.url.as_deref().unwrap_or(defaults::BUS_URL);
         let urls: Vec<String> = text
             .split(',')
             .map(str::trim)
@@ -394,7 +412,10 @@ impl Checker<'_> {
                 );
             }
         }
-        let stream = raw.stream.clone().unwrap_or_else(|| "SWITCHYARD".into());
+        let stream = raw
+            .stream
+            .clone()
+            .unwrap_or_else(|| defaults::BUS_STREAM.into());
         let valid_stream = !stream.is_empty()
             && stream.len() <= 64
             && stream
@@ -409,7 +430,7 @@ impl Checker<'_> {
         let subject_prefix = raw
             .subject_prefix
             .clone()
-            .unwrap_or_else(|| "switchyard".into());
+            .unwrap_or_else(|| defaults::BUS_SUBJECT_PREFIX.into());
         let valid_prefix = subject_prefix.split('.').all(|token| {
             !token.is_empty()
                 && token
@@ -422,7 +443,12 @@ impl Checker<'_> {
                 format!("`{subject_prefix}` is not a subject prefix: use dot-separated tokens of `A-Z`, `a-z`, `0-9`, `_`, `-`"),
             );
         }
-        let replicas = self.count("bus.replicas".into(), raw.replicas, (1, 5), 1) as usize;
+        let replicas = self.count(
+            "bus.replicas".into(),
+            raw.replicas,
+            (1, 5),
+            defaults::BUS_REPLICAS,
+        ) as usize;
         let credentials = raw
             .credentials
             .as_ref()
@@ -447,7 +473,7 @@ impl Checker<'_> {
             ack_timeout: self.duration(
                 "bus.ack_timeout".into(),
                 raw.ack_timeout.as_ref(),
-                Duration::from_secs(5),
+                duration(defaults::BUS_ACK_TIMEOUT),
             ),
         }
     }
@@ -466,17 +492,17 @@ impl Checker<'_> {
             service_name: raw
                 .service_name
                 .clone()
-                .unwrap_or_else(|| "switchyard".into()),
+                .unwrap_or_else(|| defaults::TELEMETRY_SERVICE_NAME.into()),
         }
     }
 
     fn alerts(&mut self, raw: &RawAlerts, all: &RawConfig) -> AlertsConfig {
         let at = |key: &str| format!("alerts.{key}");
-        let defaults = super::settings::AlertThresholds::default();
+        let default = super::settings::AlertThresholds::default();
         let interval = self.duration(
             at("interval"),
             raw.interval.as_ref(),
-            Duration::from_secs(10),
+            duration(defaults::ALERTS_INTERVAL),
         );
         if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&interval) {
             self.issue(at("interval"), "must be from `100ms` to `5m`");
@@ -488,29 +514,29 @@ impl Checker<'_> {
             }
             value
         };
-        let band = number("band", raw.band, 1.0, 100.0, defaults.band);
+        let band = number("band", raw.band, 1.0, 100.0, default.band);
         let spike_factor = number(
             "spike_factor",
             raw.spike_factor,
             1.0,
             1_000.0,
-            defaults.spike_factor,
+            default.spike_factor,
         );
         let silent_factor = number(
             "silent_factor",
             raw.silent_factor,
             1.0,
             1_000.0,
-            defaults.silent_factor,
+            default.silent_factor,
         );
         let signature_failures_per_min = number(
             "signature_failures_per_min",
             raw.signature_failures_per_min,
             0.001,
             1_000_000.0,
-            defaults.signature_failures_per_min,
+            default.signature_failures_per_min,
         );
-        let failure_ratio = raw.failure_ratio.unwrap_or(defaults.failure_ratio);
+        let failure_ratio = raw.failure_ratio.unwrap_or(default.failure_ratio);
         if !(failure_ratio > 0.0 && failure_ratio <= 1.0) {
             self.issue(
                 at("failure_ratio"),
@@ -525,66 +551,56 @@ impl Checker<'_> {
                 u32::try_from(default).unwrap_or(u32::MAX),
             ))
         };
-        let min_attempts = whole(
-            self,
-            "min_attempts",
-            raw.min_attempts,
-            defaults.min_attempts,
-        );
+        let min_attempts = whole(self, "min_attempts", raw.min_attempts, default.min_attempts);
         let backlog_floor = whole(
             self,
             "backlog_floor",
             raw.backlog_floor,
-            defaults.backlog_floor,
+            default.backlog_floor,
         );
-        let queue_growth = whole(
-            self,
-            "queue_growth",
-            raw.queue_growth,
-            defaults.queue_growth,
-        );
+        let queue_growth = whole(self, "queue_growth", raw.queue_growth, default.queue_growth);
         let mut span = |key: &str, value: &Option<String>, default: Duration| {
             self.duration(at(key), value.as_ref(), default)
         };
         let thresholds = super::settings::AlertThresholds {
-            learn_for: span("learn_for", &raw.learn_for, defaults.learn_for),
-            warmup: span("warmup", &raw.warmup, defaults.warmup),
+            learn_for: span("learn_for", &raw.learn_for, default.learn_for),
+            warmup: span("warmup", &raw.warmup, default.warmup),
             band,
-            sustain: span("sustain", &raw.sustain, defaults.sustain),
-            clear_after: span("clear_after", &raw.clear_after, defaults.clear_after),
+            sustain: span("sustain", &raw.sustain, default.sustain),
+            clear_after: span("clear_after", &raw.clear_after, default.clear_after),
             min_attempts,
             failure_ratio,
             signature_failures_per_min,
             spike_factor,
-            silent_after: span("silent_after", &raw.silent_after, defaults.silent_after),
+            silent_after: span("silent_after", &raw.silent_after, default.silent_after),
             silent_factor,
             slow_plugin_floor: span(
                 "slow_plugin_floor",
                 &raw.slow_plugin_floor,
-                defaults.slow_plugin_floor,
+                default.slow_plugin_floor,
             ),
             backlog_floor,
             pending_age_floor: span(
                 "pending_age_floor",
                 &raw.pending_age_floor,
-                defaults.pending_age_floor,
+                default.pending_age_floor,
             ),
             backlog_growing_for: span(
                 "backlog_growing_for",
                 &raw.backlog_growing_for,
-                defaults.backlog_growing_for,
+                default.backlog_growing_for,
             ),
-            stuck_for: span("stuck_for", &raw.stuck_for, defaults.stuck_for),
+            stuck_for: span("stuck_for", &raw.stuck_for, default.stuck_for),
             breaker_open_for: span(
                 "breaker_open_for",
                 &raw.breaker_open_for,
-                defaults.breaker_open_for,
+                default.breaker_open_for,
             ),
             queue_growth,
             queue_growth_window: span(
                 "queue_growth_window",
                 &raw.queue_growth_window,
-                defaults.queue_growth_window,
+                default.queue_growth_window,
             ),
         };
         if thresholds.learn_for < interval {
@@ -601,7 +617,10 @@ impl Checker<'_> {
                 format!("unknown connection `{name}`: define `[connections.{name}]`"),
             );
         }
-        let webhook_path = raw.webhook_path.clone().unwrap_or_else(|| "/".into());
+        let webhook_path = raw
+            .webhook_path
+            .clone()
+            .unwrap_or_else(|| defaults::ALERTS_WEBHOOK_PATH.into());
         if !webhook_path.starts_with('/') {
             self.issue(
                 at("webhook_path"),
@@ -612,7 +631,7 @@ impl Checker<'_> {
             self.issue(at("webhook_path"), "is set but `alerts.webhook` is not");
         }
         AlertsConfig {
-            enabled: raw.enabled.unwrap_or(true),
+            enabled: raw.enabled.unwrap_or(defaults::ALERTS_ENABLED),
             interval,
             thresholds,
             webhook: raw.webhook.clone(),
@@ -625,6 +644,7 @@ impl Checker<'_> {
             "idempotency.kind".into(),
             raw.kind.as_ref(),
             &["embedded", "redis"],
+            defaults::IDEMPOTENCY_KIND,
         );
         let backend = if kind == "redis" {
             let url = raw.url.clone().unwrap_or_default();
@@ -639,7 +659,7 @@ impl Checker<'_> {
                 key_prefix: raw
                     .key_prefix
                     .clone()
-                    .unwrap_or_else(|| "switchyard:".into()),
+                    .unwrap_or_else(|| defaults::IDEMPOTENCY_KEY_PREFIX.into()),
             }
         } else {
             for (key, set) in [
@@ -656,7 +676,7 @@ impl Checker<'_> {
             IdempotencyBackend::Embedded {
                 path: self
                     .base_dir
-                    .join(raw.path.as_deref().unwrap_or("data/idempotency")),
+                    .join(raw.path.as_deref().unwrap_or(defaults::IDEMPOTENCY_PATH)),
             }
         };
         IdempotencyConfig {
@@ -664,12 +684,12 @@ impl Checker<'_> {
             ttl: self.duration(
                 "idempotency.ttl".into(),
                 raw.ttl.as_ref(),
-                Duration::from_secs(7 * 86_400),
+                duration(defaults::IDEMPOTENCY_TTL),
             ),
             lease: self.duration(
                 "idempotency.lease".into(),
                 raw.lease.as_ref(),
-                Duration::from_secs(10),
+                duration(defaults::IDEMPOTENCY_LEASE),
             ),
         }
     }
@@ -678,7 +698,7 @@ impl Checker<'_> {
         self.name("sources", name);
         let at = |key: &str| format!("sources.{name}.{key}");
         let names = SourceKind::ALL.map(SourceKind::name);
-        let kind_name = self.one_of(at("kind"), raw.kind.as_ref(), &names);
+        let kind_name = self.one_of(at("kind"), raw.kind.as_ref(), &names, defaults::SOURCE_KIND);
         let kind = SourceKind::ALL
             .into_iter()
             .find(|kind| kind.name() == kind_name)
@@ -692,7 +712,7 @@ impl Checker<'_> {
         let path = raw
             .path
             .clone()
-            .unwrap_or_else(|| format!("/webhooks/{name}"));
+            .unwrap_or_else(|| defaults::source_path(name));
         if !path.starts_with('/') || path.contains(char::is_whitespace) {
             self.issue(
                 at("path"),
@@ -718,7 +738,7 @@ impl Checker<'_> {
             tolerance: self.duration(
                 at("tolerance"),
                 raw.tolerance.as_ref(),
-                Duration::from_secs(300),
+                duration(defaults::SOURCE_TOLERANCE),
             ),
             allow_ips: self.nets(&at("allow_ips"), &raw.allow_ips),
             allow_ips_file: match raw.allow_ips_file.as_deref() {
@@ -766,12 +786,18 @@ impl Checker<'_> {
         ConnectionConfig {
             base_url: base_url.trim_end_matches('/').to_owned(),
             auth,
-            timeout: self.duration(at("timeout"), raw.timeout.as_ref(), Duration::from_secs(10)),
+            timeout: self.duration(
+                at("timeout"),
+                raw.timeout.as_ref(),
+                duration(defaults::CONNECTION_TIMEOUT),
+            ),
             rate_limit: raw
                 .rate_limit
                 .as_ref()
                 .and_then(|limit| self.rate_limit(at("rate_limit"), limit)),
-            allow_private: raw.allow_private.unwrap_or(false),
+            allow_private: raw
+                .allow_private
+                .unwrap_or(defaults::CONNECTION_ALLOW_PRIVATE),
         }
     }
 
@@ -834,23 +860,23 @@ impl Checker<'_> {
                 );
             }
         }
-        let defaults = PluginLimits::default();
+        let default = PluginLimits::default();
         let limits = match &raw.limits {
-            None => defaults,
+            None => default,
             Some(limits) => PluginLimits {
-                cpu: self.duration(at("limits.cpu"), limits.cpu.as_ref(), defaults.cpu),
-                wall: self.duration(at("limits.wall"), limits.wall.as_ref(), defaults.wall),
-                memory: self.size(at("limits.memory"), limits.memory.as_ref(), defaults.memory),
+                cpu: self.duration(at("limits.cpu"), limits.cpu.as_ref(), default.cpu),
+                wall: self.duration(at("limits.wall"), limits.wall.as_ref(), default.wall),
+                memory: self.size(at("limits.memory"), limits.memory.as_ref(), default.memory),
                 http_calls: self.count(
                     at("limits.http_calls"),
                     limits.http_calls,
                     (0, 1000),
-                    defaults.http_calls,
+                    default.http_calls,
                 ),
                 response_body: self.size(
                     at("limits.response_body"),
                     limits.response_body.as_ref(),
-                    defaults.response_body,
+                    default.response_body,
                 ),
             },
         };
@@ -860,20 +886,20 @@ impl Checker<'_> {
         let retry = match &raw.retry {
             None => RetryConfig::default(),
             Some(retry) => {
-                let defaults = RetryConfig::default();
+                let default = RetryConfig::default();
                 let parsed = RetryConfig {
-                    first: self.duration(at("retry.first"), retry.first.as_ref(), defaults.first),
-                    max: self.duration(at("retry.max"), retry.max.as_ref(), defaults.max),
+                    first: self.duration(at("retry.first"), retry.first.as_ref(), default.first),
+                    max: self.duration(at("retry.max"), retry.max.as_ref(), default.max),
                     attempts: self.count(
                         at("retry.attempts"),
                         retry.attempts,
                         (1, 1000),
-                        defaults.attempts,
+                        default.attempts,
                     ),
                     max_retry_after: self.duration(
                         at("retry.max_retry_after"),
                         retry.max_retry_after.as_ref(),
-                        defaults.max_retry_after,
+                        default.max_retry_after,
                     ),
                 };
                 if parsed.first > parsed.max {
@@ -890,12 +916,17 @@ impl Checker<'_> {
         ConsumerConfig {
             plugin,
             connections: raw.connections.clone(),
-            concurrency: self.count(at("concurrency"), raw.concurrency, (1, 1024), 4) as usize,
+            concurrency: self.count(
+                at("concurrency"),
+                raw.concurrency,
+                (1, 1024),
+                defaults::CONSUMER_CONCURRENCY,
+            ) as usize,
             replay_concurrency: self.count(
                 at("replay_concurrency"),
                 raw.replay_concurrency,
                 (1, 1024),
-                1,
+                defaults::CONSUMER_REPLAY_CONCURRENCY,
             ) as usize,
             retry,
             limits,
@@ -904,13 +935,13 @@ impl Checker<'_> {
             settings: raw.settings.clone(),
             cpu_weight: self
                 .positive(at("cpu_weight"), raw.cpu_weight, 1000.0)
-                .unwrap_or(1.0),
+                .unwrap_or(defaults::CONSUMER_CPU_WEIGHT),
             cpu_per_second: self.positive(at("cpu_per_second"), raw.cpu_per_second, 256.0),
             quarantine_after: self.count(
                 at("quarantine_after"),
                 raw.quarantine_after,
                 (0, 1_000_000),
-                10,
+                defaults::CONSUMER_QUARANTINE_AFTER,
             ),
         }
     }
@@ -963,12 +994,12 @@ impl Checker<'_> {
         consumer: &str,
         raw: Option<&RawBreaker>,
     ) -> Option<super::settings::BreakerConfig> {
-        let defaults = super::settings::BreakerConfig::default();
+        let default = super::settings::BreakerConfig::default();
         let Some(raw) = raw else {
-            return Some(defaults);
+            return Some(default);
         };
         let at = |key: &str| format!("consumers.{consumer}.circuit_breaker.{key}");
-        let failure_ratio = raw.failure_ratio.unwrap_or(defaults.failure_ratio);
+        let failure_ratio = raw.failure_ratio.unwrap_or(default.failure_ratio);
         if !(failure_ratio > 0.0 && failure_ratio <= 1.0) {
             self.issue(
                 at("failure_ratio"),
@@ -981,24 +1012,26 @@ impl Checker<'_> {
                 at("min_calls"),
                 raw.min_calls,
                 (1, 1_000_000),
-                defaults.min_calls,
+                default.min_calls,
             ),
-            window: self.duration(at("window"), raw.window.as_ref(), defaults.window),
+            window: self.duration(at("window"), raw.window.as_ref(), default.window),
             consecutive_failures: self.count(
                 at("consecutive_failures"),
                 raw.consecutive_failures,
                 (0, 1_000_000),
-                defaults.consecutive_failures,
+                default.consecutive_failures,
             ),
-            open_for: self.duration(at("open_for"), raw.open_for.as_ref(), defaults.open_for),
+            open_for: self.duration(at("open_for"), raw.open_for.as_ref(), default.open_for),
             half_open_probes: self.count(
                 at("half_open_probes"),
                 raw.half_open_probes,
                 (1, 1000),
-                defaults.half_open_probes,
+                default.half_open_probes,
             ),
         };
-        raw.enabled.unwrap_or(true).then_some(config)
+        raw.enabled
+            .unwrap_or(defaults::BREAKER_ENABLED)
+            .then_some(config)
     }
 
     fn route(&mut self, index: usize, raw: &RawRoute, all: &RawConfig) -> RouteConfig {
@@ -1057,7 +1090,7 @@ impl Checker<'_> {
             let path = source
                 .path
                 .clone()
-                .unwrap_or_else(|| format!("/webhooks/{name}"));
+                .unwrap_or_else(|| defaults::source_path(name));
             if let Some(other) = paths.insert(path.clone(), name) {
                 self.issue(
                     format!("sources.{name}.path"),
@@ -1097,10 +1130,10 @@ impl Checker<'_> {
 impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
-            first: Duration::from_secs(1),
-            max: Duration::from_secs(3600),
-            attempts: 25,
-            max_retry_after: Duration::from_secs(3600),
+            first: duration(defaults::RETRY_FIRST),
+            max: duration(defaults::RETRY_MAX),
+            attempts: defaults::RETRY_ATTEMPTS,
+            max_retry_after: duration(defaults::RETRY_MAX_RETRY_AFTER),
         }
     }
 }
