@@ -179,7 +179,10 @@ pub async fn sign(config_path: &Path, args: SignArgs) -> Result<ExitCode> {
                     let source = pick_source(config, source.as_deref())?;
                     (source.path.clone(), config.server.listen.to_string())
                 }
-                None => ("/webhooks/stripe".to_owned(), "127.0.0.1:8080".to_owned()),
+                None => (
+                    switchyard::config::defaults::source_path("stripe"),
+                    switchyard::config::defaults::SERVER_LISTEN.to_owned(),
+                ),
             };
             (path, listen, reference)
         }
