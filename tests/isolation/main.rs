@@ -10,11 +10,11 @@
 //! binaries one after another, so no other test loads the machine while
 //! these compare latencies with their own baselines.
 
-#[allow(dead_code)]
-#[path = "../it/harness.rs"]
-mod harness;
+#[allow(dead_code, unused_imports)]
+#[path = "../it/support/mod.rs"]
+mod support;
 
-use harness::*;
+use support::*;
 use std::time::{Duration, Instant};
 use switchyard::admin::ConsumerState;
 

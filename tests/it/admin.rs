@@ -1,7 +1,7 @@
 //! The admin API and CLI: auth, status, pause/resume, dead-letter and review
 //! queues with filters, dry runs, replay and discard.
 
-use crate::harness::*;
+use crate::support::*;
 use reqwest::Method;
 use serde_json::json;
 use std::time::Duration;

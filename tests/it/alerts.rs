@@ -6,7 +6,7 @@
 //! The rules themselves are proven with a fake clock in
 //! `src/alerts/tests.rs`; this test proves the wiring.
 
-use crate::harness::*;
+use crate::support::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::sync::Arc;

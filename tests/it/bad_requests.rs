@@ -2,7 +2,7 @@
 //! right 4xx (or a closed connection), persist nothing, and leave the hub
 //! serving valid events.
 
-use crate::harness::*;
+use crate::support::*;
 use std::time::Duration;
 use switchyard::ingest::scheme::stripe::signature_header;
 

@@ -1,6 +1,6 @@
 //! The `switchyard` binary as a user runs it: `check` and `sign`.
 
-use crate::harness::*;
+use crate::support::*;
 use std::process::Command;
 
 fn switchyard() -> Command {

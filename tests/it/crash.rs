@@ -1,7 +1,7 @@
 //! Kill -9: a switchyard process killed at any moment loses no event it
 //! answered 2xx, and no downstream sees one effect under two keys.
 
-use crate::harness::*;
+use crate::support::*;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

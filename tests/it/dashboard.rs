@@ -6,7 +6,7 @@
 //! playwright-core in `tests/.sdk/node`; `tests/run.sh` installs both (the
 //! browser with `--install-toolchain`).
 
-use crate::harness::*;
+use crate::support::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::Duration;

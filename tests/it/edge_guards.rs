@@ -5,7 +5,7 @@
 //! read, a cap on one client's bodies in flight, a minimum body rate.
 //! Whatever is refused or shed persisted nothing.
 
-use crate::harness::*;
+use crate::support::*;
 use reqwest::Method;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! A signed Stripe event travels from HTTP to the three example consumers.
 
-use crate::harness::*;
+use crate::support::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 

@@ -3,8 +3,8 @@
 //! within seconds, every acknowledged event is applied under one key, and
 //! a call longer than its leases is not redelivered while it runs.
 
-use crate::harness::*;
 use crate::natsd::{NatsServer, TestStream};
+use crate::support::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -11,7 +11,7 @@
 //! The short form runs in CI. `SWITCHYARD_FAULTS_LONG=1` runs the same code
 //! with longer faults (and, for R1, a kill every few seconds for a minute).
 
-use crate::harness::*;
+use crate::support::*;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

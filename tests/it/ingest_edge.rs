@@ -1,7 +1,7 @@
 //! The HTTP edge: every refusal has its status, a small JSON body, changes
 //! nothing, and 2xx only ever follows a durable append.
 
-use crate::harness::*;
+use crate::support::*;
 use std::time::Duration;
 use switchyard::ingest::scheme::stripe::signature_header;
 

@@ -1,6 +1,6 @@
 //! Logs never carry payload contents or secrets, at any level.
 
-use crate::harness::*;
+use crate::support::*;
 use serde_json::json;
 use std::process::Stdio;
 use std::time::Duration;

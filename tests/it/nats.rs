@@ -4,8 +4,8 @@
 //! losing a node under load, and a plain NATS client reading the event mesh.
 //! (The bus contract itself is the shared suite in `bus.rs`.)
 
-use crate::harness::*;
 use crate::natsd::{NatsServer, TestStream};
+use crate::support::*;
 use futures::StreamExt;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -2,7 +2,7 @@
 //! the downstream, with the same ids the downstream sees in `traceparent`,
 //! sent to a collector (a local mock recording OTLP/HTTP JSON requests).
 
-use crate::harness::*;
+use crate::support::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! What a deployer touches: the config reference and schema, the container
 //! files, and the `SWITCHYARD_*` environment overrides.
 
-use crate::harness::repo_root;
+use crate::support::repo_root;
 use std::path::Path;
 use std::process::Command;
 use switchyard::config::{BusEngine, Config, IdempotencyBackend};
@@ -350,7 +350,7 @@ async fn the_image_builds_and_runs_on_its_own() {
         ])
         .args([
             "-e",
-            &format!("STRIPE_WEBHOOK_SECRET={}", crate::harness::SECRET),
+            &format!("STRIPE_WEBHOOK_SECRET={}", crate::support::SECRET),
         ])
         .args(["-e", &format!("SWITCHYARD_ADMIN_TOKEN={token}")])
         .arg(&tag)
@@ -382,7 +382,7 @@ async fn the_image_builds_and_runs_on_its_own() {
     let (edge, admin) = (port("8080/tcp"), port("8081/tcp"));
     let client = reqwest::Client::new();
     let ready = format!("http://{admin}/readyz");
-    crate::harness::eventually(
+    crate::support::eventually(
         std::time::Duration::from_secs(60),
         "the container's hub is ready",
         || async {
@@ -402,8 +402,8 @@ async fn the_image_builds_and_runs_on_its_own() {
         .header(
             "stripe-signature",
             switchyard::ingest::scheme::stripe::signature_header(
-                crate::harness::SECRET,
-                crate::harness::now(),
+                crate::support::SECRET,
+                crate::support::now(),
                 &body,
             ),
         )

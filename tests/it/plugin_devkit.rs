@@ -1,7 +1,7 @@
 //! `switchyard plugin new | build | test`: the plugin author's loop, run as
 //! an author runs it, on the real host and the real SDK.
 
-use crate::harness::*;
+use crate::support::*;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};

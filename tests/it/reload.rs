@@ -4,7 +4,7 @@
 //! reports every problem; in-flight deliveries finish on the old version; no
 //! event is lost or delivered twice across the switch.
 
-use crate::harness::*;
+use crate::support::*;
 use reqwest::Method;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};

@@ -2,7 +2,7 @@
 //! downstream, rate limits (per consumer and per shared connection), and
 //! back-pressure from `Retry-After` and `410 Gone`.
 
-use crate::harness::*;
+use crate::support::*;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! Connections reach no private, link-local or metadata address unless
 //! allowed, and follow no redirect to another host.
 
-use crate::harness::*;
+use crate::support::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use switchyard::app::RunningHub;

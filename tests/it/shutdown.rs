@@ -1,7 +1,7 @@
 //! SIGTERM: stop taking requests, let in-flight deliveries finish within
 //! `server.shutdown_grace`, leave the rest in the bus for the next start.
 
-use crate::harness::*;
+use crate::support::*;
 use serde_json::json;
 use std::time::Duration;
 use switchyard::ingest::scheme::stripe::signature_header;

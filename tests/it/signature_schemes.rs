@@ -3,7 +3,7 @@
 //! implementation (Python's `hmac` and `base64` modules), so a shared
 //! misunderstanding between our signer and our verifier cannot pass.
 
-use crate::harness::*;
+use crate::support::*;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard::config::EventPattern;

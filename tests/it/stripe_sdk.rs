@@ -2,7 +2,7 @@
 //! `tests/run.sh`): headers made by their test helpers are accepted by the
 //! hub, and headers made by `switchyard sign` pass their verifiers.
 
-use crate::harness::*;
+use crate::support::*;
 use std::process::Command;
 use switchyard::ingest::scheme::stripe::signature_header;
 
