@@ -477,22 +477,7 @@ async fn history_replays_into_a_consumer_added_later_and_respects_idempotency() 
     let crm = MockDownstream::start().await;
     let erp = MockDownstream::start().await;
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let crm_only = format!(
-        r#"
-[connections.crm]
-base_url = "{}"
-
-[consumers.crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-"#,
-        crm.url()
-    );
+    let crm_only = crm_routes(&crm);
     let mut options = HubOptions::new(crm_only.clone());
     options.admin = true;
     options.dir = Some(dir.clone());
@@ -510,22 +495,10 @@ consumers = ["crm"]
     assert_eq!(crm.effects().len(), 1);
 
     // The ERP consumer is added later; the invoices it missed are history.
-    let with_erp = format!(
-        r#"{crm_only}
-[connections.erp]
-base_url = "{}"
-
-[consumers.erp]
-plugin = "{{plugin:erp}}"
-connections = ["erp"]
-
-[[routes]]
-source = "stripe"
-events = ["invoice.*"]
-consumers = ["erp"]
-"#,
-        erp.url()
-    );
+    let with_erp = crm_only
+        .connection("erp", &erp)
+        .consumer("erp", "erp", &["erp"])
+        .route(&["invoice.*"], &["erp"]);
     let mut options = HubOptions::new(with_erp);
     options.admin = true;
     options.dir = Some(dir.clone());
@@ -590,11 +563,11 @@ consumers = ["erp"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_replay_does_not_starve_live_traffic() {
     let crm = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(
-        &crm,
-        r#"concurrency = 4
-retry = { first = "10ms", max = "50ms", attempts = 1 }"#,
-    ));
+    let mut options = HubOptions::new(
+        crm_routes(&crm)
+            .concurrency(4)
+            .retry(r#"{ first = "10ms", max = "50ms", attempts = 1 }"#),
+    );
     options.admin = true;
     let hub = TestHub::start(options).await;
     const REPLAYED: usize = 30;

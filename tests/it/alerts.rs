@@ -156,32 +156,19 @@ async fn storms_forgeries_and_silence_raise_alerts_that_clear_on_recovery() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     std::fs::write(dir.path().join("oncall_token"), ONCALL_TOKEN).unwrap();
     let consumer = "alerting_crm";
-    let mut options = HubOptions::new(format!(
-        r#"
-[connections.crm]
-base_url = "{crm}"
-
-[connections.oncall]
-base_url = "{oncall}"
-auth = {{ bearer = "file:oncall_token" }}
-timeout = "2s"
-
-[consumers.{consumer}]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-retry = {{ first = "20ms", max = "100ms", attempts = 1000 }}
-# The storm must reach the watch as failed attempts, not as a breaker
-# holding work back (that has its own rule).
-circuit_breaker = {{ enabled = false }}
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["{consumer}"]
-"#,
-        crm = crm.url(),
-        oncall = oncall.url(),
-    ));
+    let mut options = HubOptions::new(
+        Routes::new()
+            .connection("crm", &crm)
+            .connection("oncall", &oncall)
+            .bearer("file:oncall_token")
+            .timeout("2s")
+            .consumer(consumer, "crm", &["crm"])
+            .retry(r#"{ first = "20ms", max = "100ms", attempts = 1000 }"#)
+            // The storm must reach the watch as failed attempts, not as a
+            // breaker holding work back (that has its own rule).
+            .with("circuit_breaker", "{ enabled = false }")
+            .route(&["customer.*"], &[consumer]),
+    );
     // Floors only: band rules need a baseline warmed for an hour.
     options.extra_tables = r#"
 [alerts]
@@ -320,7 +307,7 @@ webhook_path = "/v1/alerts"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_page_needs_no_token_but_its_data_does() {
     let crm = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&crm, ""));
+    let mut options = HubOptions::new(crm_routes(&crm));
     options.admin = true;
     let hub = TestHub::start(options).await;
     let page = hub

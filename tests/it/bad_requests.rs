@@ -8,7 +8,7 @@ use switchyard::ingest::scheme::stripe::signature_header;
 
 async fn hub() -> TestHub {
     let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
+    let mut options = HubOptions::new(crm_routes(&mock));
     options.server_extra = "header_read_timeout = \"1s\"\nbody_read_timeout = \"1s\"".into();
     // Room for 100 000 brackets.
     options.max_body = "256KiB";

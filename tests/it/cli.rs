@@ -256,7 +256,7 @@ async fn admin_commands_reach_the_hub_of_the_config_they_are_given() {
     for _ in 0..2 {
         let dir = tempfile::tempdir().unwrap();
         let (port, admin_port) = (free_port(), free_port());
-        let mut options = HubOptions::new(crm_routes(&mock, ""));
+        let mut options = HubOptions::new(crm_routes(&mock));
         options.admin = true;
         options.listen_port = Some(port);
         options.admin_port = Some(admin_port);

@@ -13,42 +13,17 @@ async fn sigkill_loses_no_acknowledged_event() {
     let crm = MockDownstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let routes = format!(
-        r#"
-[connections.crm]
-base_url = "{}"
-
-[consumers.crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-concurrency = 4
-retry = {{ first = "20ms", max = "200ms", attempts = 50 }}
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-"#,
-        crm.url()
+    let mut options = HubOptions::new(
+        crm_routes(&crm)
+            .concurrency(4)
+            .retry(r#"{ first = "20ms", max = "200ms", attempts = 50 }"#)
+            .limits(r#"{ wall = "1s" }"#),
     );
-    let config = write_config(dir.path(), &HubOptions::new(routes));
+    options.listen_port = Some(port);
     // Short leases so deliveries cut off by a kill come back quickly.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        )
-        .replace(
-            "path = \"data/bus\"",
-            "path = \"data/bus\"\nvisibility_timeout = \"3s\"",
-        )
-        .replace("lease = \"2m\"", "lease = \"2s\"")
-        .replace(
-            "[consumers.crm]",
-            "[consumers.crm]\nlimits = { wall = \"1s\" }",
-        );
-    std::fs::write(&config, text).unwrap();
+    options.bus_extra = "visibility_timeout = \"3s\"".into();
+    options.idempotency_lease = "2s";
+    let config = write_config(dir.path(), &options);
 
     let acknowledged: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let client = reqwest::Client::new();
@@ -131,7 +106,7 @@ async fn an_emptied_or_missing_store_is_refused_unless_accepted() {
     let crm = MockDownstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut options = HubOptions::new(crm_routes(&crm, ""));
+    let mut options = HubOptions::new(crm_routes(&crm));
     options.listen_port = Some(port);
     let config = write_config(dir.path(), &options);
     let serve = |extra: &[&str]| {

@@ -35,31 +35,15 @@ async fn the_dashboard_shows_states_and_alerts_and_replays_a_dead_letter() {
     );
     let crm = MockDownstream::start().await;
     let marketing = MockDownstream::start().await;
-    let mut options = HubOptions::new(format!(
-        r#"
-[connections.crm]
-base_url = "{crm}"
-
-[connections.marketing]
-base_url = "{marketing}"
-
-[consumers.dash_crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-retry = {{ first = "10ms", max = "20ms", attempts = 2 }}
-
-[consumers.dash_marketing]
-plugin = "{{plugin:marketing}}"
-connections = ["marketing"]
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["dash_crm", "dash_marketing"]
-"#,
-        crm = crm.url(),
-        marketing = marketing.url(),
-    ));
+    let mut options = HubOptions::new(
+        Routes::new()
+            .connection("crm", &crm)
+            .connection("marketing", &marketing)
+            .consumer("dash_crm", "crm", &["crm"])
+            .retry(r#"{ first = "10ms", max = "20ms", attempts = 2 }"#)
+            .consumer("dash_marketing", "marketing", &["marketing"])
+            .route(&["customer.*"], &["dash_crm", "dash_marketing"]),
+    );
     // One dead letter is news; the alert stays up while the page looks.
     options.extra_tables = r#"
 [alerts]

@@ -36,7 +36,7 @@ async fn post_from(
 #[tokio::test]
 async fn addresses_outside_the_allowlist_get_403_and_forwarded_headers_are_ignored() {
     let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
+    let mut options = HubOptions::new(crm_routes(&mock));
     options.stripe_extra = r#"allow_ips = ["192.0.2.0/24", "2001:db8::/32"]"#.into();
     let hub = TestHub::start(options).await;
     // The test client is 127.0.0.1; it is no proxy of ours, so what it
@@ -58,7 +58,7 @@ async fn behind_a_trusted_proxy_the_forwarded_client_counts_and_the_list_file_re
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("ips.txt");
     std::fs::write(&list, "# test list\n192.0.2.0/24\n").unwrap();
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
+    let mut options = HubOptions::new(crm_routes(&mock));
     options.dir = Some(Arc::new(dir));
     options.admin = true;
     options.server_extra = "watch_config = false\ntrusted_proxies = [\"127.0.0.1\"]".into();
@@ -137,7 +137,7 @@ async fn the_hub_at_its_global_concurrency_limit_sheds_with_503_and_persists_not
 /// nothing, and are accepted once the slot is free.
 async fn sheds_while_one_request_is_held(mut options: HubOptions, reason: &str) {
     let mock = MockDownstream::start().await;
-    options.routes = crm_routes(&mock, "");
+    options.routes = crm_routes(&mock).build();
     options.admin = true;
     // The held body may trickle for as long as the test needs.
     options.server_extra.push_str("\nmin_body_rate = \"1B\"");
@@ -198,7 +198,7 @@ async fn sheds_while_one_request_is_held(mut options: HubOptions, reason: &str) 
 #[tokio::test]
 async fn a_global_rate_sheds_with_429_and_retry_after() {
     let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
+    let mut options = HubOptions::new(crm_routes(&mock));
     options.server_extra = "rate_limit = { per_minute = 1, burst = 3 }".into();
     let hub = TestHub::start(options).await;
     for n in 0..3 {
@@ -220,7 +220,7 @@ async fn a_global_rate_sheds_with_429_and_retry_after() {
 #[tokio::test]
 async fn a_source_rate_limit_added_by_a_reload_applies_at_once() {
     let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
+    let mut options = HubOptions::new(crm_routes(&mock));
     options.admin = true;
     options.server_extra = "watch_config = false".into();
     let hub = TestHub::start(options).await;
@@ -228,7 +228,7 @@ async fn a_source_rate_limit_added_by_a_reload_applies_at_once() {
         let (status, _) = hub.send(&event(&format!("evt_reload_rate_{n}"))).await;
         assert_eq!(status, 200);
     }
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
+    let mut options = HubOptions::new(crm_routes(&mock));
     options.admin = true;
     options.server_extra = "watch_config = false".into();
     options.stripe_extra = "rate_limit = { per_minute = 1, burst = 1 }".into();
@@ -259,7 +259,7 @@ fn head_from(body: &[u8], client: &str, timestamp: i64) -> String {
 #[tokio::test]
 async fn a_stale_timestamp_is_refused_before_the_body_is_read() {
     let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
+    let mut options = HubOptions::new(crm_routes(&mock));
     options.server_extra = "body_read_timeout = \"60s\"".into();
     let hub = TestHub::start(options).await;
     let body = event("evt_stale");
@@ -276,7 +276,7 @@ async fn a_stale_timestamp_is_refused_before_the_body_is_read() {
 #[tokio::test]
 async fn one_client_cannot_hold_more_than_its_share_of_body_reads() {
     let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
+    let mut options = HubOptions::new(crm_routes(&mock));
     options.server_extra =
         "max_bodies_per_client = 2\nmin_body_rate = \"1B\"\ntrusted_proxies = [\"127.0.0.1\"]"
             .into();
@@ -328,7 +328,7 @@ async fn one_client_cannot_hold_more_than_its_share_of_body_reads() {
 #[tokio::test]
 async fn a_body_slower_than_the_minimum_rate_gets_408() {
     let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
+    let mut options = HubOptions::new(crm_routes(&mock));
     options.server_extra = "body_read_timeout = \"60s\"\nmin_body_rate = \"100B\"".into();
     let hub = TestHub::start(options).await;
     let body = event("evt_dribble");

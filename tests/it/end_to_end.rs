@@ -327,7 +327,7 @@ async fn a_slow_consumer_does_not_slow_the_others() {
         &mocks.marketing,
         r#"{ first = "1s", max = "5s", attempts = 5 }"#,
     )
-    .replace("[consumers.crm]\n", "[consumers.crm]\nconcurrency = 1\n");
+    .with_in("consumers.crm", "concurrency", "1");
     let hub = TestHub::start(HubOptions::new(routes)).await;
     let events = 20;
     for i in 0..events {

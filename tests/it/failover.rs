@@ -19,39 +19,14 @@ const SHIPPED_LEASE: &str = "10s";
 
 /// crm gets `customer.*`, erp gets `invoice.paid`; both downstreams take
 /// 0.3 s a call, so deliveries are in flight whenever a process dies.
-fn routes(crm: &MockDownstream, erp: &MockDownstream) -> String {
-    format!(
-        r#"
-[connections.crm]
-base_url = "{crm}"
-
-[connections.erp]
-base_url = "{erp}"
-
-[consumers.crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-concurrency = 8
-retry = {{ first = "100ms", max = "1s", attempts = 50 }}
-
-[consumers.erp]
-plugin = "{{plugin:erp}}"
-connections = ["erp"]
-concurrency = 8
-retry = {{ first = "100ms", max = "1s", attempts = 50 }}
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-
-[[routes]]
-source = "stripe"
-events = ["invoice.paid"]
-consumers = ["erp"]
-"#,
-        crm = crm.url(),
-        erp = erp.url()
+fn routes(crm: &MockDownstream, erp: &MockDownstream) -> Routes {
+    crm_erp_routes(
+        crm,
+        erp,
+        &[
+            ("concurrency", "8"),
+            ("retry", r#"{ first = "100ms", max = "1s", attempts = 50 }"#),
+        ],
     )
 }
 
@@ -324,25 +299,11 @@ async fn a_call_longer_than_its_leases_is_not_redelivered_while_it_runs() {
     let runs = engines.map(|(engine, bus, redis_prefix)| async move {
         let crm = MockDownstream::start().await;
         crm.set_default(Answer::status(200).delayed(Duration::from_secs(60)));
-        let routes = format!(
-            r#"
-[connections.crm]
-base_url = "{}"
-timeout = "90s"
-
-[consumers.crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-limits = {{ wall = "90s" }}
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-"#,
-            crm.url()
-        );
-        let mut options = HubOptions::new(routes);
+        let mut options = HubOptions::new(crm_routes(&crm).limits(r#"{ wall = "90s" }"#).with_in(
+            "connections.crm",
+            "timeout",
+            r#""90s""#,
+        ));
         options.bus = bus;
         options.redis_prefix = redis_prefix;
         options.idempotency_lease = SHIPPED_LEASE;

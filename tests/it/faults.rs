@@ -103,44 +103,24 @@ impl Mocks {
 
     /// The routes: `customer.*` to crm (subscriptions are a no-op there),
     /// `invoice.paid` to erp, `customer.subscription.*` to marketing.
-    /// `consumer_keys` are more lines for every consumer.
-    fn routes(&self, consumer_keys: &str) -> String {
-        let mut text = String::new();
+    /// `consumer_keys` are more keys for every consumer.
+    fn routes(&self, consumer_keys: &[(&str, &str)]) -> Routes {
+        let mut routes = Routes::new();
         for downstream in Downstream::ALL {
             let name = downstream.name();
-            text += &format!(
-                r#"
-[connections.{name}]
-base_url = "{url}"
-timeout = "1s"
-
-[consumers.{name}]
-plugin = "{{plugin:{name}}}"
-connections = ["{name}"]
-concurrency = 4
-retry = {{ first = "50ms", max = "1s", attempts = 1000 }}
-limits = {{ wall = "2s" }}
-{consumer_keys}
-"#,
-                url = self.get(downstream).url()
-            );
+            routes = routes
+                .connection(name, self.get(downstream))
+                .timeout("1s")
+                .consumer(name, name, &[name])
+                .concurrency(4)
+                .retry(r#"{ first = "50ms", max = "1s", attempts = 1000 }"#)
+                .limits(r#"{ wall = "2s" }"#)
+                .with_all(consumer_keys);
         }
-        text + r#"
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-
-[[routes]]
-source = "stripe"
-events = ["invoice.paid"]
-consumers = ["erp"]
-
-[[routes]]
-source = "stripe"
-events = ["customer.subscription.*"]
-consumers = ["marketing"]
-"#
+        routes
+            .route(&["customer.*"], &["crm"])
+            .route(&["invoice.paid"], &["erp"])
+            .route(&["customer.subscription.*"], &["marketing"])
     }
 }
 
@@ -519,7 +499,7 @@ async fn kill(child: &mut tokio::process::Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r1_sigkill_repeatedly_loses_and_duplicates_nothing() {
     let mocks = Mocks::start().await;
-    let hub = ChildHub::new(HubOptions::new(mocks.routes("")));
+    let hub = ChildHub::new(HubOptions::new(mocks.routes(&[])));
     let mut child = hub.spawn().await;
     let load = Load::start(hub.base());
     // A kill every few seconds: a minute of them in the long form.
@@ -613,7 +593,7 @@ impl Drop for RedisServer {
 async fn r2_redis_stopped_under_load_loses_and_duplicates_nothing() {
     let mut redis = RedisServer::start().await;
     let mocks = Mocks::start().await;
-    let mut options = HubOptions::new(mocks.routes(""));
+    let mut options = HubOptions::new(mocks.routes(&[]));
     options.redis_prefix = Some(unique("sy-faults-"));
     options.redis_url = redis.url();
     let hub = ChildHub::new(options);
@@ -648,9 +628,10 @@ async fn r2_redis_stopped_under_load_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r4_one_failing_downstream_does_not_hold_back_the_others() {
     let mocks = Mocks::start().await;
-    let hub = ChildHub::new(HubOptions::new(mocks.routes(
-        "circuit_breaker = { failure_ratio = 0.5, min_calls = 10, window = \"10s\", open_for = \"1s\", half_open_probes = 1 }",
-    )));
+    let hub = ChildHub::new(HubOptions::new(mocks.routes(&[(
+        "circuit_breaker",
+        r#"{ failure_ratio = 0.5, min_calls = 10, window = "10s", open_for = "1s", half_open_probes = 1 }"#,
+    )])));
     let mut child = hub.spawn().await;
     let load = Load::start(hub.base());
     let healthy = [Downstream::Erp, Downstream::Marketing];
@@ -814,7 +795,7 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r5_a_full_bus_disk_answers_503_and_recovers() {
     let mocks = Mocks::start().await;
-    let hub = ChildHub::new(HubOptions::new(mocks.routes("")));
+    let hub = ChildHub::new(HubOptions::new(mocks.routes(&[])));
     let tmpfs = Tmpfs::mount(&hub.dir.path().join("data/bus"), "16m").await;
     let spawn = || spawn_command(hub.command_via(Some(tmpfs.wrapper())), hub.port);
     let mut child = spawn().await;

@@ -263,20 +263,14 @@ async fn the_same_event_id_on_two_sources_is_two_effects_under_two_keys() {
     use crate::support::*;
     use switchyard::ingest::scheme::stripe::signature_header;
     let crm = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&crm, ""));
-    options.extra_tables = r#"
-[sources.stripe_eu]
-kind = "stripe"
-path = "/webhooks/stripe_eu"
-secrets = ["file:stripe_secret_0"]
-
-[[routes]]
-source = "stripe_eu"
-events = ["customer.*"]
-consumers = ["crm"]
-"#
-    .into();
-    let hub = TestHub::start(options).await;
+    let hub = TestHub::start(HubOptions::new(
+        crm_routes(&crm)
+            .source("stripe_eu", "stripe")
+            .with("path", r#""/webhooks/stripe_eu""#)
+            .with("secrets", r#"["file:stripe_secret_0"]"#)
+            .route_from("stripe_eu", &["customer.*"], &["crm"]),
+    ))
+    .await;
     let customer = |id: &str| {
         synthetic_event(
             "evt_shared_by_two_accounts",

@@ -5,24 +5,8 @@ use crate::support::*;
 use std::time::Duration;
 use switchyard::ingest::scheme::stripe::signature_header;
 
-fn one_consumer(mock: &MockDownstream) -> String {
-    format!(
-        r#"
-[connections.crm]
-base_url = "{}"
-
-[consumers.crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-retry = {{ first = "10ms", max = "50ms", attempts = 3 }}
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-"#,
-        mock.url()
-    )
+fn one_consumer(mock: &MockDownstream) -> Routes {
+    crm_routes(mock).retry(r#"{ first = "10ms", max = "50ms", attempts = 3 }"#)
 }
 
 async fn hub() -> (TestHub, MockDownstream) {

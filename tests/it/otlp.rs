@@ -32,7 +32,7 @@ fn spans(collector: &MockDownstream) -> BTreeMap<String, Value> {
 async fn a_trace_runs_from_the_sender_through_the_bus_to_the_downstream() {
     let collector = MockDownstream::start().await;
     let crm = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&crm, ""));
+    let mut options = HubOptions::new(crm_routes(&crm));
     options.extra_tables = format!(
         "[telemetry]\notlp_endpoint = \"{}\"\nservice_name = \"switchyard-test\"\n",
         collector.url()

@@ -14,29 +14,9 @@ async fn sigterm_finishes_in_flight_deliveries_and_keeps_the_rest() {
     crm.set_default(Answer::status(200).delayed(Duration::from_millis(1500)));
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let routes = format!(
-        r#"
-[connections.crm]
-base_url = "{}"
-
-[consumers.crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-concurrency = 1
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-"#,
-        crm.url()
-    );
-    let config = write_config(dir.path(), &HubOptions::new(routes));
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-    );
-    std::fs::write(&config, text).unwrap();
+    let mut options = HubOptions::new(crm_routes(&crm).concurrency(1));
+    options.listen_port = Some(port);
+    let config = write_config(dir.path(), &options);
 
     let mut child = spawn_hub(&config, port).await;
     let client = reqwest::Client::new();

@@ -26,30 +26,20 @@ async fn hub() -> (TestHub, MockDownstream) {
     ] {
         std::fs::write(dir.path().join(file), secret).unwrap();
     }
-    let mut routes = crm_routes(&mock, "");
+    let mut routes = crm_routes(&mock)
+        .source("svix", "standard-webhooks")
+        .with("secrets", r#"["file:sw_secret", "file:sw_old_secret"]"#)
+        .with("tolerance", r#""5m""#)
+        .source("github", "github")
+        .with("path", r#""/hooks/github""#)
+        .with("secrets", r#"["file:github_secret"]"#)
+        .source("shopify", "shopify")
+        .with("secrets", r#"["file:shopify_secret"]"#);
     for source in ["svix", "github", "shopify"] {
-        routes.push_str(&format!(
-            "\n[[routes]]\nsource = \"{source}\"\nevents = [\"*\"]\nconsumers = [\"crm\"]\n"
-        ));
+        routes = routes.route_from(source, &["*"], &["crm"]);
     }
     let mut options = HubOptions::new(routes);
     options.dir = Some(Arc::new(dir));
-    options.extra_tables = r#"
-[sources.svix]
-kind = "standard-webhooks"
-secrets = ["file:sw_secret", "file:sw_old_secret"]
-tolerance = "5m"
-
-[sources.github]
-kind = "github"
-path = "/hooks/github"
-secrets = ["file:github_secret"]
-
-[sources.shopify]
-kind = "shopify"
-secrets = ["file:shopify_secret"]
-"#
-    .into();
     (TestHub::start(options).await, mock)
 }
 
@@ -344,9 +334,11 @@ async fn a_standard_webhooks_secret_that_is_not_base64_fails_the_start_naming_it
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("sw_secret"), "whsec_***not base64***").unwrap();
     let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
-    options.extra_tables =
-        "[sources.svix]\nkind = \"standard-webhooks\"\nsecrets = [\"file:sw_secret\"]\n".into();
+    let options = HubOptions::new(
+        crm_routes(&mock)
+            .source("svix", "standard-webhooks")
+            .with("secrets", r#"["file:sw_secret"]"#),
+    );
     let path = write_config(dir.path(), &options);
     let config = switchyard::config::Config::load(&path).unwrap();
     let problems = switchyard::app::check(&config).await;

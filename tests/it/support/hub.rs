@@ -14,8 +14,9 @@ use switchyard::ingest::scheme::stripe::signature_header;
 /// What goes into a test's routes.toml besides the connections, consumers and
 /// routes the test writes itself.
 pub struct HubOptions {
-    /// TOML for `[connections.*]`, `[consumers.*]` and `[[routes]]`, where
-    /// `{plugin:NAME}` becomes the path of a freshly built plugin.
+    /// TOML for `[connections.*]`, `[consumers.*]` and `[[routes]]` (see
+    /// [`super::Routes`]), where `{plugin:NAME}` becomes the path of a
+    /// freshly built plugin.
     pub routes: String,
     /// Use Redis (at `redis_url`) with this key prefix instead of the
     /// embedded idempotency store.
