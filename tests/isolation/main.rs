@@ -78,11 +78,7 @@ async fn phase(
     let mut sent = Vec::new();
     for n in 0..PER_ROUND {
         let customer = format!("cus_{run}_{n}");
-        let body = synthetic_event(
-            &format!("evt_{customer}"),
-            event_type,
-            serde_json::json!({"id": customer, "object": "customer", "email": null, "name": null}),
-        );
+        let body = customer_event(&customer, event_type);
         let started = Instant::now();
         assert_eq!(hub.send(&body).await.0, 200);
         into.ack.push(started.elapsed());
@@ -375,7 +371,7 @@ async fn a_plugin_the_sandbox_keeps_stopping_is_quarantined_until_resumed_or_rep
     let alert = |rule: &'static str| {
         let hub = &hub;
         async move {
-            let (_, alerts) = hub.admin(reqwest::Method::GET, "/v1/alerts", None).await;
+            let (_, alerts) = hub.admin_get("/v1/alerts").await;
             alerts["active"]
                 .as_array()
                 .unwrap()

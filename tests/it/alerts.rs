@@ -7,7 +7,6 @@
 //! `src/alerts/tests.rs`; this test proves the wiring.
 
 use crate::support::*;
-use reqwest::Method;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,11 +36,7 @@ impl Traffic {
                 while running.load(Ordering::Relaxed) {
                     n += 1;
                     let customer = format!("cus_{run}_{n}");
-                    let body = synthetic_event(
-                        &format!("evt_{customer}"),
-                        "customer.created",
-                        json!({"id": customer, "object": "customer", "email": null, "name": null}),
-                    );
+                    let body = customer_event(&customer, "customer.created");
                     if let Some(response) = post_signed(&client, &base, &body).await
                         && response.status().is_success()
                     {
@@ -82,7 +77,7 @@ impl Traffic {
 }
 
 async fn alerts(hub: &TestHub) -> Value {
-    let (status, body) = hub.admin(Method::GET, "/v1/alerts", None).await;
+    let (status, body) = hub.admin_get("/v1/alerts").await;
     assert_eq!(status, 200, "{body}");
     body
 }
@@ -329,7 +324,7 @@ async fn the_dashboard_page_needs_no_token_but_its_data_does() {
     for path in ["/v1/alerts", "/v1/series", "/v1/consumers"] {
         let response = hub.client.get(hub.admin_url(path)).send().await.unwrap();
         assert_eq!(response.status().as_u16(), 401, "{path}");
-        let (status, _) = hub.admin(Method::GET, path, None).await;
+        let (status, _) = hub.admin_get(path).await;
         assert_eq!(status, 200, "{path}");
     }
 }

@@ -2,11 +2,9 @@
 //! answered 2xx, and no downstream sees one effect under two keys.
 
 use crate::support::*;
-use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use switchyard::ingest::scheme::stripe::signature_header;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_event() {
@@ -27,6 +25,7 @@ async fn sigkill_loses_no_acknowledged_event() {
 
     let acknowledged: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
     let kills = 4;
     let mut next = 0u32;
     for round in 0..=kills {
@@ -34,30 +33,19 @@ async fn sigkill_loses_no_acknowledged_event() {
         // Senders run until the kill; each event is unique (its own customer).
         let senders: Vec<_> = (0..6)
             .map(|sender| {
-                let client = client.clone();
+                let (client, base) = (client.clone(), base.clone());
                 let acknowledged = Arc::clone(&acknowledged);
                 let first = next + sender * 10_000;
                 tokio::spawn(async move {
                     for n in first..first + 10_000 {
                         let customer = format!("cus_r{round}_{n}");
-                        let body = synthetic_event(
-                            &format!("evt_{customer}"),
-                            "customer.created",
-                            json!({"id": customer, "object": "customer", "email": null, "name": null}),
-                        );
-                        let sent = client
-                            .post(format!("http://127.0.0.1:{port}/webhooks/stripe"))
-                            .header("content-type", "application/json")
-                            .header("stripe-signature", signature_header(SECRET, now(), &body))
-                            .body(body)
-                            .send()
-                            .await;
-                        match sent {
-                            Ok(response) if response.status().is_success() => {
+                        let body = customer_event(&customer, "customer.created");
+                        match post_signed(&client, &base, &body).await {
+                            Some(response) if response.status().is_success() => {
                                 acknowledged.lock().unwrap().insert(customer);
                             }
-                            Ok(_) => {}
-                            Err(_) => return,
+                            Some(_) => {}
+                            None => return,
                         }
                     }
                 })

@@ -14,11 +14,7 @@ use std::time::Duration;
 const WITHIN: Duration = Duration::from_secs(30);
 
 fn contact(customer: &str) -> Vec<u8> {
-    synthetic_event(
-        &format!("evt_{customer}"),
-        "customer.created",
-        json!({"id": customer, "object": "customer", "email": null, "name": null}),
-    )
+    customer_event(customer, "customer.created")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +55,7 @@ clear_after = "10m"
     // The watch takes what it first sees as the starting point (a restart
     // with an old dead letter is no news): let it look once before the outage.
     eventually(WITHIN, "the watch sampled the hub", || async {
-        let (_, series) = hub.admin(Method::GET, "/v1/series", None).await;
+        let (_, series) = hub.admin_get("/v1/series").await;
         series["consumers"]["dash_crm"]
             .as_array()
             .is_some_and(|points| !points.is_empty())
@@ -90,7 +86,7 @@ clear_after = "10m"
     .await;
 
     eventually(WITHIN, "the watch raised dead_letter_growth", || async {
-        let (_, alerts) = hub.admin(Method::GET, "/v1/alerts", None).await;
+        let (_, alerts) = hub.admin_get("/v1/alerts").await;
         alerts["active"]
             .as_array()
             .is_some_and(|active| active.iter().any(|a| a["rule"] == "dead_letter_growth"))

@@ -88,12 +88,6 @@ fn metric_total(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-fn applied(crm: &MockDownstream, erp: &MockDownstream) -> BTreeSet<String> {
-    let mut effects: BTreeSet<String> = crm.effects().iter().map(crm_effect).collect();
-    effects.extend(erp.effects().iter().map(erp_effect));
-    effects
-}
-
 /// Waits until every acknowledged event is applied and the survivor's
 /// queues are empty, no later than [`FAILOVER_DEADLINE`] after `killed_at`;
 /// returns how long after the kill that was.

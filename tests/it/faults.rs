@@ -68,33 +68,10 @@ impl Downstream {
     }
 }
 
-/// One mock per downstream.
-struct Mocks {
-    crm: MockDownstream,
-    erp: MockDownstream,
-    marketing: MockDownstream,
-}
-
 impl Mocks {
-    async fn start() -> Mocks {
-        Mocks {
-            crm: MockDownstream::start().await,
-            erp: MockDownstream::start().await,
-            marketing: MockDownstream::start().await,
-        }
-    }
-
-    fn get(&self, downstream: Downstream) -> &MockDownstream {
-        match downstream {
-            Downstream::Crm => &self.crm,
-            Downstream::Erp => &self.erp,
-            Downstream::Marketing => &self.marketing,
-        }
-    }
-
     /// Effects applied (answered 2xx) by one downstream.
     fn applied(&self, downstream: Downstream) -> BTreeSet<String> {
-        self.get(downstream)
+        self.get(downstream.name())
             .effects()
             .iter()
             .map(|r| downstream.effect(r))
@@ -109,7 +86,7 @@ impl Mocks {
         for downstream in Downstream::ALL {
             let name = downstream.name();
             routes = routes
-                .connection(name, self.get(downstream))
+                .connection(name, self.get(downstream.name()))
                 .timeout("1s")
                 .consumer(name, name, &[name])
                 .concurrency(4)
@@ -218,7 +195,7 @@ impl Ledger {
             // An effect is duplicated if the downstream saw it under two keys;
             // the same key again (a redelivery) is absorbed by the downstream.
             let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-            let received = mocks.get(downstream).received();
+            let received = mocks.get(downstream.name()).received();
             for request in &received {
                 let key = request
                     .header("idempotency-key")
@@ -227,7 +204,7 @@ impl Ledger {
                     .or_default()
                     .insert(key.to_owned());
             }
-            let effects = mocks.get(downstream).effects();
+            let effects = mocks.get(downstream.name()).effects();
             repeats += effects.len() - mocks.applied(downstream).len();
             duplicates.extend(
                 keys.into_iter()
@@ -605,7 +582,7 @@ async fn r2_redis_stopped_under_load_loses_and_duplicates_nothing() {
     let calls = || -> Vec<usize> {
         Downstream::ALL
             .iter()
-            .map(|&d| mocks.get(d).received().len())
+            .map(|&d| mocks.get(d.name()).received().len())
             .collect()
     };
     let before = calls();
@@ -635,7 +612,7 @@ async fn r4_one_failing_downstream_does_not_hold_back_the_others() {
     let mut child = hub.spawn().await;
     let load = Load::start(hub.base());
     let healthy = [Downstream::Erp, Downstream::Marketing];
-    let delivered = |d: Downstream| mocks.get(d).effects().len();
+    let delivered = |d: Downstream| mocks.get(d.name()).effects().len();
     let rate = |from: &[usize], since: Instant| -> Vec<String> {
         healthy
             .iter()

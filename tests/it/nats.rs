@@ -28,13 +28,6 @@ fn routes(crm: &MockDownstream, erp: &MockDownstream) -> Routes {
     )
 }
 
-/// Every effect the two mocks applied (answered 2xx).
-fn applied(crm: &MockDownstream, erp: &MockDownstream) -> BTreeSet<String> {
-    let mut effects: BTreeSet<String> = crm.effects().iter().map(crm_effect).collect();
-    effects.extend(erp.effects().iter().map(erp_effect));
-    effects
-}
-
 async fn wait_until_applied(
     crm: &MockDownstream,
     erp: &MockDownstream,

@@ -1,7 +1,7 @@
 //! What a deployer touches: the config reference and schema, the container
 //! files, and the `SWITCHYARD_*` environment overrides.
 
-use crate::support::repo_root;
+use crate::support::{assert_success, repo_root};
 use std::path::Path;
 use std::process::Command;
 use switchyard::config::{BusEngine, Config, IdempotencyBackend};
@@ -248,11 +248,7 @@ fn the_compose_file_validates() {
         ("STRIPE_WEBHOOK_SECRET", "whsec_x"),
         ("SWITCHYARD_ADMIN_TOKEN", "t"),
     ]);
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert_success(&ok);
     let rendered = String::from_utf8_lossy(&ok.stdout);
     for expected in [
         "service_healthy",
@@ -333,11 +329,7 @@ async fn the_image_builds_and_runs_on_its_own() {
         .current_dir(repo_root())
         .output()
         .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    assert_success(&built);
     let token = "image-test-admin-token-0123456789";
     let started = Command::new("docker")
         .args([
@@ -356,11 +348,7 @@ async fn the_image_builds_and_runs_on_its_own() {
         .arg(&tag)
         .output()
         .unwrap();
-    assert!(
-        started.status.success(),
-        "{}",
-        String::from_utf8_lossy(&started.stderr)
-    );
+    assert_success(&started);
     let container = String::from_utf8(started.stdout).unwrap().trim().to_owned();
     // Removed whatever the outcome.
     struct Removed(String, String);

@@ -41,7 +41,7 @@ fn options_with_admin(routes: impl Into<String>) -> HubOptions {
 }
 
 async fn consumers_of(hub: &TestHub) -> BTreeMap<String, Value> {
-    let (status, body) = hub.admin(Method::GET, "/v1/consumers", None).await;
+    let (status, body) = hub.admin_get("/v1/consumers").await;
     assert_eq!(status, 200);
     body.as_array()
         .unwrap()

@@ -2,9 +2,7 @@
 //! `server.shutdown_grace`, leave the rest in the bus for the next start.
 
 use crate::support::*;
-use serde_json::json;
 use std::time::Duration;
-use switchyard::ingest::scheme::stripe::signature_header;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_deliveries_and_keeps_the_rest() {
@@ -20,21 +18,11 @@ async fn sigterm_finishes_in_flight_deliveries_and_keeps_the_rest() {
 
     let mut child = spawn_hub(&config, port).await;
     let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
     let customers: Vec<String> = (0..3).map(|n| unique(&format!("cus_{n}_"))).collect();
     for customer in &customers {
-        let body = synthetic_event(
-            &format!("evt_{customer}"),
-            "customer.created",
-            json!({"id": customer, "object": "customer", "email": null, "name": null}),
-        );
-        let answer = client
-            .post(format!("http://127.0.0.1:{port}/webhooks/stripe"))
-            .header("content-type", "application/json")
-            .header("stripe-signature", signature_header(SECRET, now(), &body))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let body = customer_event(customer, "customer.created");
+        let answer = post_signed(&client, &base, &body).await.unwrap();
         assert_eq!(answer.status(), 200);
     }
     eventually(

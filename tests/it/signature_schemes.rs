@@ -79,6 +79,30 @@ fn standard_headers<'a>(
     ]
 }
 
+fn github_headers<'a>(
+    signature: &'a str,
+    delivery: &'a str,
+    event: &'a str,
+) -> [(&'a str, &'a str); 3] {
+    [
+        ("x-hub-signature-256", signature),
+        ("x-github-delivery", delivery),
+        ("x-github-event", event),
+    ]
+}
+
+fn shopify_headers<'a>(
+    signature: &'a str,
+    webhook_id: &'a str,
+    topic: &'a str,
+) -> [(&'a str, &'a str); 3] {
+    [
+        ("x-shopify-hmac-sha256", signature),
+        ("x-shopify-webhook-id", webhook_id),
+        ("x-shopify-topic", topic),
+    ]
+}
+
 #[tokio::test]
 async fn standard_webhooks_events_signed_by_python_are_accepted_and_forgeries_are_not() {
     let (hub, _mock) = hub().await;
@@ -191,15 +215,7 @@ async fn github_deliveries_take_id_and_type_from_headers() {
     let good = python_signature("github", GITHUB_SECRET, body, &[]);
     let delivery = unique("72d3162e-cc78-11e3-81ab-");
     let (status, answer) = hub
-        .post(
-            path,
-            body,
-            &[
-                ("x-hub-signature-256", &good),
-                ("x-github-delivery", &delivery),
-                ("x-github-event", "push"),
-            ],
-        )
+        .post(path, body, &github_headers(&good, &delivery, "push"))
         .await;
     assert_eq!(
         (status, answer["status"].as_str()),
@@ -208,15 +224,7 @@ async fn github_deliveries_take_id_and_type_from_headers() {
     );
     assert_eq!(answer["id"], delivery.as_str());
     let (status, answer) = hub
-        .post(
-            path,
-            body,
-            &[
-                ("x-hub-signature-256", &good),
-                ("x-github-delivery", &delivery),
-                ("x-github-event", "push"),
-            ],
-        )
+        .post(path, body, &github_headers(&good, &delivery, "push"))
         .await;
     assert_eq!(
         (status, answer["status"].as_str()),
@@ -234,15 +242,7 @@ async fn github_deliveries_take_id_and_type_from_headers() {
         ("no prefix", good.trim_start_matches("sha256="), &body[..]),
     ] {
         let (status, answer) = hub
-            .post(
-                path,
-                body,
-                &[
-                    ("x-hub-signature-256", signature),
-                    ("x-github-delivery", "d-2"),
-                    ("x-github-event", "push"),
-                ],
-            )
+            .post(path, body, &github_headers(signature, "d-2", "push"))
             .await;
         assert_eq!(
             (status, answer["error"].as_str()),
@@ -252,14 +252,10 @@ async fn github_deliveries_take_id_and_type_from_headers() {
     }
     // Signed, but without the headers that say what it is.
     for missing in ["x-github-delivery", "x-github-event"] {
-        let headers: Vec<(&str, &str)> = [
-            ("x-hub-signature-256", good.as_str()),
-            ("x-github-delivery", "d-3"),
-            ("x-github-event", "push"),
-        ]
-        .into_iter()
-        .filter(|(name, _)| *name != missing)
-        .collect();
+        let headers: Vec<(&str, &str)> = github_headers(&good, "d-3", "push")
+            .into_iter()
+            .filter(|(name, _)| *name != missing)
+            .collect();
         let (status, answer) = hub.post(path, body, &headers).await;
         assert_eq!(
             (status, answer["error"].as_str()),
@@ -281,11 +277,7 @@ async fn shopify_topics_become_event_types() {
         .post(
             path,
             body,
-            &[
-                ("x-shopify-hmac-sha256", &good),
-                ("x-shopify-webhook-id", &webhook_id),
-                ("x-shopify-topic", "orders/create"),
-            ],
+            &shopify_headers(&good, &webhook_id, "orders/create"),
         )
         .await;
     assert_eq!(
@@ -298,15 +290,7 @@ async fn shopify_topics_become_event_types() {
 
     let wrong = python_signature("shopify", "shpss_wrong", body, &[]);
     let (status, answer) = hub
-        .post(
-            path,
-            body,
-            &[
-                ("x-shopify-hmac-sha256", &wrong),
-                ("x-shopify-webhook-id", "w-2"),
-                ("x-shopify-topic", "orders/create"),
-            ],
-        )
+        .post(path, body, &shopify_headers(&wrong, "w-2", "orders/create"))
         .await;
     assert_eq!(
         (status, answer["error"].as_str()),

@@ -1,9 +1,10 @@
 //! Events: the recorded fixtures, synthetic and numbered Stripe-shaped
 //! events with the effects they cause downstream, and an independent signer.
 
-use super::{Received, now, repo_root};
+use super::{MockDownstream, Received, now, repo_root};
 use bytes::Bytes;
 use serde_json::Value;
+use std::collections::BTreeSet;
 
 pub fn fixture(name: &str) -> Bytes {
     let path = repo_root().join("tests/fixtures/events").join(name);
@@ -26,17 +27,23 @@ pub fn synthetic_event(id: &str, event_type: &str, object: Value) -> Vec<u8> {
     .unwrap()
 }
 
+/// A `customer.*` event (`event_type`) about `customer`, whose event id is
+/// `evt_<customer>`.
+pub fn customer_event(customer: &str, event_type: &str) -> Vec<u8> {
+    synthetic_event(
+        &format!("evt_{customer}"),
+        event_type,
+        serde_json::json!({"id": customer, "object": "customer", "email": null, "name": null}),
+    )
+}
+
 /// Event `n` of a run: even ones are new customers (an effect on the CRM),
 /// odd ones paid invoices (an effect on the ERP). Returns the body and the
 /// name of its effect.
 pub fn numbered_event(run: &str, n: usize) -> (Vec<u8>, String) {
     if n.is_multiple_of(2) {
         let customer = format!("cus_{run}_{n}");
-        let body = synthetic_event(
-            &format!("evt_{customer}"),
-            "customer.created",
-            serde_json::json!({"id": customer, "object": "customer", "email": null, "name": null}),
-        );
+        let body = customer_event(&customer, "customer.created");
         (body, format!("contact {customer}"))
     } else {
         let invoice = format!("in_{run}_{n}");
@@ -51,6 +58,14 @@ pub fn numbered_event(run: &str, n: usize) -> (Vec<u8>, String) {
         );
         (body, format!("payment {invoice}"))
     }
+}
+
+/// Every effect the CRM and ERP mocks applied (answered 2xx), named as by
+/// [`numbered_event`].
+pub fn applied(crm: &MockDownstream, erp: &MockDownstream) -> BTreeSet<String> {
+    let mut effects: BTreeSet<String> = crm.effects().iter().map(crm_effect).collect();
+    effects.extend(erp.effects().iter().map(erp_effect));
+    effects
 }
 
 pub fn crm_effect(request: &Received) -> String {

@@ -2,7 +2,7 @@
 //! makes of them, [`TestHub`] in this process, and `switchyard serve` as a
 //! child process ([`spawn_hub`], [`spawn_command`]).
 
-use super::{SECRET, eventually, fixture, now, plugin_path};
+use super::{MockDownstream, SECRET, eventually, example_routes, fixture, now, plugin_path};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -222,6 +222,11 @@ impl TestHub {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// GETs `path` from the admin API.
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        self.admin(reqwest::Method::GET, path, None).await
+    }
+
     /// The admin listener's Prometheus exposition.
     pub async fn metrics_text(&self) -> String {
         self.client
@@ -244,7 +249,7 @@ impl TestHub {
         let path = format!("/v1/jobs/{id}");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let (status, job) = self.admin(reqwest::Method::GET, &path, None).await;
+            let (status, job) = self.admin_get(&path).await;
             assert_eq!(status, 200);
             if job["state"] != "running" {
                 return job;
@@ -329,6 +334,14 @@ impl TestHub {
             .find(|c| c.name == consumer)
             .expect("consumer exists")
     }
+}
+
+/// A hub on the example routes whose three connections all call one mock,
+/// with 3 attempts each; and that mock.
+pub async fn example_hub() -> (TestHub, MockDownstream) {
+    let mock = MockDownstream::start().await;
+    let routes = example_routes(&mock, &mock, &mock, r#"{ attempts = 3 }"#);
+    (TestHub::start(HubOptions::new(routes)).await, mock)
 }
 
 /// `switchyard serve` as a child process (killed when dropped); returns once

@@ -216,6 +216,33 @@ impl MockDownstream {
     }
 }
 
+/// One mock per example consumer: CRM, ERP and marketing.
+pub struct Mocks {
+    pub crm: MockDownstream,
+    pub erp: MockDownstream,
+    pub marketing: MockDownstream,
+}
+
+impl Mocks {
+    pub async fn start() -> Mocks {
+        Mocks {
+            crm: MockDownstream::start().await,
+            erp: MockDownstream::start().await,
+            marketing: MockDownstream::start().await,
+        }
+    }
+
+    /// The mock of the consumer named `consumer`.
+    pub fn get(&self, consumer: &str) -> &MockDownstream {
+        match consumer {
+            "crm" => &self.crm,
+            "erp" => &self.erp,
+            "marketing" => &self.marketing,
+            other => panic!("no mock for {other}"),
+        }
+    }
+}
+
 /// A downstream that honours `Idempotency-Key` applies each effect once: any
 /// repeated call for one effect (a crash between the effect and the ack)
 /// must have reused the key. `effect` names what a request does.

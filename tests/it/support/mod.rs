@@ -77,3 +77,12 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Asserts that a finished command succeeded, showing its stderr if not.
+pub fn assert_success(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,7 +1,7 @@
 //! Routes: a typed builder for the connections, consumers, extra sources and
 //! routes of a test's routes.toml, and the two wirings most tests start from.
 
-use super::MockDownstream;
+use super::{MockDownstream, Mocks};
 
 /// The `[connections.*]`, `[consumers.*]` and `[sources.*]` tables and the
 /// `[[routes]]` of a routes.toml, as [`super::HubOptions`] takes them (it
@@ -233,4 +233,11 @@ pub fn crm_erp_routes(
         .with_all(consumer_keys)
         .route(&["customer.*"], &["crm"])
         .route(&["invoice.paid"], &["erp"])
+}
+
+impl Mocks {
+    /// [`example_routes`] against these mocks.
+    pub fn example_routes(&self, retry: &str) -> Routes {
+        example_routes(&self.crm, &self.erp, &self.marketing, retry)
+    }
 }
