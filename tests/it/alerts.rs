@@ -301,10 +301,7 @@ webhook_path = "/v1/alerts"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_page_needs_no_token_but_its_data_does() {
-    let crm = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&crm));
-    options.admin = true;
-    let hub = TestHub::start(options).await;
+    let (hub, _crm) = crm_hub(|options| options.admin = true).await;
     let page = hub
         .client
         .get(hub.admin_url("/dashboard"))

@@ -293,11 +293,12 @@ async fn a_call_longer_than_its_leases_is_not_redelivered_while_it_runs() {
     let runs = engines.map(|(engine, bus, redis_prefix)| async move {
         let crm = MockDownstream::start().await;
         crm.set_default(Answer::status(200).delayed(Duration::from_secs(60)));
-        let mut options = HubOptions::new(crm_routes(&crm).limits(r#"{ wall = "90s" }"#).with_in(
+        let routes = crm_routes(&crm).limits(r#"{ wall = "90s" }"#).with_in(
             "connections.crm",
             "timeout",
             r#""90s""#,
-        ));
+        );
+        let mut options = HubOptions::new(routes);
         options.bus = bus;
         options.redis_prefix = redis_prefix;
         options.idempotency_lease = SHIPPED_LEASE;

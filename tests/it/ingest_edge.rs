@@ -165,16 +165,7 @@ async fn when_the_bus_cannot_persist_the_answer_is_503_with_retry_after_and_stri
         .embedded_bus()
         .expect("embedded bus")
         .inject_commit_failures(true);
-    let header = signature_header(SECRET, now(), &body);
-    let response = hub
-        .client
-        .post(hub.url("/webhooks/stripe"))
-        .header("content-type", "application/json")
-        .header("stripe-signature", &header)
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
+    let response = hub.send_response(&body).await;
     assert_eq!(response.status().as_u16(), 503);
     assert_eq!(response.headers()["retry-after"], "5");
     let answer: serde_json::Value = response.json().await.unwrap();

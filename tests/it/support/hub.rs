@@ -336,6 +336,15 @@ impl TestHub {
     }
 }
 
+/// A hub on [`super::crm_routes`] with the options `configure` sets; and
+/// its CRM mock.
+pub async fn crm_hub(configure: impl FnOnce(&mut HubOptions)) -> (TestHub, MockDownstream) {
+    let mock = MockDownstream::start().await;
+    let mut options = HubOptions::new(super::crm_routes(&mock));
+    configure(&mut options);
+    (TestHub::start(options).await, mock)
+}
+
 /// A hub on the example routes whose three connections all call one mock,
 /// with 3 attempts each; and that mock.
 pub async fn example_hub() -> (TestHub, MockDownstream) {
