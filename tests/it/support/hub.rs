@@ -1,5 +1,6 @@
 //! A running switchyard: [`HubOptions`] and the routes.toml [`write_config`]
-//! makes of them, [`TestHub`] in this process, and `switchyard serve` as a
+//! makes of them, [`TestHub`] in this process (and the two hubs most tests
+//! start, [`crm_hub`] and [`example_hub`]), and `switchyard serve` as a
 //! child process ([`spawn_hub`], [`spawn_command`]).
 
 use super::{MockDownstream, SECRET, eventually, example_routes, fixture, now, plugin_path};

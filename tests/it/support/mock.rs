@@ -1,6 +1,7 @@
 //! Mock downstreams: local stand-ins for the third-party APIs (CRM, ERP,
 //! marketing) that record every request ([`Received`]), answer as scripted
-//! ([`Answer`]) and can be stopped and restarted.
+//! ([`Answer`]) and can be stopped and restarted; one of each ([`Mocks`]);
+//! and the check that each effect came under one idempotency key.
 
 use super::eventually;
 use bytes::Bytes;

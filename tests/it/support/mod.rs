@@ -1,6 +1,7 @@
 //! What every integration test shares: the harness secret, paths to the repo
-//! and its built plugins, waiting, unique names and free ports. The rest is
-//! one file a concern, all re-exported here (`use crate::support::*`).
+//! and its built plugins, waiting, unique names, free ports and a command's
+//! success. The rest is one file a concern, all re-exported here
+//! (`use crate::support::*`).
 
 mod events;
 mod http;

@@ -1,5 +1,5 @@
 //! Routes: a typed builder for the connections, consumers, extra sources and
-//! routes of a test's routes.toml, and the two wirings most tests start from.
+//! routes of a test's routes.toml, and the wirings most tests start from.
 
 use super::{MockDownstream, Mocks};
 
