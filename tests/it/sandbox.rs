@@ -505,7 +505,7 @@ async fn an_endless_response_body_is_cut_off_at_the_cap() {
 
 /// One `get` consumer per connection in `connections` (name, base URL,
 /// extra keys of the connection); `customer.*` goes to all of them.
-fn address_routes(connections: &[(&str, String, &[(&str, &str)])]) -> Routes {
+fn address_routes(connections: &[(&str, String, Keys)]) -> Routes {
     let mut routes = Routes::new();
     let mut names = Vec::new();
     for (name, base_url, extra) in connections {
@@ -524,7 +524,10 @@ fn address_routes(connections: &[(&str, String, &[(&str, &str)])]) -> Routes {
     routes.route(&["customer.*"], &names)
 }
 
-const ALLOW_PRIVATE: &[(&str, &str)] = &[("allow_private", "true")];
+/// More `key = value` pairs of a table.
+type Keys = &'static [(&'static str, &'static str)];
+
+const ALLOW_PRIVATE: Keys = &[("allow_private", "true")];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_refuse_loopback_private_and_metadata_addresses_unless_allowed() {
