@@ -10,12 +10,12 @@
 //! binaries one after another, so no other test loads the machine while
 //! these compare latencies with their own baselines.
 
-#[allow(dead_code)]
-#[path = "../it/harness.rs"]
-mod harness;
+#[allow(dead_code, unused_imports)]
+#[path = "../it/support/mod.rs"]
+mod support;
 
-use harness::*;
 use std::time::{Duration, Instant};
+use support::*;
 use switchyard::admin::ConsumerState;
 
 /// Held by every test here: one at a time.
@@ -29,48 +29,24 @@ const ARRIVAL_GAP: Duration = Duration::from_millis(50);
 /// A healthy crm consumer `good` on `customer.*`, and `hostile` looping
 /// consumers on `customer.updated` and `invoice.created` only, each with concurrency 4 and the
 /// default 100 ms CPU budget, never quarantined, retried (nearly) forever.
-fn burner_routes(good: &MockDownstream, hostile: usize) -> String {
-    let mut text = format!(
-        r#"
-[connections.crm]
-base_url = "{crm}"
-
-[consumers.good]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-"#,
-        crm = good.url()
-    );
-    let mut names = Vec::new();
-    for n in 0..hostile {
-        text.push_str(&format!(
-            r#"
-[consumers.burn{n}]
-plugin = "{{plugin:hostile}}"
-concurrency = 4
-quarantine_after = 0
-retry = {{ first = "1s", max = "2s", attempts = 1000 }}
-circuit_breaker = {{ enabled = false }}
-settings = {{ mode = "loop" }}
-"#
-        ));
-        names.push(format!("\"burn{n}\""));
+fn burner_routes(good: &MockDownstream, hostile: usize) -> Routes {
+    let mut routes = Routes::new()
+        .connection("crm", good)
+        .consumer("good", "crm", &["crm"]);
+    let names: Vec<String> = (0..hostile).map(|n| format!("burn{n}")).collect();
+    for name in &names {
+        routes = routes
+            .consumer(name, "hostile", &[])
+            .concurrency(4)
+            .with("quarantine_after", "0")
+            .retry(r#"{ first = "1s", max = "2s", attempts = 1000 }"#)
+            .with("circuit_breaker", "{ enabled = false }")
+            .with("settings", r#"{ mode = "loop" }"#);
     }
-    text.push_str(&format!(
-        r#"
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["good"]
-
-[[routes]]
-source = "stripe"
-events = ["customer.updated", "invoice.created"]
-consumers = [{}]
-"#,
-        names.join(", ")
-    ));
-    text
+    let burners: Vec<&str> = names.iter().map(String::as_str).collect();
+    routes
+        .route(&["customer.*"], &["good"])
+        .route(&["customer.updated", "invoice.created"], &burners)
 }
 
 /// Latencies of one phase: the edge's answer, and the time until `good`'s
@@ -102,11 +78,7 @@ async fn phase(
     let mut sent = Vec::new();
     for n in 0..PER_ROUND {
         let customer = format!("cus_{run}_{n}");
-        let body = synthetic_event(
-            &format!("evt_{customer}"),
-            event_type,
-            serde_json::json!({"id": customer, "object": "customer", "email": null, "name": null}),
-        );
+        let body = customer_event(&customer, event_type);
         let started = Instant::now();
         assert_eq!(hub.send(&body).await.0, 200);
         into.ack.push(started.elapsed());
@@ -261,41 +233,27 @@ async fn eight_looping_plugins_cannot_starve_a_healthy_neighbour_or_the_edge() {
 }
 
 /// Two looping consumers with a backlog each and weights `heavy_weight`:1,
-/// plus, if given, a quota on the light one.
-fn weighted_routes(heavy_weight: f64, light_extra: &str) -> String {
-    let mut text = String::new();
-    for (name, extra) in [
-        ("heavy", format!("cpu_weight = {heavy_weight}")),
-        ("light", light_extra.to_owned()),
-    ] {
-        text.push_str(&format!(
-            r#"
-[consumers.{name}]
-plugin = "{{plugin:hostile}}"
-concurrency = 4
-quarantine_after = 0
-retry = {{ first = "10ms", max = "20ms", attempts = 1000 }}
-circuit_breaker = {{ enabled = false }}
-limits = {{ cpu = "50ms" }}
-settings = {{ mode = "loop" }}
-{extra}
-"#
-        ));
-    }
-    text.push_str(
-        r#"
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["heavy", "light"]
-"#,
-    );
-    text
+/// plus, if given, a quota on the light one (a `key = value` pair).
+fn weighted_routes(heavy_weight: f64, light_extra: &[(&str, &str)]) -> Routes {
+    let looping = |routes: Routes, name: &str| {
+        routes
+            .consumer(name, "hostile", &[])
+            .concurrency(4)
+            .with("quarantine_after", "0")
+            .retry(r#"{ first = "10ms", max = "20ms", attempts = 1000 }"#)
+            .with("circuit_breaker", "{ enabled = false }")
+            .limits(r#"{ cpu = "50ms" }"#)
+            .with("settings", r#"{ mode = "loop" }"#)
+    };
+    let heavy = looping(Routes::new(), "heavy").with("cpu_weight", &heavy_weight.to_string());
+    looping(heavy, "light")
+        .with_all(light_extra)
+        .route(&["customer.*"], &["heavy", "light"])
 }
 
 /// Starts the hub, gives both consumers a backlog, and returns the guest
 /// CPU each used over a window of `window` once both were busy.
-async fn cpu_over_window(routes: String, window: Duration) -> (TestHub, f64, f64, u64) {
+async fn cpu_over_window(routes: Routes, window: Duration) -> (TestHub, f64, f64, u64) {
     let mut options = HubOptions::new(routes);
     options.server_extra = "plugin_threads = 2".to_owned();
     let hub = TestHub::start(options).await;
@@ -329,7 +287,7 @@ async fn cpu_over_window(routes: String, window: Duration) -> (TestHub, f64, f64
 async fn cpu_is_shared_by_weight_and_the_lighter_still_progresses() {
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let (hub, heavy, light, light_calls) =
-        cpu_over_window(weighted_routes(3.0, ""), Duration::from_secs(4)).await;
+        cpu_over_window(weighted_routes(3.0, &[]), Duration::from_secs(4)).await;
     let ratio = heavy / light;
     eprintln!("weights 3:1: guest cpu {heavy:.3} s : {light:.3} s = {ratio:.2}");
     assert!(
@@ -348,7 +306,7 @@ async fn a_cpu_quota_holds_a_consumer_below_its_fair_share() {
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let window = Duration::from_secs(4);
     let (hub, heavy, light, light_calls) =
-        cpu_over_window(weighted_routes(1.0, "cpu_per_second = 0.2"), window).await;
+        cpu_over_window(weighted_routes(1.0, &[("cpu_per_second", "0.2")]), window).await;
     let light_cores = light / window.as_secs_f64();
     eprintln!("quota 0.2 cores: light used {light_cores:.3} cores, heavy {heavy:.3} s");
     // Equal weights would give it a whole thread; the quota (plus at most
@@ -376,20 +334,14 @@ async fn a_cpu_quota_holds_a_consumer_below_its_fair_share() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_the_sandbox_keeps_stopping_is_quarantined_until_resumed_or_replaced() {
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
-    let text = r#"
-[consumers.broken]
-plugin = "{plugin:hostile}"
-concurrency = 1
-quarantine_after = 3
-retry = { first = "10ms", max = "20ms", attempts = 1000 }
-circuit_breaker = { enabled = false }
-settings = { mode = "trap" }
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["broken"]
-"#;
+    let text = Routes::new()
+        .consumer("broken", "hostile", &[])
+        .concurrency(1)
+        .with("quarantine_after", "3")
+        .retry(r#"{ first = "10ms", max = "20ms", attempts = 1000 }"#)
+        .with("circuit_breaker", "{ enabled = false }")
+        .with("settings", r#"{ mode = "trap" }"#)
+        .route(&["customer.*"], &["broken"]);
     let mut options = HubOptions::new(text);
     options.admin = true;
     options.extra_tables = "[alerts]\ninterval = \"100ms\"\nclear_after = \"300ms\"\n".to_owned();
@@ -419,7 +371,7 @@ consumers = ["broken"]
     let alert = |rule: &'static str| {
         let hub = &hub;
         async move {
-            let (_, alerts) = hub.admin(reqwest::Method::GET, "/v1/alerts", None).await;
+            let (_, alerts) = hub.admin_get("/v1/alerts").await;
             alerts["active"]
                 .as_array()
                 .unwrap()

@@ -1,7 +1,7 @@
 //! The admin API and CLI: auth, status, pause/resume, dead-letter and review
 //! queues with filters, dry runs, replay and discard.
 
-use crate::harness::*;
+use crate::support::*;
 use reqwest::Method;
 use serde_json::json;
 use std::time::Duration;
@@ -78,7 +78,7 @@ async fn the_admin_api_needs_the_right_bearer_token() {
         .await
         .unwrap();
     assert_eq!(basic.status().as_u16(), 401);
-    let (status, consumers) = hub.admin(Method::GET, "/v1/consumers", None).await;
+    let (status, consumers) = hub.admin_get("/v1/consumers").await;
     assert_eq!(status, 200);
     let names: Vec<_> = consumers
         .as_array()
@@ -100,7 +100,7 @@ async fn the_admin_api_needs_the_right_bearer_token() {
             .as_u16(),
         200
     );
-    assert_eq!(hub.admin(Method::GET, "/v1/nothing", None).await.0, 404);
+    assert_eq!(hub.admin_get("/v1/nothing").await.0, 404);
     assert_eq!(
         hub.admin(Method::POST, "/v1/consumers/nobody/pause", None)
             .await
@@ -161,20 +161,14 @@ async fn dead_letters_are_listed_filtered_dry_run_replayed_and_discarded() {
     assert_eq!(hub.send(&contact(9, "customer.deleted")).await.0, 200);
     hub.drained(WITHIN).await;
 
-    let (status, all) = hub
-        .admin(Method::GET, "/v1/queues/dead_letter?consumer=crm", None)
-        .await;
+    let (status, all) = hub.admin_get("/v1/queues/dead_letter?consumer=crm").await;
     assert_eq!(status, 200);
     assert_eq!(all.as_array().unwrap().len(), 4);
     assert!(all[0]["reason"].as_str().unwrap().contains("HTTP 422"));
     assert!(all[0].get("payload").is_none(), "lists never show payloads");
     let id = all[0]["id"].as_u64().unwrap();
     let (status, one) = hub
-        .admin(
-            Method::GET,
-            &format!("/v1/queues/dead_letter/crm/{id}"),
-            None,
-        )
+        .admin_get(&format!("/v1/queues/dead_letter/crm/{id}"))
         .await;
     assert_eq!(status, 200, "{one}");
     assert_eq!(one["event_id"], all[0]["event_id"]);
@@ -182,30 +176,18 @@ async fn dead_letters_are_listed_filtered_dry_run_replayed_and_discarded() {
         one["payload"]["id"], all[0]["event_id"],
         "the event as received"
     );
-    let (status, _) = hub
-        .admin(Method::GET, "/v1/queues/dead_letter/crm/987654", None)
-        .await;
+    let (status, _) = hub.admin_get("/v1/queues/dead_letter/crm/987654").await;
     assert_eq!(status, 404);
     let (_, created) = hub
-        .admin(
-            Method::GET,
-            "/v1/queues/dead_letter?consumer=crm&event_type=customer.created",
-            None,
-        )
+        .admin_get("/v1/queues/dead_letter?consumer=crm&event_type=customer.created")
         .await;
     assert_eq!(created.as_array().unwrap().len(), 3);
-    let (_, none) = hub
-        .admin(Method::GET, "/v1/queues/dead_letter?error=timeout", None)
-        .await;
+    let (_, none) = hub.admin_get("/v1/queues/dead_letter?error=timeout").await;
     assert!(none.as_array().unwrap().is_empty());
     // Ids in a query string: comma-separated (`switchyard dlq list --ids`).
     let (first, third) = (id, all[2]["id"].as_u64().unwrap());
     let (status, picked) = hub
-        .admin(
-            Method::GET,
-            &format!("/v1/queues/dead_letter?ids={first},{third}"),
-            None,
-        )
+        .admin_get(&format!("/v1/queues/dead_letter?ids={first},{third}"))
         .await;
     assert_eq!(status, 200, "{picked}");
     let mut picked: Vec<u64> = picked
@@ -218,16 +200,10 @@ async fn dead_letters_are_listed_filtered_dry_run_replayed_and_discarded() {
     let mut expected = vec![first, third];
     expected.sort_unstable();
     assert_eq!(picked, expected);
-    let (status, _) = hub
-        .admin(Method::GET, "/v1/queues/dead_letter?ids=3,x", None)
-        .await;
+    let (status, _) = hub.admin_get("/v1/queues/dead_letter?ids=3,x").await;
     assert_eq!(status, 400);
     let (status, _) = hub
-        .admin(
-            Method::GET,
-            "/v1/queues/dead_letter?event_type=Bad%20Type",
-            None,
-        )
+        .admin_get("/v1/queues/dead_letter?event_type=Bad%20Type")
         .await;
     assert_eq!(status, 400);
 
@@ -286,9 +262,7 @@ async fn dead_letters_are_listed_filtered_dry_run_replayed_and_discarded() {
     );
 
     // Discard the last one by id.
-    let (_, left) = hub
-        .admin(Method::GET, "/v1/queues/dead_letter?consumer=crm", None)
-        .await;
+    let (_, left) = hub.admin_get("/v1/queues/dead_letter?consumer=crm").await;
     let id = left[0]["id"].as_u64().unwrap();
     let (_, discarded) = hub
         .admin(
@@ -477,22 +451,7 @@ async fn history_replays_into_a_consumer_added_later_and_respects_idempotency() 
     let crm = MockDownstream::start().await;
     let erp = MockDownstream::start().await;
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let crm_only = format!(
-        r#"
-[connections.crm]
-base_url = "{}"
-
-[consumers.crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-"#,
-        crm.url()
-    );
+    let crm_only = crm_routes(&crm);
     let mut options = HubOptions::new(crm_only.clone());
     options.admin = true;
     options.dir = Some(dir.clone());
@@ -510,22 +469,10 @@ consumers = ["crm"]
     assert_eq!(crm.effects().len(), 1);
 
     // The ERP consumer is added later; the invoices it missed are history.
-    let with_erp = format!(
-        r#"{crm_only}
-[connections.erp]
-base_url = "{}"
-
-[consumers.erp]
-plugin = "{{plugin:erp}}"
-connections = ["erp"]
-
-[[routes]]
-source = "stripe"
-events = ["invoice.*"]
-consumers = ["erp"]
-"#,
-        erp.url()
-    );
+    let with_erp = crm_only
+        .connection("erp", &erp)
+        .consumer("erp", "erp", &["erp"])
+        .route(&["invoice.*"], &["erp"]);
     let mut options = HubOptions::new(with_erp);
     options.admin = true;
     options.dir = Some(dir.clone());
@@ -590,11 +537,11 @@ consumers = ["erp"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_replay_does_not_starve_live_traffic() {
     let crm = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(
-        &crm,
-        r#"concurrency = 4
-retry = { first = "10ms", max = "50ms", attempts = 1 }"#,
-    ));
+    let mut options = HubOptions::new(
+        crm_routes(&crm)
+            .concurrency(4)
+            .retry(r#"{ first = "10ms", max = "50ms", attempts = 1 }"#),
+    );
     options.admin = true;
     let hub = TestHub::start(options).await;
     const REPLAYED: usize = 30;
@@ -677,9 +624,9 @@ async fn a_replay_job_can_be_cancelled_between_batches() {
     let processed = job["processed"].as_u64().unwrap();
     assert!(processed < EVENTS as u64, "{job}");
     assert_eq!(job["queued"], processed);
-    let (_, listed) = hub.admin(Method::GET, "/v1/jobs", None).await;
+    let (_, listed) = hub.admin_get("/v1/jobs").await;
     assert_eq!(listed[0]["id"], id);
-    let (status, _) = hub.admin(Method::GET, "/v1/jobs/9999", None).await;
+    let (status, _) = hub.admin_get("/v1/jobs/9999").await;
     assert_eq!(status, 404);
 }
 

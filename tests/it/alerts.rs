@@ -6,8 +6,7 @@
 //! The rules themselves are proven with a fake clock in
 //! `src/alerts/tests.rs`; this test proves the wiring.
 
-use crate::harness::*;
-use reqwest::Method;
+use crate::support::*;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,11 +36,7 @@ impl Traffic {
                 while running.load(Ordering::Relaxed) {
                     n += 1;
                     let customer = format!("cus_{run}_{n}");
-                    let body = synthetic_event(
-                        &format!("evt_{customer}"),
-                        "customer.created",
-                        json!({"id": customer, "object": "customer", "email": null, "name": null}),
-                    );
+                    let body = customer_event(&customer, "customer.created");
                     if let Some(response) = post_signed(&client, &base, &body).await
                         && response.status().is_success()
                     {
@@ -82,7 +77,7 @@ impl Traffic {
 }
 
 async fn alerts(hub: &TestHub) -> Value {
-    let (status, body) = hub.admin(Method::GET, "/v1/alerts", None).await;
+    let (status, body) = hub.admin_get("/v1/alerts").await;
     assert_eq!(status, 200, "{body}");
     body
 }
@@ -156,32 +151,19 @@ async fn storms_forgeries_and_silence_raise_alerts_that_clear_on_recovery() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     std::fs::write(dir.path().join("oncall_token"), ONCALL_TOKEN).unwrap();
     let consumer = "alerting_crm";
-    let mut options = HubOptions::new(format!(
-        r#"
-[connections.crm]
-base_url = "{crm}"
-
-[connections.oncall]
-base_url = "{oncall}"
-auth = {{ bearer = "file:oncall_token" }}
-timeout = "2s"
-
-[consumers.{consumer}]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-retry = {{ first = "20ms", max = "100ms", attempts = 1000 }}
-# The storm must reach the watch as failed attempts, not as a breaker
-# holding work back (that has its own rule).
-circuit_breaker = {{ enabled = false }}
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["{consumer}"]
-"#,
-        crm = crm.url(),
-        oncall = oncall.url(),
-    ));
+    let mut options = HubOptions::new(
+        Routes::new()
+            .connection("crm", &crm)
+            .connection("oncall", &oncall)
+            .bearer("file:oncall_token")
+            .timeout("2s")
+            .consumer(consumer, "crm", &["crm"])
+            .retry(r#"{ first = "20ms", max = "100ms", attempts = 1000 }"#)
+            // The storm must reach the watch as failed attempts, not as a
+            // breaker holding work back (that has its own rule).
+            .with("circuit_breaker", "{ enabled = false }")
+            .route(&["customer.*"], &[consumer]),
+    );
     // Floors only: band rules need a baseline warmed for an hour.
     options.extra_tables = r#"
 [alerts]
@@ -319,10 +301,7 @@ webhook_path = "/v1/alerts"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_page_needs_no_token_but_its_data_does() {
-    let crm = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&crm, ""));
-    options.admin = true;
-    let hub = TestHub::start(options).await;
+    let (hub, _crm) = crm_hub(|options| options.admin = true).await;
     let page = hub
         .client
         .get(hub.admin_url("/dashboard"))
@@ -342,7 +321,7 @@ async fn the_dashboard_page_needs_no_token_but_its_data_does() {
     for path in ["/v1/alerts", "/v1/series", "/v1/consumers"] {
         let response = hub.client.get(hub.admin_url(path)).send().await.unwrap();
         assert_eq!(response.status().as_u16(), 401, "{path}");
-        let (status, _) = hub.admin(Method::GET, path, None).await;
+        let (status, _) = hub.admin_get(path).await;
         assert_eq!(status, 200, "{path}");
     }
 }

@@ -2,17 +2,18 @@
 //! right 4xx (or a closed connection), persist nothing, and leave the hub
 //! serving valid events.
 
-use crate::harness::*;
+use crate::support::*;
 use std::time::Duration;
 use switchyard::ingest::scheme::stripe::signature_header;
 
 async fn hub() -> TestHub {
-    let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
-    options.server_extra = "header_read_timeout = \"1s\"\nbody_read_timeout = \"1s\"".into();
-    // Room for 100 000 brackets.
-    options.max_body = "256KiB";
-    TestHub::start(options).await
+    let (hub, _mock) = crm_hub(|options| {
+        options.server_extra = "header_read_timeout = \"1s\"\nbody_read_timeout = \"1s\"".into();
+        // Room for 100 000 brackets.
+        options.max_body = "256KiB";
+    })
+    .await;
+    hub
 }
 
 /// The hub still takes a valid event, and the bus holds exactly `expected`
@@ -149,10 +150,7 @@ async fn bodies_empty_oversized_not_utf8_not_objects_or_too_deep_get_4xx() {
         ),
     ];
     for (name, body, status, code) in cases {
-        let header = signature_header(SECRET, now(), &body);
-        let (got, answer) = hub
-            .post("/webhooks/stripe", &body, &[("stripe-signature", &header)])
-            .await;
+        let (got, answer) = hub.send(&body).await;
         assert_eq!(
             (got, answer["error"].as_str()),
             (status, Some(code)),
@@ -164,10 +162,7 @@ async fn bodies_empty_oversized_not_utf8_not_objects_or_too_deep_get_4xx() {
     deep.extend(std::iter::repeat_n(b'[', 1_000));
     deep.extend(std::iter::repeat_n(b']', 1_000));
     deep.push(b'}');
-    let header = signature_header(SECRET, now(), &deep);
-    let (status, answer) = hub
-        .post("/webhooks/stripe", &deep, &[("stripe-signature", &header)])
-        .await;
+    let (status, answer) = hub.send(&deep).await;
     assert_eq!(
         (status, answer["error"].as_str()),
         (400, Some("bad_event")),

@@ -58,7 +58,7 @@ impl Place {
             engine,
             dir: tempfile::tempdir().unwrap(),
             nats,
-            stream: crate::harness::unique("BUS"),
+            stream: crate::support::unique("BUS"),
         }
     }
 
@@ -588,7 +588,7 @@ async fn backlog_and_oldest_age_follow_the_queue(engine: Engine) {
     assert!(age < Duration::from_secs(30), "age {age:?}");
     let second = pull_one(&bus, "crm").await;
     bus.ack(&second).await.unwrap();
-    crate::harness::eventually(Duration::from_secs(5), "crm backlog empty", || {
+    crate::support::eventually(Duration::from_secs(5), "crm backlog empty", || {
         let bus = Arc::clone(&bus);
         async move { bus.backlog("crm").await.unwrap() == 0 }
     })

@@ -1,32 +1,40 @@
 //! The `switchyard` binary as a user runs it: `check` and `sign`.
 
-use crate::harness::*;
+use crate::support::*;
 use std::process::Command;
 
 fn switchyard() -> Command {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
 }
 
+/// Runs `switchyard check` on `config`, which must fail (exit 1), naming
+/// each of `expected` on stderr; returns stderr.
+fn check_fails(config: &std::path::Path, expected: &[&str]) -> String {
+    let output = switchyard()
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    for expected in expected {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    stderr
+}
+
 #[tokio::test]
 async fn check_accepts_a_good_config_with_its_plugins() {
-    let mock = MockDownstream::start().await;
-    let hub = TestHub::start(HubOptions::new(example_routes(
-        &mock,
-        &mock,
-        &mock,
-        r#"{ attempts = 3 }"#,
-    )))
-    .await;
+    let (hub, _mock) = example_hub().await;
     let output = switchyard()
         .args(["check", "--config"])
         .arg(&hub.config_path)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     assert!(
         String::from_utf8_lossy(&output.stdout)
             .contains("ok (1 source(s), 3 consumer(s), 3 route(s))")
@@ -35,24 +43,15 @@ async fn check_accepts_a_good_config_with_its_plugins() {
 
 #[test]
 fn check_reports_every_validation_problem_and_fails() {
-    let output = switchyard()
-        .args(["check", "--config"])
-        .arg(repo_root().join("tests/config/bad/many_problems.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    for expected in [
-        "server.listen:",
-        "consumers.crm.connections[1]: unknown connection `sap`",
-        "routes[0].consumers[1]: unknown consumer `crm2`",
-        "routes[1].source: unknown source `paypal`",
-    ] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    check_fails(
+        &repo_root().join("tests/config/bad/many_problems.toml"),
+        &[
+            "server.listen:",
+            "consumers.crm.connections[1]: unknown connection `sap`",
+            "routes[0].consumers[1]: unknown consumer `crm2`",
+            "routes[1].source: unknown source `paypal`",
+        ],
+    );
 }
 
 #[test]
@@ -87,25 +86,16 @@ consumers = ["crm", "erp"]
 "#,
     )
     .unwrap();
-    let output = switchyard()
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    for expected in [
-        "sources.stripe.secrets[0]: environment variable `SWITCHYARD_TEST_SECRET_THAT_IS_NOT_SET` is not set",
-        "sources.stripe.secrets[1]: cannot read secret file",
-        "consumer `crm`: cannot read plugin",
-        "consumer `erp`: plugin",
-        "4 problem(s)",
-    ] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    check_fails(
+        &config,
+        &[
+            "sources.stripe.secrets[0]: environment variable `SWITCHYARD_TEST_SECRET_THAT_IS_NOT_SET` is not set",
+            "sources.stripe.secrets[1]: cannot read secret file",
+            "consumer `crm`: cannot read plugin",
+            "consumer `erp`: plugin",
+            "4 problem(s)",
+        ],
+    );
 }
 
 #[test]
@@ -125,11 +115,7 @@ fn sign_prints_a_header_the_verifier_accepts() {
         .arg(&event)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let header = stdout
         .lines()
@@ -151,14 +137,7 @@ fn sign_prints_a_header_the_verifier_accepts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_send_delivers_to_a_running_hub() {
-    let mock = MockDownstream::start().await;
-    let hub = TestHub::start(HubOptions::new(example_routes(
-        &mock,
-        &mock,
-        &mock,
-        r#"{ attempts = 3 }"#,
-    )))
-    .await;
+    let (hub, mock) = example_hub().await;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .current_dir(hub.dir.path())
         .args(["sign", "--send", "--url", &hub.url("")])
@@ -166,11 +145,7 @@ async fn sign_send_delivers_to_a_running_hub() {
         .output()
         .await
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("200 "));
     eventually(
         std::time::Duration::from_secs(20),
@@ -225,24 +200,15 @@ consumers = ["crm"]
         ),
     )
     .unwrap();
-    let output = switchyard()
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    for expected in [
-        "admin.token: 11 characters is too short",
-        "connections.erp.base_url: every call would be refused: `10.1.2.3` is a private address",
-        "connections.marketing.base_url: every call would be refused:",
-        "3 problem(s)",
-    ] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    let stderr = check_fails(
+        &config,
+        &[
+            "admin.token: 11 characters is too short",
+            "connections.erp.base_url: every call would be refused: `10.1.2.3` is a private address",
+            "connections.marketing.base_url: every call would be refused:",
+            "3 problem(s)",
+        ],
+    );
     assert!(!stderr.contains("connections.crm"), "{stderr}");
 }
 
@@ -256,7 +222,7 @@ async fn admin_commands_reach_the_hub_of_the_config_they_are_given() {
     for _ in 0..2 {
         let dir = tempfile::tempdir().unwrap();
         let (port, admin_port) = (free_port(), free_port());
-        let mut options = HubOptions::new(crm_routes(&mock, ""));
+        let mut options = HubOptions::new(crm_routes(&mock));
         options.admin = true;
         options.listen_port = Some(port);
         options.admin_port = Some(admin_port);
@@ -277,21 +243,13 @@ async fn admin_commands_reach_the_hub_of_the_config_they_are_given() {
     };
     let state = |config: &std::path::Path| {
         let output = cli(&["consumers", "--json"], config);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert_success(&output);
         let consumers: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         consumers[0]["state"].as_str().unwrap().to_owned()
     };
     let (first, second) = (&hubs[0].1, &hubs[1].1);
     let paused = cli(&["pause", "crm"], second);
-    assert!(
-        paused.status.success(),
-        "{}",
-        String::from_utf8_lossy(&paused.stderr)
-    );
+    assert_success(&paused);
     assert_eq!(state(first), "running");
     assert_eq!(state(second), "paused");
     let other_hub = format!("http://127.0.0.1:{}", hubs[0].2);

@@ -1,7 +1,7 @@
 //! Config error snapshots: each `tests/config/bad/NAME.toml` must fail with
 //! exactly the text in `NAME.err`. `SWITCHYARD_BLESS=1` rewrites the snapshots.
 
-use crate::harness::repo_root;
+use crate::support::repo_root;
 use std::path::Path;
 use switchyard::config::{Config, ParseError, reference};
 

@@ -1,57 +1,31 @@
 //! Kill -9: a switchyard process killed at any moment loses no event it
 //! answered 2xx, and no downstream sees one effect under two keys.
 
-use crate::harness::*;
-use serde_json::json;
+use crate::support::*;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use switchyard::ingest::scheme::stripe::signature_header;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_event() {
     let crm = MockDownstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let routes = format!(
-        r#"
-[connections.crm]
-base_url = "{}"
-
-[consumers.crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-concurrency = 4
-retry = {{ first = "20ms", max = "200ms", attempts = 50 }}
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-"#,
-        crm.url()
+    let mut options = HubOptions::new(
+        crm_routes(&crm)
+            .concurrency(4)
+            .retry(r#"{ first = "20ms", max = "200ms", attempts = 50 }"#)
+            .limits(r#"{ wall = "1s" }"#),
     );
-    let config = write_config(dir.path(), &HubOptions::new(routes));
+    options.listen_port = Some(port);
     // Short leases so deliveries cut off by a kill come back quickly.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        )
-        .replace(
-            "path = \"data/bus\"",
-            "path = \"data/bus\"\nvisibility_timeout = \"3s\"",
-        )
-        .replace("lease = \"2m\"", "lease = \"2s\"")
-        .replace(
-            "[consumers.crm]",
-            "[consumers.crm]\nlimits = { wall = \"1s\" }",
-        );
-    std::fs::write(&config, text).unwrap();
+    options.bus_extra = "visibility_timeout = \"3s\"".into();
+    options.idempotency_lease = "2s";
+    let config = write_config(dir.path(), &options);
 
     let acknowledged: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
     let kills = 4;
     let mut next = 0u32;
     for round in 0..=kills {
@@ -59,30 +33,19 @@ consumers = ["crm"]
         // Senders run until the kill; each event is unique (its own customer).
         let senders: Vec<_> = (0..6)
             .map(|sender| {
-                let client = client.clone();
+                let (client, base) = (client.clone(), base.clone());
                 let acknowledged = Arc::clone(&acknowledged);
                 let first = next + sender * 10_000;
                 tokio::spawn(async move {
                     for n in first..first + 10_000 {
                         let customer = format!("cus_r{round}_{n}");
-                        let body = synthetic_event(
-                            &format!("evt_{customer}"),
-                            "customer.created",
-                            json!({"id": customer, "object": "customer", "email": null, "name": null}),
-                        );
-                        let sent = client
-                            .post(format!("http://127.0.0.1:{port}/webhooks/stripe"))
-                            .header("content-type", "application/json")
-                            .header("stripe-signature", signature_header(SECRET, now(), &body))
-                            .body(body)
-                            .send()
-                            .await;
-                        match sent {
-                            Ok(response) if response.status().is_success() => {
+                        let body = customer_event(&customer, "customer.created");
+                        match post_signed(&client, &base, &body).await {
+                            Some(response) if response.status().is_success() => {
                                 acknowledged.lock().unwrap().insert(customer);
                             }
-                            Ok(_) => {}
-                            Err(_) => return,
+                            Some(_) => {}
+                            None => return,
                         }
                     }
                 })
@@ -131,7 +94,7 @@ async fn an_emptied_or_missing_store_is_refused_unless_accepted() {
     let crm = MockDownstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut options = HubOptions::new(crm_routes(&crm, ""));
+    let mut options = HubOptions::new(crm_routes(&crm));
     options.listen_port = Some(port);
     let config = write_config(dir.path(), &options);
     let serve = |extra: &[&str]| {

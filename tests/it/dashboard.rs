@@ -6,7 +6,7 @@
 //! playwright-core in `tests/.sdk/node`; `tests/run.sh` installs both (the
 //! browser with `--install-toolchain`).
 
-use crate::harness::*;
+use crate::support::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -14,11 +14,7 @@ use std::time::Duration;
 const WITHIN: Duration = Duration::from_secs(30);
 
 fn contact(customer: &str) -> Vec<u8> {
-    synthetic_event(
-        &format!("evt_{customer}"),
-        "customer.created",
-        json!({"id": customer, "object": "customer", "email": null, "name": null}),
-    )
+    customer_event(customer, "customer.created")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,31 +31,15 @@ async fn the_dashboard_shows_states_and_alerts_and_replays_a_dead_letter() {
     );
     let crm = MockDownstream::start().await;
     let marketing = MockDownstream::start().await;
-    let mut options = HubOptions::new(format!(
-        r#"
-[connections.crm]
-base_url = "{crm}"
-
-[connections.marketing]
-base_url = "{marketing}"
-
-[consumers.dash_crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-retry = {{ first = "10ms", max = "20ms", attempts = 2 }}
-
-[consumers.dash_marketing]
-plugin = "{{plugin:marketing}}"
-connections = ["marketing"]
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["dash_crm", "dash_marketing"]
-"#,
-        crm = crm.url(),
-        marketing = marketing.url(),
-    ));
+    let mut options = HubOptions::new(
+        Routes::new()
+            .connection("crm", &crm)
+            .connection("marketing", &marketing)
+            .consumer("dash_crm", "crm", &["crm"])
+            .retry(r#"{ first = "10ms", max = "20ms", attempts = 2 }"#)
+            .consumer("dash_marketing", "marketing", &["marketing"])
+            .route(&["customer.*"], &["dash_crm", "dash_marketing"]),
+    );
     // One dead letter is news; the alert stays up while the page looks.
     options.extra_tables = r#"
 [alerts]
@@ -75,7 +55,7 @@ clear_after = "10m"
     // The watch takes what it first sees as the starting point (a restart
     // with an old dead letter is no news): let it look once before the outage.
     eventually(WITHIN, "the watch sampled the hub", || async {
-        let (_, series) = hub.admin(Method::GET, "/v1/series", None).await;
+        let (_, series) = hub.admin_get("/v1/series").await;
         series["consumers"]["dash_crm"]
             .as_array()
             .is_some_and(|points| !points.is_empty())
@@ -106,7 +86,7 @@ clear_after = "10m"
     .await;
 
     eventually(WITHIN, "the watch raised dead_letter_growth", || async {
-        let (_, alerts) = hub.admin(Method::GET, "/v1/alerts", None).await;
+        let (_, alerts) = hub.admin_get("/v1/alerts").await;
         alerts["active"]
             .as_array()
             .is_some_and(|active| active.iter().any(|a| a["rule"] == "dead_letter_growth"))

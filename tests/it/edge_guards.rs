@@ -5,7 +5,7 @@
 //! read, a cap on one client's bodies in flight, a minimum body rate.
 //! Whatever is refused or shed persisted nothing.
 
-use crate::harness::*;
+use crate::support::*;
 use reqwest::Method;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,10 +35,10 @@ async fn post_from(
 
 #[tokio::test]
 async fn addresses_outside_the_allowlist_get_403_and_forwarded_headers_are_ignored() {
-    let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
-    options.stripe_extra = r#"allow_ips = ["192.0.2.0/24", "2001:db8::/32"]"#.into();
-    let hub = TestHub::start(options).await;
+    let (hub, _mock) = crm_hub(|options| {
+        options.stripe_extra = r#"allow_ips = ["192.0.2.0/24", "2001:db8::/32"]"#.into();
+    })
+    .await;
     // The test client is 127.0.0.1; it is no proxy of ours, so what it
     // claims to forward for does not count.
     for forwarded in [None, Some("192.0.2.7")] {
@@ -58,7 +58,7 @@ async fn behind_a_trusted_proxy_the_forwarded_client_counts_and_the_list_file_re
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("ips.txt");
     std::fs::write(&list, "# test list\n192.0.2.0/24\n").unwrap();
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
+    let mut options = HubOptions::new(crm_routes(&mock));
     options.dir = Some(Arc::new(dir));
     options.admin = true;
     options.server_extra = "watch_config = false\ntrusted_proxies = [\"127.0.0.1\"]".into();
@@ -137,7 +137,7 @@ async fn the_hub_at_its_global_concurrency_limit_sheds_with_503_and_persists_not
 /// nothing, and are accepted once the slot is free.
 async fn sheds_while_one_request_is_held(mut options: HubOptions, reason: &str) {
     let mock = MockDownstream::start().await;
-    options.routes = crm_routes(&mock, "");
+    options.routes = crm_routes(&mock).build();
     options.admin = true;
     // The held body may trickle for as long as the test needs.
     options.server_extra.push_str("\nmin_body_rate = \"1B\"");
@@ -197,10 +197,10 @@ async fn sheds_while_one_request_is_held(mut options: HubOptions, reason: &str) 
 
 #[tokio::test]
 async fn a_global_rate_sheds_with_429_and_retry_after() {
-    let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
-    options.server_extra = "rate_limit = { per_minute = 1, burst = 3 }".into();
-    let hub = TestHub::start(options).await;
+    let (hub, _mock) = crm_hub(|options| {
+        options.server_extra = "rate_limit = { per_minute = 1, burst = 3 }".into();
+    })
+    .await;
     for n in 0..3 {
         let (status, _) = hub.send(&event(&format!("evt_rate_{n}"))).await;
         assert_eq!(status, 200);
@@ -219,16 +219,16 @@ async fn a_global_rate_sheds_with_429_and_retry_after() {
 
 #[tokio::test]
 async fn a_source_rate_limit_added_by_a_reload_applies_at_once() {
-    let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
-    options.admin = true;
-    options.server_extra = "watch_config = false".into();
-    let hub = TestHub::start(options).await;
+    let (hub, mock) = crm_hub(|options| {
+        options.admin = true;
+        options.server_extra = "watch_config = false".into();
+    })
+    .await;
     for n in 0..3 {
         let (status, _) = hub.send(&event(&format!("evt_reload_rate_{n}"))).await;
         assert_eq!(status, 200);
     }
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
+    let mut options = HubOptions::new(crm_routes(&mock));
     options.admin = true;
     options.server_extra = "watch_config = false".into();
     options.stripe_extra = "rate_limit = { per_minute = 1, burst = 1 }".into();
@@ -258,10 +258,10 @@ fn head_from(body: &[u8], client: &str, timestamp: i64) -> String {
 /// slots while they dribble one.
 #[tokio::test]
 async fn a_stale_timestamp_is_refused_before_the_body_is_read() {
-    let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
-    options.server_extra = "body_read_timeout = \"60s\"".into();
-    let hub = TestHub::start(options).await;
+    let (hub, _mock) = crm_hub(|options| {
+        options.server_extra = "body_read_timeout = \"60s\"".into();
+    })
+    .await;
     let body = event("evt_stale");
     let mut stalled =
         raw_connection(hub.hub.addr, head_from(&body, "203.0.113.1", 1).as_bytes()).await;
@@ -275,13 +275,13 @@ async fn a_stale_timestamp_is_refused_before_the_body_is_read() {
 /// past it, 503 with `Retry-After`, while other clients are served.
 #[tokio::test]
 async fn one_client_cannot_hold_more_than_its_share_of_body_reads() {
-    let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
-    options.server_extra =
-        "max_bodies_per_client = 2\nmin_body_rate = \"1B\"\ntrusted_proxies = [\"127.0.0.1\"]"
-            .into();
-    options.admin = true;
-    let hub = TestHub::start(options).await;
+    let (hub, _mock) = crm_hub(|options| {
+        options.server_extra =
+            "max_bodies_per_client = 2\nmin_body_rate = \"1B\"\ntrusted_proxies = [\"127.0.0.1\"]"
+                .into();
+        options.admin = true;
+    })
+    .await;
     let greedy = "203.0.113.7";
     let mut held = Vec::new();
     for n in 0..2 {
@@ -327,10 +327,10 @@ async fn one_client_cannot_hold_more_than_its_share_of_body_reads() {
 /// off with 408 long before `body_read_timeout`.
 #[tokio::test]
 async fn a_body_slower_than_the_minimum_rate_gets_408() {
-    let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
-    options.server_extra = "body_read_timeout = \"60s\"\nmin_body_rate = \"100B\"".into();
-    let hub = TestHub::start(options).await;
+    let (hub, _mock) = crm_hub(|options| {
+        options.server_extra = "body_read_timeout = \"60s\"\nmin_body_rate = \"100B\"".into();
+    })
+    .await;
     let body = event("evt_dribble");
     let stream = raw_connection(
         hub.hub.addr,

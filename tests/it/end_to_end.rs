@@ -1,6 +1,6 @@
 //! A signed Stripe event travels from HTTP to the three example consumers.
 
-use crate::harness::*;
+use crate::support::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -104,31 +104,6 @@ const ALL_FIXTURES: &[&str] = &[
     "payment_intent.created.json",
 ];
 
-struct Mocks {
-    crm: MockDownstream,
-    erp: MockDownstream,
-    marketing: MockDownstream,
-}
-
-impl Mocks {
-    async fn start() -> Mocks {
-        Mocks {
-            crm: MockDownstream::start().await,
-            erp: MockDownstream::start().await,
-            marketing: MockDownstream::start().await,
-        }
-    }
-
-    fn get(&self, consumer: &str) -> &MockDownstream {
-        match consumer {
-            "crm" => &self.crm,
-            "erp" => &self.erp,
-            "marketing" => &self.marketing,
-            other => panic!("no mock for {other}"),
-        }
-    }
-}
-
 /// Asserts every mock saw exactly the expected effects, each once, and
 /// nothing else succeeded.
 fn assert_exact_effects(mocks: &Mocks) {
@@ -154,12 +129,9 @@ fn assert_exact_effects(mocks: &Mocks) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fixture_reaches_exactly_its_consumers_once_even_when_sent_three_times() {
     let mocks = Mocks::start().await;
-    let hub = TestHub::start(HubOptions::new(example_routes(
-        &mocks.crm,
-        &mocks.erp,
-        &mocks.marketing,
-        r#"{ first = "50ms", max = "200ms", attempts = 5 }"#,
-    )))
+    let hub = TestHub::start(HubOptions::new(
+        mocks.example_routes(r#"{ first = "50ms", max = "200ms", attempts = 5 }"#),
+    ))
     .await;
     for round in 0..3 {
         for fixture in ALL_FIXTURES {
@@ -224,12 +196,9 @@ async fn a_consumer_failing_twice_then_succeeding_applies_each_effect_once() {
         mocks.get(consumer).script(1, Answer::status(503));
         mocks.get(consumer).script(1, Answer::status(500));
     }
-    let hub = TestHub::start(HubOptions::new(example_routes(
-        &mocks.crm,
-        &mocks.erp,
-        &mocks.marketing,
-        r#"{ first = "20ms", max = "100ms", attempts = 10 }"#,
-    )))
+    let hub = TestHub::start(HubOptions::new(
+        mocks.example_routes(r#"{ first = "20ms", max = "100ms", attempts = 10 }"#),
+    ))
     .await;
     for fixture in ALL_FIXTURES {
         for _ in 0..3 {
@@ -265,12 +234,9 @@ async fn a_downstream_4xx_dead_letters_at_once_and_persistent_5xx_after_the_last
     let mocks = Mocks::start().await;
     mocks.crm.set_default(Answer::status(422));
     mocks.erp.set_default(Answer::status(500));
-    let hub = TestHub::start(HubOptions::new(example_routes(
-        &mocks.crm,
-        &mocks.erp,
-        &mocks.marketing,
-        r#"{ first = "10ms", max = "50ms", attempts = 3 }"#,
-    )))
+    let hub = TestHub::start(HubOptions::new(
+        mocks.example_routes(r#"{ first = "10ms", max = "50ms", attempts = 3 }"#),
+    ))
     .await;
     assert_eq!(hub.send_fixture("customer.created.json").await.0, 200);
     assert_eq!(hub.send_fixture("invoice.paid.json").await.0, 200);
@@ -321,13 +287,9 @@ async fn a_slow_consumer_does_not_slow_the_others() {
     mocks
         .crm
         .set_default(Answer::status(200).delayed(Duration::from_secs(3)));
-    let routes = example_routes(
-        &mocks.crm,
-        &mocks.erp,
-        &mocks.marketing,
-        r#"{ first = "1s", max = "5s", attempts = 5 }"#,
-    )
-    .replace("[consumers.crm]\n", "[consumers.crm]\nconcurrency = 1\n");
+    let routes = mocks
+        .example_routes(r#"{ first = "1s", max = "5s", attempts = 5 }"#)
+        .with_in("consumers.crm", "concurrency", "1");
     let hub = TestHub::start(HubOptions::new(routes)).await;
     let events = 20;
     for i in 0..events {
@@ -375,12 +337,9 @@ async fn a_downstream_retry_after_delays_the_next_attempt_at_least_that_long() {
     mocks
         .crm
         .script(1, Answer::status(503).header("retry-after", "2"));
-    let hub = TestHub::start(HubOptions::new(example_routes(
-        &mocks.crm,
-        &mocks.erp,
-        &mocks.marketing,
-        r#"{ first = "10ms", max = "50ms", attempts = 5 }"#,
-    )))
+    let hub = TestHub::start(HubOptions::new(
+        mocks.example_routes(r#"{ first = "10ms", max = "50ms", attempts = 5 }"#),
+    ))
     .await;
     assert_eq!(hub.send_fixture("customer.created.json").await.0, 200);
     eventually(WITHIN, "crm effect after the back-off", || async {
@@ -398,13 +357,7 @@ async fn a_downstream_retry_after_delays_the_next_attempt_at_least_that_long() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_context_reaches_the_downstream_as_traceparent() {
     let mocks = Mocks::start().await;
-    let hub = TestHub::start(HubOptions::new(example_routes(
-        &mocks.crm,
-        &mocks.erp,
-        &mocks.marketing,
-        r#"{ attempts = 3 }"#,
-    )))
-    .await;
+    let hub = TestHub::start(HubOptions::new(mocks.example_routes(r#"{ attempts = 3 }"#))).await;
     // A sender that traces: its trace continues downstream.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let body = fixture("customer.created.json");

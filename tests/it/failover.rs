@@ -3,8 +3,8 @@
 //! within seconds, every acknowledged event is applied under one key, and
 //! a call longer than its leases is not redelivered while it runs.
 
-use crate::harness::*;
 use crate::natsd::{NatsServer, TestStream};
+use crate::support::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -19,39 +19,14 @@ const SHIPPED_LEASE: &str = "10s";
 
 /// crm gets `customer.*`, erp gets `invoice.paid`; both downstreams take
 /// 0.3 s a call, so deliveries are in flight whenever a process dies.
-fn routes(crm: &MockDownstream, erp: &MockDownstream) -> String {
-    format!(
-        r#"
-[connections.crm]
-base_url = "{crm}"
-
-[connections.erp]
-base_url = "{erp}"
-
-[consumers.crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-concurrency = 8
-retry = {{ first = "100ms", max = "1s", attempts = 50 }}
-
-[consumers.erp]
-plugin = "{{plugin:erp}}"
-connections = ["erp"]
-concurrency = 8
-retry = {{ first = "100ms", max = "1s", attempts = 50 }}
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-
-[[routes]]
-source = "stripe"
-events = ["invoice.paid"]
-consumers = ["erp"]
-"#,
-        crm = crm.url(),
-        erp = erp.url()
+fn routes(crm: &MockDownstream, erp: &MockDownstream) -> Routes {
+    crm_erp_routes(
+        crm,
+        erp,
+        &[
+            ("concurrency", "8"),
+            ("retry", r#"{ first = "100ms", max = "1s", attempts = 50 }"#),
+        ],
     )
 }
 
@@ -111,12 +86,6 @@ fn metric_total(text: &str, name: &str) -> f64 {
         .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-fn applied(crm: &MockDownstream, erp: &MockDownstream) -> BTreeSet<String> {
-    let mut effects: BTreeSet<String> = crm.effects().iter().map(crm_effect).collect();
-    effects.extend(erp.effects().iter().map(erp_effect));
-    effects
 }
 
 /// Waits until every acknowledged event is applied and the survivor's
@@ -324,23 +293,10 @@ async fn a_call_longer_than_its_leases_is_not_redelivered_while_it_runs() {
     let runs = engines.map(|(engine, bus, redis_prefix)| async move {
         let crm = MockDownstream::start().await;
         crm.set_default(Answer::status(200).delayed(Duration::from_secs(60)));
-        let routes = format!(
-            r#"
-[connections.crm]
-base_url = "{}"
-timeout = "90s"
-
-[consumers.crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-limits = {{ wall = "90s" }}
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-"#,
-            crm.url()
+        let routes = crm_routes(&crm).limits(r#"{ wall = "90s" }"#).with_in(
+            "connections.crm",
+            "timeout",
+            r#""90s""#,
         );
         let mut options = HubOptions::new(routes);
         options.bus = bus;

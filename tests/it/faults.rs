@@ -11,7 +11,7 @@
 //! The short form runs in CI. `SWITCHYARD_FAULTS_LONG=1` runs the same code
 //! with longer faults (and, for R1, a kill every few seconds for a minute).
 
-use crate::harness::*;
+use crate::support::*;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -68,33 +68,10 @@ impl Downstream {
     }
 }
 
-/// One mock per downstream.
-struct Mocks {
-    crm: MockDownstream,
-    erp: MockDownstream,
-    marketing: MockDownstream,
-}
-
 impl Mocks {
-    async fn start() -> Mocks {
-        Mocks {
-            crm: MockDownstream::start().await,
-            erp: MockDownstream::start().await,
-            marketing: MockDownstream::start().await,
-        }
-    }
-
-    fn get(&self, downstream: Downstream) -> &MockDownstream {
-        match downstream {
-            Downstream::Crm => &self.crm,
-            Downstream::Erp => &self.erp,
-            Downstream::Marketing => &self.marketing,
-        }
-    }
-
     /// Effects applied (answered 2xx) by one downstream.
     fn applied(&self, downstream: Downstream) -> BTreeSet<String> {
-        self.get(downstream)
+        self.get(downstream.name())
             .effects()
             .iter()
             .map(|r| downstream.effect(r))
@@ -103,44 +80,24 @@ impl Mocks {
 
     /// The routes: `customer.*` to crm (subscriptions are a no-op there),
     /// `invoice.paid` to erp, `customer.subscription.*` to marketing.
-    /// `consumer_keys` are more lines for every consumer.
-    fn routes(&self, consumer_keys: &str) -> String {
-        let mut text = String::new();
+    /// `consumer_keys` are more keys for every consumer.
+    fn routes(&self, consumer_keys: &[(&str, &str)]) -> Routes {
+        let mut routes = Routes::new();
         for downstream in Downstream::ALL {
             let name = downstream.name();
-            text += &format!(
-                r#"
-[connections.{name}]
-base_url = "{url}"
-timeout = "1s"
-
-[consumers.{name}]
-plugin = "{{plugin:{name}}}"
-connections = ["{name}"]
-concurrency = 4
-retry = {{ first = "50ms", max = "1s", attempts = 1000 }}
-limits = {{ wall = "2s" }}
-{consumer_keys}
-"#,
-                url = self.get(downstream).url()
-            );
+            routes = routes
+                .connection(name, self.get(downstream.name()))
+                .timeout("1s")
+                .consumer(name, name, &[name])
+                .concurrency(4)
+                .retry(r#"{ first = "50ms", max = "1s", attempts = 1000 }"#)
+                .limits(r#"{ wall = "2s" }"#)
+                .with_all(consumer_keys);
         }
-        text + r#"
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-
-[[routes]]
-source = "stripe"
-events = ["invoice.paid"]
-consumers = ["erp"]
-
-[[routes]]
-source = "stripe"
-events = ["customer.subscription.*"]
-consumers = ["marketing"]
-"#
+        routes
+            .route(&["customer.*"], &["crm"])
+            .route(&["invoice.paid"], &["erp"])
+            .route(&["customer.subscription.*"], &["marketing"])
     }
 }
 
@@ -238,7 +195,7 @@ impl Ledger {
             // An effect is duplicated if the downstream saw it under two keys;
             // the same key again (a redelivery) is absorbed by the downstream.
             let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-            let received = mocks.get(downstream).received();
+            let received = mocks.get(downstream.name()).received();
             for request in &received {
                 let key = request
                     .header("idempotency-key")
@@ -247,7 +204,7 @@ impl Ledger {
                     .or_default()
                     .insert(key.to_owned());
             }
-            let effects = mocks.get(downstream).effects();
+            let effects = mocks.get(downstream.name()).effects();
             repeats += effects.len() - mocks.applied(downstream).len();
             duplicates.extend(
                 keys.into_iter()
@@ -519,7 +476,7 @@ async fn kill(child: &mut tokio::process::Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r1_sigkill_repeatedly_loses_and_duplicates_nothing() {
     let mocks = Mocks::start().await;
-    let hub = ChildHub::new(HubOptions::new(mocks.routes("")));
+    let hub = ChildHub::new(HubOptions::new(mocks.routes(&[])));
     let mut child = hub.spawn().await;
     let load = Load::start(hub.base());
     // A kill every few seconds: a minute of them in the long form.
@@ -613,7 +570,7 @@ impl Drop for RedisServer {
 async fn r2_redis_stopped_under_load_loses_and_duplicates_nothing() {
     let mut redis = RedisServer::start().await;
     let mocks = Mocks::start().await;
-    let mut options = HubOptions::new(mocks.routes(""));
+    let mut options = HubOptions::new(mocks.routes(&[]));
     options.redis_prefix = Some(unique("sy-faults-"));
     options.redis_url = redis.url();
     let hub = ChildHub::new(options);
@@ -625,7 +582,7 @@ async fn r2_redis_stopped_under_load_loses_and_duplicates_nothing() {
     let calls = || -> Vec<usize> {
         Downstream::ALL
             .iter()
-            .map(|&d| mocks.get(d).received().len())
+            .map(|&d| mocks.get(d.name()).received().len())
             .collect()
     };
     let before = calls();
@@ -648,13 +605,14 @@ async fn r2_redis_stopped_under_load_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r4_one_failing_downstream_does_not_hold_back_the_others() {
     let mocks = Mocks::start().await;
-    let hub = ChildHub::new(HubOptions::new(mocks.routes(
-        "circuit_breaker = { failure_ratio = 0.5, min_calls = 10, window = \"10s\", open_for = \"1s\", half_open_probes = 1 }",
-    )));
+    let hub = ChildHub::new(HubOptions::new(mocks.routes(&[(
+        "circuit_breaker",
+        r#"{ failure_ratio = 0.5, min_calls = 10, window = "10s", open_for = "1s", half_open_probes = 1 }"#,
+    )])));
     let mut child = hub.spawn().await;
     let load = Load::start(hub.base());
     let healthy = [Downstream::Erp, Downstream::Marketing];
-    let delivered = |d: Downstream| mocks.get(d).effects().len();
+    let delivered = |d: Downstream| mocks.get(d.name()).effects().len();
     let rate = |from: &[usize], since: Instant| -> Vec<String> {
         healthy
             .iter()
@@ -814,7 +772,7 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r5_a_full_bus_disk_answers_503_and_recovers() {
     let mocks = Mocks::start().await;
-    let hub = ChildHub::new(HubOptions::new(mocks.routes("")));
+    let hub = ChildHub::new(HubOptions::new(mocks.routes(&[])));
     let tmpfs = Tmpfs::mount(&hub.dir.path().join("data/bus"), "16m").await;
     let spawn = || spawn_command(hub.command_via(Some(tmpfs.wrapper())), hub.port);
     let mut child = spawn().await;

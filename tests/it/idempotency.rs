@@ -1,7 +1,7 @@
 //! The idempotency protocol, one suite run against both backends: real Redis
 //! (127.0.0.1:6379, a unique key prefix per test) and the embedded store.
 
-use crate::harness::unique;
+use crate::support::unique;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard::dispatch::idempotency::{Claim, EmbeddedStore, IdempotencyStore, RedisStore, key};
@@ -217,7 +217,7 @@ async fn reopen(dir: &std::path::Path) -> EmbeddedStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hub_on_redis_delivers_each_effect_once() {
-    use crate::harness::*;
+    use crate::support::*;
     let mock = MockDownstream::start().await;
     let prefix = unique("it:");
     let mut options = HubOptions::new(example_routes(
@@ -260,23 +260,17 @@ async fn the_hub_on_redis_delivers_each_effect_once() {
 /// so a downstream that honours `Idempotency-Key` applies both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_id_on_two_sources_is_two_effects_under_two_keys() {
-    use crate::harness::*;
+    use crate::support::*;
     use switchyard::ingest::scheme::stripe::signature_header;
     let crm = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&crm, ""));
-    options.extra_tables = r#"
-[sources.stripe_eu]
-kind = "stripe"
-path = "/webhooks/stripe_eu"
-secrets = ["file:stripe_secret_0"]
-
-[[routes]]
-source = "stripe_eu"
-events = ["customer.*"]
-consumers = ["crm"]
-"#
-    .into();
-    let hub = TestHub::start(options).await;
+    let hub = TestHub::start(HubOptions::new(
+        crm_routes(&crm)
+            .source("stripe_eu", "stripe")
+            .with("path", r#""/webhooks/stripe_eu""#)
+            .with("secrets", r#"["file:stripe_secret_0"]"#)
+            .route_from("stripe_eu", &["customer.*"], &["crm"]),
+    ))
+    .await;
     let customer = |id: &str| {
         synthetic_event(
             "evt_shared_by_two_accounts",
@@ -405,7 +399,7 @@ async fn a_call_whose_key_lease_was_taken_over_is_not_trusted() {
 }
 
 async fn eventually_claimed(connection: &mut redis::aio::MultiplexedConnection, key: &str) {
-    crate::harness::eventually(Duration::from_secs(10), "the call claimed its key", || {
+    crate::support::eventually(Duration::from_secs(10), "the call claimed its key", || {
         let mut connection = connection.clone();
         async move {
             redis::cmd("EXISTS")

@@ -1,28 +1,12 @@
 //! The HTTP edge: every refusal has its status, a small JSON body, changes
 //! nothing, and 2xx only ever follows a durable append.
 
-use crate::harness::*;
+use crate::support::*;
 use std::time::Duration;
 use switchyard::ingest::scheme::stripe::signature_header;
 
-fn one_consumer(mock: &MockDownstream) -> String {
-    format!(
-        r#"
-[connections.crm]
-base_url = "{}"
-
-[consumers.crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-retry = {{ first = "10ms", max = "50ms", attempts = 3 }}
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-"#,
-        mock.url()
-    )
+fn one_consumer(mock: &MockDownstream) -> Routes {
+    crm_routes(mock).retry(r#"{ first = "10ms", max = "50ms", attempts = 3 }"#)
 }
 
 async fn hub() -> (TestHub, MockDownstream) {
@@ -181,16 +165,7 @@ async fn when_the_bus_cannot_persist_the_answer_is_503_with_retry_after_and_stri
         .embedded_bus()
         .expect("embedded bus")
         .inject_commit_failures(true);
-    let header = signature_header(SECRET, now(), &body);
-    let response = hub
-        .client
-        .post(hub.url("/webhooks/stripe"))
-        .header("content-type", "application/json")
-        .header("stripe-signature", &header)
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
+    let response = hub.send_response(&body).await;
     assert_eq!(response.status().as_u16(), 503);
     assert_eq!(response.headers()["retry-after"], "5");
     let answer: serde_json::Value = response.json().await.unwrap();

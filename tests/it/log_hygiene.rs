@@ -1,6 +1,6 @@
 //! Logs never carry payload contents or secrets, at any level.
 
-use crate::harness::*;
+use crate::support::*;
 use serde_json::json;
 use std::process::Stdio;
 use std::time::Duration;
@@ -11,11 +11,7 @@ async fn no_payload_field_and_no_secret_reaches_the_logs_even_at_trace() {
     let crm = MockDownstream::start().await;
     crm.script(1, Answer::status(503));
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut options = HubOptions::new(example_routes(
         &crm,
         &crm,
@@ -23,13 +19,8 @@ async fn no_payload_field_and_no_secret_reaches_the_logs_even_at_trace() {
         r#"{ first = "10ms", max = "50ms", attempts = 5 }"#,
     ));
     options.admin = true;
+    options.listen_port = Some(port);
     let config = write_config(dir.path(), &options);
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
     let log = dir.path().join("switchyard.log");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["serve", "--log-format", "json", "--config"])
@@ -66,14 +57,7 @@ async fn no_payload_field_and_no_secret_reaches_the_logs_even_at_trace() {
         json!({"id": "cus_LOGPROBE", "object": "customer", "email": "probe.person@leak.example",
                "name": "Probe Leakington", "phone": "+15550001234", "metadata": {"note": "secret-note-LOGPROBE"}}),
     );
-    let response = client
-        .post(format!("{base}/webhooks/stripe"))
-        .header("content-type", "application/json")
-        .header("stripe-signature", signature_header(SECRET, now(), &body))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let response = post_signed(&client, &base, &body).await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     // A refused request too: bad signature over the same body.
     let refused = client

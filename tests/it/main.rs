@@ -1,10 +1,10 @@
-//! Integration tests: one binary, one harness (see `harness.rs`).
+//! Integration tests: one binary, one harness (see `support/`).
 //!
 //! Real sockets, real Redis (127.0.0.1:6379), real plugins built from
 //! `plugins/`; only the third-party APIs (CRM, ERP, marketing) are mocks.
 
-mod harness;
 mod natsd;
+mod support;
 
 mod admin;
 mod alerts;

@@ -4,8 +4,8 @@
 //! losing a node under load, and a plain NATS client reading the event mesh.
 //! (The bus contract itself is the shared suite in `bus.rs`.)
 
-use crate::harness::*;
 use crate::natsd::{NatsServer, TestStream};
+use crate::support::*;
 use futures::StreamExt;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,49 +13,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// crm gets `customer.*`, erp gets `invoice.paid`; short retries.
-fn routes(crm: &MockDownstream, erp: &MockDownstream) -> String {
-    format!(
-        r#"
-[connections.crm]
-base_url = "{crm}"
-
-[connections.erp]
-base_url = "{erp}"
-
-[consumers.crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-concurrency = 4
-retry = {{ first = "20ms", max = "200ms", attempts = 50 }}
-limits = {{ wall = "1s" }}
-
-[consumers.erp]
-plugin = "{{plugin:erp}}"
-connections = ["erp"]
-concurrency = 4
-retry = {{ first = "20ms", max = "200ms", attempts = 50 }}
-limits = {{ wall = "1s" }}
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-
-[[routes]]
-source = "stripe"
-events = ["invoice.paid"]
-consumers = ["erp"]
-"#,
-        crm = crm.url(),
-        erp = erp.url()
+fn routes(crm: &MockDownstream, erp: &MockDownstream) -> Routes {
+    crm_erp_routes(
+        crm,
+        erp,
+        &[
+            ("concurrency", "4"),
+            (
+                "retry",
+                r#"{ first = "20ms", max = "200ms", attempts = 50 }"#,
+            ),
+            ("limits", r#"{ wall = "1s" }"#),
+        ],
     )
-}
-
-/// Every effect the two mocks applied (answered 2xx).
-fn applied(crm: &MockDownstream, erp: &MockDownstream) -> BTreeSet<String> {
-    let mut effects: BTreeSet<String> = crm.effects().iter().map(crm_effect).collect();
-    effects.extend(erp.effects().iter().map(erp_effect));
-    effects
 }
 
 async fn wait_until_applied(
@@ -101,15 +71,9 @@ async fn two_processes_share_the_work_and_one_can_be_killed() {
         options.redis_prefix = Some(redis_prefix.clone());
         // Short leases so the killed process's deliveries come back quickly.
         options.bus_extra = "visibility_timeout = \"3s\"".into();
+        options.idempotency_lease = "2s";
+        options.listen_port = Some(port);
         let config = write_config(dir.path(), &options);
-        let text = std::fs::read_to_string(&config)
-            .unwrap()
-            .replace(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"127.0.0.1:{port}\""),
-            )
-            .replace("lease = \"2m\"", "lease = \"2s\"");
-        std::fs::write(&config, text).unwrap();
         ports.push(port);
         configs.push(config);
         dirs.push(dir);

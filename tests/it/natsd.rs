@@ -7,7 +7,7 @@
 //! `sync_interval: always` (fsync before every ack) needs it too. Debian's is
 //! 2.9.
 
-use crate::harness::*;
+use crate::support::*;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! the downstream, with the same ids the downstream sees in `traceparent`,
 //! sent to a collector (a local mock recording OTLP/HTTP JSON requests).
 
-use crate::harness::*;
+use crate::support::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,13 +31,13 @@ fn spans(collector: &MockDownstream) -> BTreeMap<String, Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_runs_from_the_sender_through_the_bus_to_the_downstream() {
     let collector = MockDownstream::start().await;
-    let crm = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&crm, ""));
-    options.extra_tables = format!(
-        "[telemetry]\notlp_endpoint = \"{}\"\nservice_name = \"switchyard-test\"\n",
-        collector.url()
-    );
-    let hub = TestHub::start(options).await;
+    let (hub, crm) = crm_hub(|options| {
+        options.extra_tables = format!(
+            "[telemetry]\notlp_endpoint = \"{}\"\nservice_name = \"switchyard-test\"\n",
+            collector.url()
+        );
+    })
+    .await;
 
     let trace_id = format!("{:032x}", rand::random::<u128>());
     let sender_span = "00f067aa0ba902b7";

@@ -1,7 +1,7 @@
 //! What a deployer touches: the config reference and schema, the container
 //! files, and the `SWITCHYARD_*` environment overrides.
 
-use crate::harness::repo_root;
+use crate::support::{assert_success, repo_root};
 use std::path::Path;
 use std::process::Command;
 use switchyard::config::{BusEngine, Config, IdempotencyBackend};
@@ -244,11 +244,7 @@ fn the_compose_file_validates() {
         ("STRIPE_WEBHOOK_SECRET", "whsec_x"),
         ("SWITCHYARD_ADMIN_TOKEN", "t"),
     ]);
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert_success(&ok);
     let rendered = String::from_utf8_lossy(&ok.stdout);
     for expected in [
         "service_healthy",
@@ -329,11 +325,7 @@ async fn the_image_builds_and_runs_on_its_own() {
         .current_dir(repo_root())
         .output()
         .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    assert_success(&built);
     let token = "image-test-admin-token-0123456789";
     let started = Command::new("docker")
         .args([
@@ -346,17 +338,13 @@ async fn the_image_builds_and_runs_on_its_own() {
         ])
         .args([
             "-e",
-            &format!("STRIPE_WEBHOOK_SECRET={}", crate::harness::SECRET),
+            &format!("STRIPE_WEBHOOK_SECRET={}", crate::support::SECRET),
         ])
         .args(["-e", &format!("SWITCHYARD_ADMIN_TOKEN={token}")])
         .arg(&tag)
         .output()
         .unwrap();
-    assert!(
-        started.status.success(),
-        "{}",
-        String::from_utf8_lossy(&started.stderr)
-    );
+    assert_success(&started);
     let container = String::from_utf8(started.stdout).unwrap().trim().to_owned();
     // Removed whatever the outcome.
     struct Removed(String, String);
@@ -378,7 +366,7 @@ async fn the_image_builds_and_runs_on_its_own() {
     let (edge, admin) = (port("8080/tcp"), port("8081/tcp"));
     let client = reqwest::Client::new();
     let ready = format!("http://{admin}/readyz");
-    crate::harness::eventually(
+    crate::support::eventually(
         std::time::Duration::from_secs(60),
         "the container's hub is ready",
         || async {
@@ -398,8 +386,8 @@ async fn the_image_builds_and_runs_on_its_own() {
         .header(
             "stripe-signature",
             switchyard::ingest::scheme::stripe::signature_header(
-                crate::harness::SECRET,
-                crate::harness::now(),
+                crate::support::SECRET,
+                crate::support::now(),
                 &body,
             ),
         )

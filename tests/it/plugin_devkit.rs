@@ -1,7 +1,7 @@
 //! `switchyard plugin new | build | test`: the plugin author's loop, run as
 //! an author runs it, on the real host and the real SDK.
 
-use crate::harness::*;
+use crate::support::*;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -143,7 +143,7 @@ fn a_new_plugin_goes_from_template_to_a_passing_test() {
     let dir = tempfile::tempdir().unwrap();
     let parent = dir.path().display().to_string();
     let sdk = repo_root().join("plugins/sdk").display().to_string();
-    let created = switchyard(&[
+    let new = [
         "plugin",
         "new",
         "ledger-sync",
@@ -151,7 +151,8 @@ fn a_new_plugin_goes_from_template_to_a_passing_test() {
         &parent,
         "--sdk",
         &sdk,
-    ]);
+    ];
+    let created = switchyard(&new);
     assert!(created.status.success(), "{created:?}");
     let crate_dir = dir.path().join("ledger-sync");
     assert!(crate_dir.join("src/lib.rs").is_file());
@@ -163,15 +164,7 @@ fn a_new_plugin_goes_from_template_to_a_passing_test() {
         "{manifest}"
     );
     // A second `new` with the same name must not overwrite the author's work.
-    let again = switchyard(&[
-        "plugin",
-        "new",
-        "ledger-sync",
-        "--path",
-        &parent,
-        "--sdk",
-        &sdk,
-    ]);
+    let again = switchyard(&new);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 
@@ -180,11 +173,7 @@ fn a_new_plugin_goes_from_template_to_a_passing_test() {
     let crate_path = crate_dir.display().to_string();
     let target = repo_root().join("plugins/target").display().to_string();
     let built = switchyard(&["plugin", "build", &crate_path, "--target-dir", &target]);
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    assert_success(&built);
     assert!(crate_dir.join("ledger-sync.wasm").is_file());
     assert!(String::from_utf8_lossy(&built.stdout).contains("loads in this host"));
 

@@ -6,7 +6,7 @@
 //! as `plugins/source-hash.sh`) and fails when someone changed a plugin, the
 //! SDK or the WIT without refreshing `dist/`.
 
-use crate::harness::repo_root;
+use crate::support::repo_root;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 

@@ -4,7 +4,7 @@
 //! reports every problem; in-flight deliveries finish on the old version; no
 //! event is lost or delivered twice across the switch.
 
-use crate::harness::*;
+use crate::support::*;
 use reqwest::Method;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,37 +12,26 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn crm_consumer(crm: &MockDownstream, concurrency: usize) -> String {
-    crm_routes(crm, &format!("concurrency = {concurrency}"))
+fn crm_consumer(crm: &MockDownstream, concurrency: usize) -> Routes {
+    crm_routes(crm).concurrency(concurrency)
 }
 
-fn erp_consumer(erp: &MockDownstream) -> String {
-    format!(
-        r#"
-[connections.erp]
-base_url = "{erp}"
-
-[consumers.erp]
-plugin = "{{plugin:erp}}"
-connections = ["erp"]
-
-[[routes]]
-source = "stripe"
-events = ["invoice.paid"]
-consumers = ["erp"]
-"#,
-        erp = erp.url()
-    )
+/// `routes` and an `erp` consumer on `invoice.paid`.
+fn and_erp(routes: Routes, erp: &MockDownstream) -> Routes {
+    routes
+        .connection("erp", erp)
+        .consumer("erp", "erp", &["erp"])
+        .route(&["invoice.paid"], &["erp"])
 }
 
 /// Rewrites the hub's routes.toml with `routes` (other tables unchanged).
-fn rewrite(hub: &TestHub, options: &mut HubOptions, routes: String) {
-    options.routes = routes;
+fn rewrite(hub: &TestHub, options: &mut HubOptions, routes: impl Into<String>) {
+    options.routes = routes.into();
     let written = write_config(hub.dir.path(), options);
     assert_eq!(written, hub.config_path);
 }
 
-fn options_with_admin(routes: String) -> HubOptions {
+fn options_with_admin(routes: impl Into<String>) -> HubOptions {
     let mut options = HubOptions::new(routes);
     options.admin = true;
     // These tests reload on purpose, by the admin call; the file watch has
@@ -52,7 +41,7 @@ fn options_with_admin(routes: String) -> HubOptions {
 }
 
 async fn consumers_of(hub: &TestHub) -> BTreeMap<String, Value> {
-    let (status, body) = hub.admin(Method::GET, "/v1/consumers", None).await;
+    let (status, body) = hub.admin_get("/v1/consumers").await;
     assert_eq!(status, 200);
     body.as_array()
         .unwrap()
@@ -124,9 +113,7 @@ async fn a_reload_under_load_loses_and_repeats_nothing() {
     })
     .await;
 
-    let mut routes = crm_consumer(&crm, 2);
-    routes.push_str(&erp_consumer(&erp));
-    rewrite(&hub, &mut options, routes);
+    rewrite(&hub, &mut options, and_erp(crm_consumer(&crm, 2), &erp));
     let (status, report) = hub.admin(Method::POST, "/v1/reload", None).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["added"], serde_json::json!(["erp"]));
@@ -181,9 +168,8 @@ async fn a_bad_reload_changes_nothing_and_reports_every_problem() {
 
     // Invalid values and a plugin that does not exist: all reported at once.
     let broken = format!(
-        "{}{}\n[consumers.marketing]\nplugin = \"/nonexistent/marketing.wasm\"\nretry = {{ first = \"soon\" }}\n\n[[routes]]\nsource = \"stripe\"\nevents = [\"checkout.session.completed\"]\nconsumers = [\"marketing\"]\n",
-        crm_consumer(&crm, 4),
-        erp_consumer(&erp)
+        "{}\n[consumers.marketing]\nplugin = \"/nonexistent/marketing.wasm\"\nretry = {{ first = \"soon\" }}\n\n[[routes]]\nsource = \"stripe\"\nevents = [\"checkout.session.completed\"]\nconsumers = [\"marketing\"]\n",
+        and_erp(crm_consumer(&crm, 4), &erp).build()
     );
     rewrite(&hub, &mut options, broken);
     let (status, body) = hub.admin(Method::POST, "/v1/reload", None).await;
@@ -203,8 +189,11 @@ async fn a_bad_reload_changes_nothing_and_reports_every_problem() {
 
     // Valid values, but a plugin that is not there: refused after
     // validation, when plugins are compiled.
-    let missing_plugin = crm_consumer(&crm, 4)
-        + &erp_consumer(&erp).replace("{plugin:erp}", "/nonexistent/erp.wasm");
+    let missing_plugin = and_erp(crm_consumer(&crm, 4), &erp).with_in(
+        "consumers.erp",
+        "plugin",
+        r#""/nonexistent/erp.wasm""#,
+    );
     rewrite(&hub, &mut options, missing_plugin);
     let (status, body) = hub.admin(Method::POST, "/v1/reload", None).await;
     assert_eq!(status, 422, "{body}");
@@ -212,11 +201,7 @@ async fn a_bad_reload_changes_nothing_and_reports_every_problem() {
 
     // A table that takes a restart is refused as a whole.
     options.bus_extra = "visibility_timeout = \"1m\"".into();
-    rewrite(
-        &hub,
-        &mut options,
-        crm_consumer(&crm, 4) + &erp_consumer(&erp),
-    );
+    rewrite(&hub, &mut options, and_erp(crm_consumer(&crm, 4), &erp));
     let (status, body) = hub.admin(Method::POST, "/v1/reload", None).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(
@@ -244,11 +229,7 @@ async fn a_change_on_disk_is_picked_up_by_the_watch() {
     let erp = MockDownstream::start().await;
     let mut options = HubOptions::new(crm_consumer(&crm, 4));
     let hub = TestHub::start(HubOptions::new(crm_consumer(&crm, 4))).await;
-    rewrite(
-        &hub,
-        &mut options,
-        crm_consumer(&crm, 4) + &erp_consumer(&erp),
-    );
+    rewrite(&hub, &mut options, and_erp(crm_consumer(&crm, 4), &erp));
     eventually(Duration::from_secs(20), "erp is running", || async {
         hub.hub
             .status()
@@ -273,28 +254,17 @@ async fn sighup_reloads_a_running_process() {
     let erp = MockDownstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (port, admin_port) = (free_port(), free_port());
-    let configure = |routes: String| {
+    let configure = |routes: Routes| {
         let mut options = HubOptions::new(routes);
         options.admin = true;
-        let path = write_config(dir.path(), &options);
-        let text = std::fs::read_to_string(&path)
-            .unwrap()
-            .replacen(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"127.0.0.1:{port}\"\nwatch_config = false"),
-                1,
-            )
-            .replacen(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"127.0.0.1:{admin_port}\""),
-                1,
-            );
-        std::fs::write(&path, text).unwrap();
-        path
+        options.listen_port = Some(port);
+        options.admin_port = Some(admin_port);
+        options.server_extra = "watch_config = false".into();
+        write_config(dir.path(), &options)
     };
     let config = configure(crm_consumer(&crm, 4));
     let child = spawn_hub(&config, port).await;
-    configure(crm_consumer(&crm, 4) + &erp_consumer(&erp));
+    configure(and_erp(crm_consumer(&crm, 4), &erp));
     let status = std::process::Command::new("kill")
         .args(["-HUP", &child.id().unwrap().to_string()])
         .status()

@@ -2,7 +2,7 @@
 //! downstream, rate limits (per consumer and per shared connection), and
 //! back-pressure from `Retry-After` and `410 Gone`.
 
-use crate::harness::*;
+use crate::support::*;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -46,9 +46,10 @@ async fn an_unwell_crm_opens_its_breaker_while_erp_and_marketing_carry_on() {
     );
     crm.set_default(Answer::status(500));
     let routes = example_routes(&crm, &erp, &marketing, r#"{ first = "50ms", max = "200ms", attempts = 1000 }"#)
-        .replace(
-            "[consumers.crm]\n",
-            "[consumers.crm]\ncircuit_breaker = { failure_ratio = 0.5, min_calls = 5, window = \"10s\", open_for = \"1s\", half_open_probes = 1 }\n",
+        .with_in(
+            "consumers.crm",
+            "circuit_breaker",
+            r#"{ failure_ratio = 0.5, min_calls = 5, window = "10s", open_for = "1s", half_open_probes = 1 }"#,
         );
     let hub = TestHub::start(HubOptions::new(routes)).await;
     let n = 30;
@@ -117,29 +118,14 @@ async fn a_rate_limited_consumer_is_paced_while_an_unlimited_one_is_not() {
     // Both consumers call the same mock; their calls are told apart by the
     // Idempotency-Key, which starts with the consumer's name.
     let mock = MockDownstream::start().await;
-    let routes = format!(
-        r#"
-[connections.marketing]
-base_url = "{url}"
-
-[consumers.limited]
-plugin = "{{plugin:marketing}}"
-connections = ["marketing"]
-concurrency = 8
-rate_limit = {{ per_second = 20, burst = 5 }}
-
-[consumers.unlimited]
-plugin = "{{plugin:marketing}}"
-connections = ["marketing"]
-concurrency = 8
-
-[[routes]]
-source = "stripe"
-events = ["customer.subscription.*"]
-consumers = ["limited", "unlimited"]
-"#,
-        url = mock.url()
-    );
+    let routes = Routes::new()
+        .connection("marketing", &mock)
+        .consumer("limited", "marketing", &["marketing"])
+        .concurrency(8)
+        .with("rate_limit", "{ per_second = 20, burst = 5 }")
+        .consumer("unlimited", "marketing", &["marketing"])
+        .concurrency(8)
+        .route(&["customer.subscription.*"], &["limited", "unlimited"]);
     let hub = TestHub::start(HubOptions::new(routes)).await;
     let n = 200;
     for i in 0..n {
@@ -208,27 +194,12 @@ consumers = ["limited", "unlimited"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_sharing_a_connection_share_its_rate_limit() {
     let shared = MockDownstream::start().await;
-    let routes = format!(
-        r#"
-[connections.marketing]
-base_url = "{shared}"
-rate_limit = {{ per_second = 10, burst = 1 }}
-
-[consumers.first]
-plugin = "{{plugin:marketing}}"
-connections = ["marketing"]
-
-[consumers.second]
-plugin = "{{plugin:marketing}}"
-connections = ["marketing"]
-
-[[routes]]
-source = "stripe"
-events = ["customer.subscription.*"]
-consumers = ["first", "second"]
-"#,
-        shared = shared.url()
-    );
+    let routes = Routes::new()
+        .connection("marketing", &shared)
+        .with("rate_limit", "{ per_second = 10, burst = 1 }")
+        .consumer("first", "marketing", &["marketing"])
+        .consumer("second", "marketing", &["marketing"])
+        .route(&["customer.subscription.*"], &["first", "second"]);
     let hub = TestHub::start(HubOptions::new(routes)).await;
     for i in 0..10 {
         assert_eq!(hub.send(&subscription(i)).await.0, 200);

@@ -6,7 +6,7 @@
 //! Connections reach no private, link-local or metadata address unless
 //! allowed, and follow no redirect to another host.
 
-use crate::harness::*;
+use crate::support::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use switchyard::app::RunningHub;
@@ -14,34 +14,19 @@ use switchyard::bus::DeadQueue;
 
 /// A `good` crm consumer beside a `bad` hostile one in `mode`, both routed
 /// `customer.*`. The hostile one gets 2 attempts.
-fn routes(good: &MockDownstream, mode: &str, limits: &str) -> String {
-    format!(
-        r#"
-[connections.crm]
-base_url = "{crm}"
-
-[connections.spare]
-base_url = "{crm}"
-
-[consumers.good]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-
-[consumers.bad]
-plugin = "{{plugin:hostile}}"
-connections = ["spare"]
-retry = {{ first = "10ms", max = "20ms", attempts = 2 }}
-limits = {limits}
-settings = {{ mode = "{mode}" }}
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["good", "bad"]
-"#,
-        crm = good.url()
-    )
+fn routes(good: &MockDownstream, mode: &str, limits: &str) -> Routes {
+    Routes::new()
+        .connection("crm", good)
+        .connection("spare", good)
+        .consumer("good", "crm", &["crm"])
+        .consumer("bad", "hostile", &["spare"])
+        .retry(TWO_ATTEMPTS)
+        .limits(limits)
+        .with("settings", &format!(r#"{{ mode = "{mode}" }}"#))
+        .route(&["customer.*"], &["good", "bad"])
 }
+
+const TWO_ATTEMPTS: &str = r#"{ first = "10ms", max = "20ms", attempts = 2 }"#;
 
 const TIGHT: &str = r#"{ cpu = "50ms", wall = "5s", memory = "8MiB" }"#;
 
@@ -109,8 +94,7 @@ async fn dead_letter_reason(mode: &str, limits: &str, stop: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_state_survives_from_one_event_to_the_next() {
     let good = MockDownstream::start().await;
-    let routes = routes(&good, "remember", TIGHT)
-        .replace("[consumers.bad]", "[consumers.bad]\nconcurrency = 1");
+    let routes = routes(&good, "remember", TIGHT).concurrency(1);
     let hub = TestHub::start(HubOptions::new(routes)).await;
     let events = 12;
     for n in 0..events {
@@ -186,25 +170,13 @@ async fn a_plugin_stuck_in_a_host_call_is_stopped_by_the_wall_clock() {
     // wall-clock budget (host calls included) is 1 s.
     let slow = MockDownstream::start().await;
     slow.set_default(Answer::status(200).delayed(Duration::from_secs(10)));
-    let text = format!(
-        r#"
-[connections.crm]
-base_url = "{slow}"
-timeout = "30s"
-
-[consumers.stuck]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-retry = {{ first = "10ms", max = "20ms", attempts = 1 }}
-limits = {{ wall = "1s" }}
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["stuck"]
-"#,
-        slow = slow.url()
-    );
+    let text = Routes::new()
+        .connection("crm", &slow)
+        .timeout("30s")
+        .consumer("stuck", "crm", &["crm"])
+        .retry(r#"{ first = "10ms", max = "20ms", attempts = 1 }"#)
+        .limits(r#"{ wall = "1s" }"#)
+        .route(&["customer.*"], &["stuck"]);
     let hub = TestHub::start(HubOptions::new(text)).await;
     assert_eq!(
         one_dead_letter(&hub, "stuck").await,
@@ -217,7 +189,8 @@ consumers = ["stuck"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_that_fails_twice_succeeds_on_the_third_attempt() {
     let good = MockDownstream::start().await;
-    let text = routes(&good, "flaky", TIGHT).replace("attempts = 2", "attempts = 5");
+    let text =
+        routes(&good, "flaky", TIGHT).retry(r#"{ first = "10ms", max = "20ms", attempts = 5 }"#);
     let hub = TestHub::start(HubOptions::new(text)).await;
     assert_eq!(hub.send_fixture("customer.created.json").await.0, 200);
     hub.drained(Duration::from_secs(30)).await;
@@ -232,9 +205,10 @@ async fn a_plugin_that_fails_twice_succeeds_on_the_third_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_supplied_host_headers_are_dropped_and_credentials_injected() {
     let spare = MockDownstream::start().await;
-    let text = routes(&spare, "spoof", TIGHT).replace(
-        "[connections.spare]\n",
-        "[connections.spare]\nauth = { bearer = \"file:crm_token\" }\n",
+    let text = routes(&spare, "spoof", TIGHT).with_in(
+        "connections.spare",
+        "auth",
+        r#"{ bearer = "file:crm_token" }"#,
     );
     let hub = TestHub::start(HubOptions::new(text)).await;
     assert_eq!(hub.send_fixture("customer.created.json").await.0, 200);
@@ -287,59 +261,30 @@ async fn outbound_calls_per_event_are_capped() {
 /// One consumer per hostile mode in `modes` beside a healthy `good` one;
 /// `customer.created` goes to `good` alone (the baseline), `customer.updated`
 /// to everyone. Each hostile consumer `h_<mode>` gets 2 attempts.
-fn zoo_routes(good: &MockDownstream, spare: &MockDownstream, huge: &MockDownstream) -> String {
-    let mut text = format!(
-        r#"
-[connections.crm]
-base_url = "{good}"
-
-[connections.spare]
-base_url = "{spare}"
-
-[connections.huge]
-base_url = "{huge}"
-
-[consumers.good]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-"#,
-        good = good.url(),
-        spare = spare.url(),
-        huge = huge.url(),
-    );
-    let mut hostile = Vec::new();
+fn zoo_routes(good: &MockDownstream, spare: &MockDownstream, huge: &MockDownstream) -> Routes {
+    let mut routes = Routes::new()
+        .connection("crm", good)
+        .connection("spare", spare)
+        .connection("huge", huge)
+        .consumer("good", "crm", &["crm"]);
+    let mut everyone = vec!["good"];
     for (name, settings) in ZOO {
         // Only the loop is meant to hit the CPU budget; the others get room
         // to spare on a loaded machine, so each is stopped for its own reason.
         let cpu = if name == "h_loop" { "50ms" } else { "2s" };
-        text.push_str(&format!(
-            r#"
-[consumers.{name}]
-plugin = "{{plugin:hostile}}"
-connections = ["spare", "huge"]
-retry = {{ first = "10ms", max = "20ms", attempts = 2 }}
-quarantine_after = 0
-limits = {{ cpu = "{cpu}", wall = "10s", memory = "8MiB", http_calls = 3, response_body = "64KiB" }}
-settings = {settings}
-"#
-        ));
-        hostile.push(format!("\"{name}\""));
+        routes = routes
+            .consumer(name, "hostile", &["spare", "huge"])
+            .retry(TWO_ATTEMPTS)
+            .with("quarantine_after", "0")
+            .limits(&format!(
+                r#"{{ cpu = "{cpu}", wall = "10s", memory = "8MiB", http_calls = 3, response_body = "64KiB" }}"#
+            ))
+            .with("settings", settings);
+        everyone.push(name);
     }
-    text.push_str(&format!(
-        r#"
-[[routes]]
-source = "stripe"
-events = ["customer.created"]
-consumers = ["good"]
-
-[[routes]]
-source = "stripe"
-events = ["customer.updated"]
-consumers = ["good", {}]
-"#,
-        hostile.join(", ")
-    ));
-    text
+    routes
+        .route(&["customer.created"], &["good"])
+        .route(&["customer.updated"], &everyone)
 }
 
 /// The hostile consumers of the zoo: name and settings.
@@ -538,15 +483,12 @@ async fn endless_body_server() -> (String, std::sync::Arc<std::sync::atomic::Ato
 async fn an_endless_response_body_is_cut_off_at_the_cap() {
     let (endless, written) = endless_body_server().await;
     let good = MockDownstream::start().await;
-    let text = routes(&good, "get", TIGHT)
-        .replace(
-            &format!("[connections.spare]\nbase_url = \"{}\"", good.url()),
-            &format!("[connections.spare]\nbase_url = \"{endless}\""),
-        )
-        .replace(
-            r#"memory = "8MiB" }"#,
-            r#"memory = "8MiB", response_body = "64KiB" }"#,
-        );
+    let text = routes(
+        &good,
+        "get",
+        r#"{ cpu = "50ms", wall = "5s", memory = "8MiB", response_body = "64KiB" }"#,
+    )
+    .with_in("connections.spare", "base_url", &format!("\"{endless}\""));
     let hub = TestHub::start(HubOptions::new(text)).await;
     assert_eq!(
         one_dead_letter(&hub, "bad").await,
@@ -561,34 +503,31 @@ async fn an_endless_response_body_is_cut_off_at_the_cap() {
     assert!(written < 64 << 20, "{written} bytes written to the host");
 }
 
-/// One `get` consumer per connection in `connections` (name, extra keys),
-/// each connection's base URL given; `customer.*` goes to all of them.
-fn address_routes(connections: &[(&str, String, &str)]) -> String {
-    let mut text = String::new();
+/// One `get` consumer per connection in `connections` (name, base URL,
+/// extra keys of the connection); `customer.*` goes to all of them.
+fn address_routes(connections: &[(&str, String, Keys)]) -> Routes {
+    let mut routes = Routes::new();
     let mut names = Vec::new();
     for (name, base_url, extra) in connections {
-        text.push_str(&format!(
-            r#"
-[connections.{name}]
-base_url = "{base_url}"
-timeout = "2s"
-{extra}
-
-[consumers.{name}]
-plugin = "{{plugin:hostile}}"
-connections = ["{name}"]
-retry = {{ first = "10ms", max = "20ms", attempts = 2 }}
-settings = {{ mode = "get", connection = "{name}", path = "/probe" }}
-"#
-        ));
-        names.push(format!("\"{name}\""));
+        routes = routes
+            .connection_at(name, base_url)
+            .timeout("2s")
+            .with_all(extra)
+            .consumer(name, "hostile", &[*name])
+            .retry(TWO_ATTEMPTS)
+            .with(
+                "settings",
+                &format!(r#"{{ mode = "get", connection = "{name}", path = "/probe" }}"#),
+            );
+        names.push(*name);
     }
-    text.push_str(&format!(
-        "\n[[routes]]\nsource = \"stripe\"\nevents = [\"customer.*\"]\nconsumers = [{}]\n",
-        names.join(", ")
-    ));
-    text
+    routes.route(&["customer.*"], &names)
 }
+
+/// More `key = value` pairs of a table.
+type Keys = &'static [(&'static str, &'static str)];
+
+const ALLOW_PRIVATE: Keys = &[("allow_private", "true")];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_refuse_loopback_private_and_metadata_addresses_unless_allowed() {
@@ -597,27 +536,27 @@ async fn connections_refuse_loopback_private_and_metadata_addresses_unless_allow
     let port = target.addr.port();
     let hub = TestHub::start(HubOptions::new(address_routes(&[
         // The configured literal loopback address: reachable.
-        ("a_configured", format!("http://127.0.0.1:{port}"), ""),
+        ("a_configured", format!("http://127.0.0.1:{port}"), &[]),
         // The same server by a name that resolves to loopback: refused...
-        ("a_localhost", format!("http://localhost:{port}"), ""),
+        ("a_localhost", format!("http://localhost:{port}"), &[]),
         // ...unless the connection allows it.
         (
             "a_localhost_allowed",
             format!("http://localhost:{port}"),
-            "allow_private = true",
+            ALLOW_PRIVATE,
         ),
-        ("a_private", format!("http://10.255.255.1:{port}"), ""),
-        ("a_link_local", format!("http://169.254.10.10:{port}"), ""),
+        ("a_private", format!("http://10.255.255.1:{port}"), &[]),
+        ("a_link_local", format!("http://169.254.10.10:{port}"), &[]),
         // Metadata stays refused even with `allow_private`.
         (
             "a_metadata",
             "http://169.254.169.254".to_owned(),
-            "allow_private = true",
+            ALLOW_PRIVATE,
         ),
         (
             "a_metadata_name",
             "http://metadata.google.internal".to_owned(),
-            "allow_private = true",
+            ALLOW_PRIVATE,
         ),
     ])))
     .await;
@@ -700,7 +639,7 @@ async fn a_redirect_to_another_host_is_not_followed() {
     let hub = TestHub::start(HubOptions::new(address_routes(&[(
         "r_redirected",
         redirector.url(),
-        "allow_private = true",
+        ALLOW_PRIVATE,
     )])))
     .await;
     let reason = one_dead_letter(&hub, "r_redirected").await;

@@ -1,10 +1,8 @@
 //! SIGTERM: stop taking requests, let in-flight deliveries finish within
 //! `server.shutdown_grace`, leave the rest in the bus for the next start.
 
-use crate::harness::*;
-use serde_json::json;
+use crate::support::*;
 use std::time::Duration;
-use switchyard::ingest::scheme::stripe::signature_header;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_deliveries_and_keeps_the_rest() {
@@ -14,47 +12,17 @@ async fn sigterm_finishes_in_flight_deliveries_and_keeps_the_rest() {
     crm.set_default(Answer::status(200).delayed(Duration::from_millis(1500)));
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let routes = format!(
-        r#"
-[connections.crm]
-base_url = "{}"
-
-[consumers.crm]
-plugin = "{{plugin:crm}}"
-connections = ["crm"]
-concurrency = 1
-
-[[routes]]
-source = "stripe"
-events = ["customer.*"]
-consumers = ["crm"]
-"#,
-        crm.url()
-    );
-    let config = write_config(dir.path(), &HubOptions::new(routes));
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-    );
-    std::fs::write(&config, text).unwrap();
+    let mut options = HubOptions::new(crm_routes(&crm).concurrency(1));
+    options.listen_port = Some(port);
+    let config = write_config(dir.path(), &options);
 
     let mut child = spawn_hub(&config, port).await;
     let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
     let customers: Vec<String> = (0..3).map(|n| unique(&format!("cus_{n}_"))).collect();
     for customer in &customers {
-        let body = synthetic_event(
-            &format!("evt_{customer}"),
-            "customer.created",
-            json!({"id": customer, "object": "customer", "email": null, "name": null}),
-        );
-        let answer = client
-            .post(format!("http://127.0.0.1:{port}/webhooks/stripe"))
-            .header("content-type", "application/json")
-            .header("stripe-signature", signature_header(SECRET, now(), &body))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let body = customer_event(customer, "customer.created");
+        let answer = post_signed(&client, &base, &body).await.unwrap();
         assert_eq!(answer.status(), 200);
     }
     eventually(

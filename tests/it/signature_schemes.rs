@@ -3,7 +3,7 @@
 //! implementation (Python's `hmac` and `base64` modules), so a shared
 //! misunderstanding between our signer and our verifier cannot pass.
 
-use crate::harness::*;
+use crate::support::*;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard::config::EventPattern;
@@ -26,30 +26,20 @@ async fn hub() -> (TestHub, MockDownstream) {
     ] {
         std::fs::write(dir.path().join(file), secret).unwrap();
     }
-    let mut routes = crm_routes(&mock, "");
+    let mut routes = crm_routes(&mock)
+        .source("svix", "standard-webhooks")
+        .with("secrets", r#"["file:sw_secret", "file:sw_old_secret"]"#)
+        .with("tolerance", r#""5m""#)
+        .source("github", "github")
+        .with("path", r#""/hooks/github""#)
+        .with("secrets", r#"["file:github_secret"]"#)
+        .source("shopify", "shopify")
+        .with("secrets", r#"["file:shopify_secret"]"#);
     for source in ["svix", "github", "shopify"] {
-        routes.push_str(&format!(
-            "\n[[routes]]\nsource = \"{source}\"\nevents = [\"*\"]\nconsumers = [\"crm\"]\n"
-        ));
+        routes = routes.route_from(source, &["*"], &["crm"]);
     }
     let mut options = HubOptions::new(routes);
     options.dir = Some(Arc::new(dir));
-    options.extra_tables = r#"
-[sources.svix]
-kind = "standard-webhooks"
-secrets = ["file:sw_secret", "file:sw_old_secret"]
-tolerance = "5m"
-
-[sources.github]
-kind = "github"
-path = "/hooks/github"
-secrets = ["file:github_secret"]
-
-[sources.shopify]
-kind = "shopify"
-secrets = ["file:shopify_secret"]
-"#
-    .into();
     (TestHub::start(options).await, mock)
 }
 
@@ -86,6 +76,30 @@ fn standard_headers<'a>(
         ("webhook-id", id),
         ("webhook-timestamp", timestamp),
         ("webhook-signature", signature),
+    ]
+}
+
+fn github_headers<'a>(
+    signature: &'a str,
+    delivery: &'a str,
+    event: &'a str,
+) -> [(&'a str, &'a str); 3] {
+    [
+        ("x-hub-signature-256", signature),
+        ("x-github-delivery", delivery),
+        ("x-github-event", event),
+    ]
+}
+
+fn shopify_headers<'a>(
+    signature: &'a str,
+    webhook_id: &'a str,
+    topic: &'a str,
+) -> [(&'a str, &'a str); 3] {
+    [
+        ("x-shopify-hmac-sha256", signature),
+        ("x-shopify-webhook-id", webhook_id),
+        ("x-shopify-topic", topic),
     ]
 }
 
@@ -201,15 +215,7 @@ async fn github_deliveries_take_id_and_type_from_headers() {
     let good = python_signature("github", GITHUB_SECRET, body, &[]);
     let delivery = unique("72d3162e-cc78-11e3-81ab-");
     let (status, answer) = hub
-        .post(
-            path,
-            body,
-            &[
-                ("x-hub-signature-256", &good),
-                ("x-github-delivery", &delivery),
-                ("x-github-event", "push"),
-            ],
-        )
+        .post(path, body, &github_headers(&good, &delivery, "push"))
         .await;
     assert_eq!(
         (status, answer["status"].as_str()),
@@ -218,15 +224,7 @@ async fn github_deliveries_take_id_and_type_from_headers() {
     );
     assert_eq!(answer["id"], delivery.as_str());
     let (status, answer) = hub
-        .post(
-            path,
-            body,
-            &[
-                ("x-hub-signature-256", &good),
-                ("x-github-delivery", &delivery),
-                ("x-github-event", "push"),
-            ],
-        )
+        .post(path, body, &github_headers(&good, &delivery, "push"))
         .await;
     assert_eq!(
         (status, answer["status"].as_str()),
@@ -244,15 +242,7 @@ async fn github_deliveries_take_id_and_type_from_headers() {
         ("no prefix", good.trim_start_matches("sha256="), &body[..]),
     ] {
         let (status, answer) = hub
-            .post(
-                path,
-                body,
-                &[
-                    ("x-hub-signature-256", signature),
-                    ("x-github-delivery", "d-2"),
-                    ("x-github-event", "push"),
-                ],
-            )
+            .post(path, body, &github_headers(signature, "d-2", "push"))
             .await;
         assert_eq!(
             (status, answer["error"].as_str()),
@@ -262,14 +252,10 @@ async fn github_deliveries_take_id_and_type_from_headers() {
     }
     // Signed, but without the headers that say what it is.
     for missing in ["x-github-delivery", "x-github-event"] {
-        let headers: Vec<(&str, &str)> = [
-            ("x-hub-signature-256", good.as_str()),
-            ("x-github-delivery", "d-3"),
-            ("x-github-event", "push"),
-        ]
-        .into_iter()
-        .filter(|(name, _)| *name != missing)
-        .collect();
+        let headers: Vec<(&str, &str)> = github_headers(&good, "d-3", "push")
+            .into_iter()
+            .filter(|(name, _)| *name != missing)
+            .collect();
         let (status, answer) = hub.post(path, body, &headers).await;
         assert_eq!(
             (status, answer["error"].as_str()),
@@ -291,11 +277,7 @@ async fn shopify_topics_become_event_types() {
         .post(
             path,
             body,
-            &[
-                ("x-shopify-hmac-sha256", &good),
-                ("x-shopify-webhook-id", &webhook_id),
-                ("x-shopify-topic", "orders/create"),
-            ],
+            &shopify_headers(&good, &webhook_id, "orders/create"),
         )
         .await;
     assert_eq!(
@@ -308,15 +290,7 @@ async fn shopify_topics_become_event_types() {
 
     let wrong = python_signature("shopify", "shpss_wrong", body, &[]);
     let (status, answer) = hub
-        .post(
-            path,
-            body,
-            &[
-                ("x-shopify-hmac-sha256", &wrong),
-                ("x-shopify-webhook-id", "w-2"),
-                ("x-shopify-topic", "orders/create"),
-            ],
-        )
+        .post(path, body, &shopify_headers(&wrong, "w-2", "orders/create"))
         .await;
     assert_eq!(
         (status, answer["error"].as_str()),
@@ -344,9 +318,11 @@ async fn a_standard_webhooks_secret_that_is_not_base64_fails_the_start_naming_it
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("sw_secret"), "whsec_***not base64***").unwrap();
     let mock = MockDownstream::start().await;
-    let mut options = HubOptions::new(crm_routes(&mock, ""));
-    options.extra_tables =
-        "[sources.svix]\nkind = \"standard-webhooks\"\nsecrets = [\"file:sw_secret\"]\n".into();
+    let options = HubOptions::new(
+        crm_routes(&mock)
+            .source("svix", "standard-webhooks")
+            .with("secrets", r#"["file:sw_secret"]"#),
+    );
     let path = write_config(dir.path(), &options);
     let config = switchyard::config::Config::load(&path).unwrap();
     let problems = switchyard::app::check(&config).await;

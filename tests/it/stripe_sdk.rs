@@ -2,7 +2,7 @@
 //! `tests/run.sh`): headers made by their test helpers are accepted by the
 //! hub, and headers made by `switchyard sign` pass their verifiers.
 
-use crate::harness::*;
+use crate::support::*;
 use std::process::Command;
 use switchyard::ingest::scheme::stripe::signature_header;
 
@@ -70,14 +70,7 @@ fn bodies() -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_from_the_official_sdk_test_helpers_are_accepted() {
-    let mock = MockDownstream::start().await;
-    let hub = TestHub::start(HubOptions::new(example_routes(
-        &mock,
-        &mock,
-        &mock,
-        r#"{ attempts = 3 }"#,
-    )))
-    .await;
+    let (hub, _mock) = example_hub().await;
     for body in bodies() {
         for (sdk, header) in [
             ("python", python_header(&body, SECRET)),

@@ -5,7 +5,7 @@
 //! run side by side); they are set the way an operator would, through the
 //! `SWITCHYARD_*` overrides and the connections' base URLs.
 
-use crate::harness::*;
+use crate::support::*;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
