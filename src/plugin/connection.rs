@@ -6,7 +6,6 @@
 
 use super::bindings::switchyard::plugin::http;
 use super::egress::{self, AddressPolicy, AddressRefused, GuardedResolver, Lookup};
-use super::host::join_path;
 use crate::config::{AuthConfig, ConnectionConfig};
 use crate::limiter::RateLimiter;
 use reqwest::header::{HeaderName, HeaderValue};
@@ -155,12 +154,54 @@ fn authorization(auth: &AuthConfig) -> Result<(HeaderName, HeaderValue), Connect
     Ok((name, value))
 }
 
+/// Appends a guest path to a base URL and refuses anything that would leave
+/// the base URL's origin (`//host`, `@host`, absolute URLs).
+pub(super) fn join_path(base: &reqwest::Url, path: &str) -> Result<reqwest::Url, http::Error> {
+    let invalid = |why: &str| http::Error::InvalidRequest(format!("path `{path}` {why}"));
+    if !path.starts_with('/') || path.starts_with("//") {
+        return Err(invalid("must start with a single `/`"));
+    }
+    if path
+        .chars()
+        .any(|c| c.is_control() || c == '\\' || c == ' ' || c == '#')
+    {
+        return Err(invalid("has characters not allowed in a path"));
+    }
+    let joined = format!("{}{}", base.as_str().trim_end_matches('/'), path);
+    let url = reqwest::Url::parse(&joined).map_err(|_| invalid("is not a valid URL path"))?;
+    if url.origin() != base.origin() || !url.username().is_empty() {
+        return Err(invalid("leaves the connection's base URL"));
+    }
+    Ok(url)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
     use std::time::Duration;
 
+    #[test]
+    fn paths_cannot_leave_the_connection() {
+        let base = reqwest::Url::parse("http://127.0.0.1:9101/api").unwrap();
+        assert_eq!(
+            join_path(&base, "/contacts/cus_1").unwrap().as_str(),
+            "http://127.0.0.1:9101/api/contacts/cus_1"
+        );
+        for bad in [
+            "contacts",
+            "//evil.example/x",
+            "@evil.example/x",
+            "/a b",
+            "/x#frag",
+            "/\\evil",
+        ] {
+            assert!(join_path(&base, bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The resolver's verdict reaches the caller through reqwest, for every
+    /// name, at connect time. A fixed table stands in for DNS.
     #[tokio::test]
     async fn names_are_checked_against_the_policy_when_connecting() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

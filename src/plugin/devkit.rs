@@ -6,6 +6,9 @@
 //! component in-process and type-checks it against the host's WIT; `test`
 //! runs one event through the real host with each connection answered by a
 //! local stand-in, and reports what the plugin did.
+//!
+//! A fifth of this file is the crate template `new` writes (manifest, code,
+//! sample event, README): kept here whole, beside the code that fills it in.
 
 use super::{CallOutcome, CallReport, PluginEvent, PluginHost};
 use crate::config::Config;
