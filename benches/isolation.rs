@@ -288,6 +288,10 @@ fn main() {
                 .send(&format!("evt_{run}_inv{n}"), "invoice.created", object)
                 .await;
         }
+        // Unmeasured: the first events pay for connections, the first
+        // instances and the first Redis keys, which would inflate the
+        // baseline and flatter every ratio against it.
+        bench.scenario(&format!("{run}_warm"), 0, events / 10).await;
         let alone = bench.scenario(&run, 0, events).await;
         let beside_one = bench.scenario(&run, 1, events).await;
         let beside_eight = bench.scenario(&run, BURNERS, events).await;

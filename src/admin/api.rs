@@ -22,7 +22,7 @@
 //!   gives it (in the URL fragment, which never reaches a server, or a form).
 
 use super::{AdminError, BulkRequest, HubControl, ParkedEntry, QueueFilter};
-use crate::bus::DeadQueue;
+use crate::bus::ParkQueue;
 use crate::config::Secret;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -82,11 +82,11 @@ fn authorized(token: Arc<Secret>) -> impl Filter<Extract = (), Error = Rejection
         .untuple_one()
 }
 
-fn queue() -> impl Filter<Extract = (DeadQueue,), Error = Rejection> + Clone {
+fn queue() -> impl Filter<Extract = (ParkQueue,), Error = Rejection> + Clone {
     warp::path::param::<String>().and_then(|name: String| async move {
         match name.as_str() {
-            "dead_letter" => Ok(DeadQueue::DeadLetter),
-            "review" => Ok(DeadQueue::Review),
+            "dead_letter" => Ok(ParkQueue::DeadLetter),
+            "review" => Ok(ParkQueue::Review),
             _ => Err(warp::reject::not_found()),
         }
     })
@@ -238,7 +238,7 @@ pub fn routes(
         .and(warp::query::<QueueFilter>())
         .and(with_control.clone())
         .and_then(
-            |queue: DeadQueue, filter: QueueFilter, control: Arc<HubControl>| async move {
+            |queue: ParkQueue, filter: QueueFilter, control: Arc<HubControl>| async move {
                 reply(
                     control
                         .parked(queue, &filter)
@@ -256,7 +256,7 @@ pub fn routes(
         .and(warp::get())
         .and(with_control.clone())
         .and_then(
-            |queue: DeadQueue, consumer: String, id: u64, control: Arc<HubControl>| async move {
+            |queue: ParkQueue, consumer: String, id: u64, control: Arc<HubControl>| async move {
                 match control.parked_entry(queue, &consumer, id).await {
                     Ok(Some(detail)) => Ok(warp::reply::json(&detail).into_response()),
                     Ok(None) => Ok(error_body(
@@ -278,7 +278,7 @@ pub fn routes(
         .and(warp::body::json::<BulkRequest>())
         .and(with_control.clone())
         .and_then(
-            |queue: DeadQueue, request: BulkRequest, control: Arc<HubControl>| async move {
+            |queue: ParkQueue, request: BulkRequest, control: Arc<HubControl>| async move {
                 reply_started(
                     control
                         .replay(queue, &request.filter, request.dry_run, request.batch_size)
@@ -297,7 +297,7 @@ pub fn routes(
         .and(warp::body::json::<BulkRequest>())
         .and(with_control.clone())
         .and_then(
-            |queue: DeadQueue, request: BulkRequest, control: Arc<HubControl>| async move {
+            |queue: ParkQueue, request: BulkRequest, control: Arc<HubControl>| async move {
                 reply(
                     control
                         .discard(queue, &request.filter, request.dry_run)

@@ -9,7 +9,7 @@ use super::{
     ParkedDetail, ParkedEntry, QueueFilter, ReloadReport,
 };
 use crate::alerts::AlertsView;
-use crate::bus::DeadQueue;
+use crate::bus::ParkQueue;
 use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -83,10 +83,10 @@ impl std::fmt::Debug for AdminClient {
 }
 
 /// The path segment of a parked-entry queue.
-fn queue_segment(queue: DeadQueue) -> &'static str {
+fn queue_segment(queue: ParkQueue) -> &'static str {
     match queue {
-        DeadQueue::DeadLetter => "dead_letter",
-        DeadQueue::Review => "review",
+        ParkQueue::DeadLetter => "dead_letter",
+        ParkQueue::Review => "review",
     }
 }
 
@@ -179,7 +179,7 @@ impl AdminClient {
 
     pub async fn parked(
         &self,
-        queue: DeadQueue,
+        queue: ParkQueue,
         filter: &QueueFilter,
     ) -> Result<Vec<ParkedEntry>, ClientError> {
         let path = format!("/v1/queues/{}", queue_segment(queue));
@@ -189,7 +189,7 @@ impl AdminClient {
 
     pub async fn parked_entry(
         &self,
-        queue: DeadQueue,
+        queue: ParkQueue,
         consumer: &str,
         id: u64,
     ) -> Result<ParkedDetail, ClientError> {
@@ -202,7 +202,7 @@ impl AdminClient {
     /// them; with `dry_run` either only counts them.
     pub async fn bulk(
         &self,
-        queue: DeadQueue,
+        queue: ParkQueue,
         action: BulkAction,
         request: &BulkRequest,
     ) -> Result<BulkOutcome, ClientError> {

@@ -2,7 +2,7 @@
 //! with progress anyone can read and a cancel honoured between batches. The
 //! events themselves then go through the consumer's replay lane.
 
-use crate::bus::{BusAdmin, BusError, DeadQueue, now_ms};
+use crate::bus::{BusAdmin, BusError, ParkQueue, now_ms};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,7 +50,7 @@ pub struct JobStatus {
 /// How a job moves one batch.
 #[derive(Debug, Clone, Copy)]
 pub enum Requeue {
-    Parked(DeadQueue),
+    Parked(ParkQueue),
     History { force: bool },
 }
 

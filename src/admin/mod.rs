@@ -14,7 +14,7 @@ pub mod jobs;
 mod wire;
 
 use crate::alerts::{AlertBook, ConsumerSample};
-use crate::bus::{BusAdmin, BusError, DeadLetter, DeadQueue};
+use crate::bus::{BusAdmin, BusError, ParkQueue, ParkedEvent};
 use crate::config::EventPattern;
 use crate::dispatch::breaker::BreakerState;
 use crate::dispatch::layers::BreakerHandle;
@@ -167,8 +167,8 @@ impl HubControl {
                     .oldest_pending_age(name)
                     .await?
                     .map(|age| age.as_millis() as u64),
-                dead_letters: self.bus.parked_count(name, DeadQueue::DeadLetter).await?,
-                reviews: self.bus.parked_count(name, DeadQueue::Review).await?,
+                dead_letters: self.bus.parked_count(name, ParkQueue::DeadLetter).await?,
+                reviews: self.bus.parked_count(name, ParkQueue::Review).await?,
                 breaker,
                 breaker_opened: control.breaker.as_ref().map_or(0, |b| b.times_opened()),
                 quarantined,
@@ -249,9 +249,9 @@ impl HubControl {
     /// Parked entries of `queue` matching `filter`, oldest first per consumer.
     pub async fn parked(
         &self,
-        queue: DeadQueue,
+        queue: ParkQueue,
         filter: &QueueFilter,
-    ) -> Result<Vec<DeadLetter>, AdminError> {
+    ) -> Result<Vec<ParkedEvent>, AdminError> {
         let pattern = filter
             .event_type
             .as_deref()
@@ -292,7 +292,7 @@ impl HubControl {
     /// One entry of a consumer's queue, payload included.
     pub async fn parked_entry(
         &self,
-        queue: DeadQueue,
+        queue: ParkQueue,
         consumer: &str,
         id: u64,
     ) -> Result<Option<ParkedDetail>, AdminError> {
@@ -397,7 +397,7 @@ impl HubControl {
     /// background job of batches of `batch`.
     pub async fn replay(
         &self,
-        queue: DeadQueue,
+        queue: ParkQueue,
         filter: &QueueFilter,
         dry_run: bool,
         batch: Option<usize>,
@@ -408,7 +408,7 @@ impl HubControl {
     /// Deletes matching entries for good.
     pub async fn discard(
         &self,
-        queue: DeadQueue,
+        queue: ParkQueue,
         filter: &QueueFilter,
         dry_run: bool,
     ) -> Result<BulkOutcome, AdminError> {
@@ -417,7 +417,7 @@ impl HubControl {
 
     async fn bulk(
         &self,
-        queue: DeadQueue,
+        queue: ParkQueue,
         filter: &QueueFilter,
         dry_run: bool,
         action: Bulk,
@@ -449,8 +449,8 @@ impl HubControl {
         match action {
             Bulk::Replay(batch) => {
                 let kind = match queue {
-                    DeadQueue::DeadLetter => JobKind::DeadLetterReplay,
-                    DeadQueue::Review => JobKind::ReviewReplay,
+                    ParkQueue::DeadLetter => JobKind::DeadLetterReplay,
+                    ParkQueue::Review => JobKind::ReviewReplay,
                 };
                 outcome.job = Some(self.jobs.start(
                     Arc::clone(&self.bus),

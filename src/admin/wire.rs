@@ -131,7 +131,7 @@ fn ids_list<'de, D: serde::Deserializer<'de>>(
 pub struct ParkedEntry {
     pub id: u64,
     pub consumer: String,
-    pub queue: DeadQueue,
+    pub queue: ParkQueue,
     pub source: String,
     pub event_id: String,
     pub event_type: String,
@@ -141,8 +141,8 @@ pub struct ParkedEntry {
     pub reason: String,
 }
 
-impl From<&DeadLetter> for ParkedEntry {
-    fn from(entry: &DeadLetter) -> Self {
+impl From<&ParkedEvent> for ParkedEntry {
+    fn from(entry: &ParkedEvent) -> Self {
         ParkedEntry {
             id: entry.id,
             consumer: entry.consumer.clone(),

@@ -8,7 +8,7 @@
 //! Invariants:
 //! - `append` returns `Ok` only once the event is durable; ingest answers 2xx
 //!   only after that.
-//! - An event leaves a consumer's queue only by `ack` or `dead_letter`. A
+//! - An event leaves a consumer's queue only by `ack` or `park`. A
 //!   delivery whose holder dies comes back after the visibility timeout;
 //!   a live holder renews its lease (`extend`) while its call runs, so the
 //!   timeout stays short however long the call.
@@ -194,10 +194,12 @@ pub enum Appended {
     Duplicate,
 }
 
-/// The two parking places for events that will not be retried.
+/// The two parking places for events that will not be retried. An event in
+/// either is *parked* ([`ParkedEvent`], [`Bus::park`]); the dead-letter queue
+/// is one of the two, not a name for both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum DeadQueue {
+pub enum ParkQueue {
     /// Gave up: rejected by the plugin or out of attempts.
     DeadLetter,
     /// Needs a human decision (e.g. a payment matching no order).
@@ -220,7 +222,7 @@ impl Lane {
 }
 
 /// An event leased to a consumer. Settle it with exactly one of `ack`,
-/// `retry` or `dead_letter`; if the process dies first, it comes back.
+/// `retry` or `park`; if the process dies first, it comes back.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub consumer: Arc<str>,
@@ -241,11 +243,11 @@ pub enum DeliveryHandle {
 
 /// An event parked in a dead-letter or review queue.
 #[derive(Debug, Clone)]
-pub struct DeadLetter {
+pub struct ParkedEvent {
     /// Identifies the entry within its consumer's queue (for replay/discard).
     pub id: u64,
     pub consumer: String,
-    pub queue: DeadQueue,
+    pub queue: ParkQueue,
     pub envelope: Envelope,
     pub attempts: u32,
     pub reason: String,
@@ -295,10 +297,10 @@ pub trait Bus: Send + Sync + 'static {
     async fn retry(&self, delivery: &Delivery, delay: Duration) -> Result<(), BusError>;
 
     /// Moves the delivery to a dead-letter or review queue, durably.
-    async fn dead_letter(
+    async fn park(
         &self,
         delivery: &Delivery,
-        queue: DeadQueue,
+        queue: ParkQueue,
         reason: &str,
     ) -> Result<(), BusError>;
 
@@ -325,14 +327,14 @@ pub struct Housekeeping {
 #[async_trait]
 pub trait BusAdmin: Send + Sync + 'static {
     /// How many entries one queue of a consumer holds (without reading them).
-    async fn parked_count(&self, consumer: &str, queue: DeadQueue) -> Result<u64, BusError>;
+    async fn parked_count(&self, consumer: &str, queue: ParkQueue) -> Result<u64, BusError>;
 
     /// Everything parked in one queue of a consumer, oldest first.
     async fn dead_letters(
         &self,
         consumer: &str,
-        queue: DeadQueue,
-    ) -> Result<Vec<DeadLetter>, BusError>;
+        queue: ParkQueue,
+    ) -> Result<Vec<ParkedEvent>, BusError>;
 
     /// Stored events found altered at rest since start (each parked in its
     /// consumer's dead-letter queue instead of delivered). JetStream checks
@@ -358,7 +360,7 @@ pub trait BusAdmin: Send + Sync + 'static {
     async fn requeue_dead(
         &self,
         consumer: &str,
-        queue: DeadQueue,
+        queue: ParkQueue,
         ids: &[u64],
     ) -> Result<usize, BusError>;
 
@@ -390,7 +392,7 @@ pub trait BusAdmin: Send + Sync + 'static {
     async fn discard_dead(
         &self,
         consumer: &str,
-        queue: DeadQueue,
+        queue: ParkQueue,
         ids: &[u64],
     ) -> Result<usize, BusError>;
 

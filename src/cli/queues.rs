@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use switchyard::admin::client::{AdminClient, BulkAction};
 use switchyard::admin::{BulkRequest, JobState, JobStatus, QueueFilter};
-use switchyard::bus::DeadQueue;
+use switchyard::bus::ParkQueue;
 
 /// Which queue and which of its entries; every flag narrows.
 #[derive(clap::Args, Clone)]
@@ -33,11 +33,11 @@ pub struct QueueArgs {
 }
 
 impl QueueArgs {
-    fn queue(&self) -> DeadQueue {
+    fn queue(&self) -> ParkQueue {
         if self.review {
-            DeadQueue::Review
+            ParkQueue::Review
         } else {
-            DeadQueue::DeadLetter
+            ParkQueue::DeadLetter
         }
     }
 

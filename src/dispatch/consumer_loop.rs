@@ -299,7 +299,7 @@ impl ConsumerLoop {
                             format!("gave up after {} attempts: {reason}", delivery.attempt);
                         tracing::error!(consumer, event_id, reason, "dead-lettered");
                         self.bus
-                            .dead_letter(delivery, DeadQueue::DeadLetter, &reason)
+                            .park(delivery, ParkQueue::DeadLetter, &reason)
                             .await
                     }
                 }
@@ -309,16 +309,14 @@ impl ConsumerLoop {
                 self.metrics.delivery(consumer, "dead_lettered");
                 tracing::error!(consumer, event_id, reason, "rejected; dead-lettered");
                 self.bus
-                    .dead_letter(delivery, DeadQueue::DeadLetter, &reason)
+                    .park(delivery, ParkQueue::DeadLetter, &reason)
                     .await
             }
             Ok(Verdict::Review(reason)) => {
                 stats.reviewed.fetch_add(1, Ordering::Relaxed);
                 self.metrics.delivery(consumer, "reviewed");
                 tracing::warn!(consumer, event_id, reason, "parked for review");
-                self.bus
-                    .dead_letter(delivery, DeadQueue::Review, &reason)
-                    .await
+                self.bus.park(delivery, ParkQueue::Review, &reason).await
             }
             Err(err) => {
                 stats.infra_errors.fetch_add(1, Ordering::Relaxed);

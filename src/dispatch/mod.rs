@@ -31,7 +31,7 @@ pub mod start;
 
 pub use consumer_loop::ConsumerLoop;
 
-use crate::bus::{Bus, BusError, DeadQueue, Delivery, Lane};
+use crate::bus::{Bus, BusError, Delivery, Lane, ParkQueue};
 use crate::config::RetryConfig;
 use crate::limiter::RateLimiter;
 use crate::plugin::{CallOutcome, CallReport, ConsumerPlugin};

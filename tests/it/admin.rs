@@ -345,7 +345,7 @@ async fn the_cli_shows_consumers_and_replays_reviews() {
     let id = hub
         .hub
         .control()
-        .parked(switchyard::bus::DeadQueue::Review, &Default::default())
+        .parked(switchyard::bus::ParkQueue::Review, &Default::default())
         .await
         .unwrap()[0]
         .id;

@@ -14,7 +14,7 @@ use switchyard::bus::Engine as BusEngine;
 use switchyard::bus::embedded::{EmbeddedBus, EmbeddedSettings};
 use switchyard::bus::nats::{NatsBus, NatsSettings};
 use switchyard::bus::{
-    Appended, Bus, BusAdmin, DeadQueue, Delivery, Envelope, Lane, Subscriber, Subscription,
+    Appended, Bus, BusAdmin, Delivery, Envelope, Lane, ParkQueue, Subscriber, Subscription,
 };
 use switchyard::config::EventPattern;
 
@@ -208,10 +208,10 @@ async fn an_event_has_one_parked_entry_per_consumer(engine: Engine) {
     let (_place, bus) = two_dead_letters(engine, "first failure").await;
     let counts = || async {
         (
-            bus.parked_count("crm", DeadQueue::DeadLetter)
+            bus.parked_count("crm", ParkQueue::DeadLetter)
                 .await
                 .unwrap(),
-            bus.parked_count("crm", DeadQueue::Review).await.unwrap(),
+            bus.parked_count("crm", ParkQueue::Review).await.unwrap(),
         )
     };
     assert_eq!(counts().await, (2, 0));
@@ -227,27 +227,27 @@ async fn an_event_has_one_parked_entry_per_consumer(engine: Engine) {
     assert_eq!(bus.requeue_history("crm", &first, true).await.unwrap(), 1);
     let again = pull_from(&bus, "crm", Lane::Replay).await;
     assert_eq!(again.envelope.event_id, "evt_1");
-    bus.dead_letter(&again, DeadQueue::Review, "second failure")
+    bus.park(&again, ParkQueue::Review, "second failure")
         .await
         .unwrap();
     assert_eq!(counts().await, (1, 1), "moved, not copied");
-    let review = bus.dead_letters("crm", DeadQueue::Review).await.unwrap();
+    let review = bus.dead_letters("crm", ParkQueue::Review).await.unwrap();
     assert_eq!(review[0].envelope.event_id, "evt_1");
     assert_eq!(review[0].reason, "second failure");
     // Replayed from review, it fails once more, into the dead-letter queue.
     assert_eq!(
-        bus.requeue_dead("crm", DeadQueue::Review, &[review[0].id])
+        bus.requeue_dead("crm", ParkQueue::Review, &[review[0].id])
             .await
             .unwrap(),
         1
     );
     let third = pull_from(&bus, "crm", Lane::Replay).await;
-    bus.dead_letter(&third, DeadQueue::DeadLetter, "third failure")
+    bus.park(&third, ParkQueue::DeadLetter, "third failure")
         .await
         .unwrap();
     assert_eq!(counts().await, (2, 0));
     let parked = bus
-        .dead_letters("crm", DeadQueue::DeadLetter)
+        .dead_letters("crm", ParkQueue::DeadLetter)
         .await
         .unwrap();
     let mut seen: Vec<(&str, &str)> = parked
@@ -262,7 +262,7 @@ async fn an_event_has_one_parked_entry_per_consumer(engine: Engine) {
     // Each entry is addressable by its id.
     for entry in &parked {
         assert_eq!(
-            bus.discard_dead("crm", DeadQueue::DeadLetter, &[entry.id])
+            bus.discard_dead("crm", ParkQueue::DeadLetter, &[entry.id])
                 .await
                 .unwrap(),
             1
@@ -391,9 +391,7 @@ async fn everything_durable_survives_a_reopen(engine: Engine) {
         )
         .await;
         let erp = pull_one(&bus, "erp").await;
-        bus.dead_letter(&erp, DeadQueue::Review, "no order")
-            .await
-            .unwrap();
+        bus.park(&erp, ParkQueue::Review, "no order").await.unwrap();
     }
     let bus = place.open(Duration::from_secs(60)).await;
     assert_eq!(
@@ -404,13 +402,13 @@ async fn everything_durable_survives_a_reopen(engine: Engine) {
     );
     assert_eq!(bus.backlog("crm").await.unwrap(), 2);
     assert_eq!(bus.backlog("erp").await.unwrap(), 0);
-    let parked = bus.dead_letters("erp", DeadQueue::Review).await.unwrap();
+    let parked = bus.dead_letters("erp", ParkQueue::Review).await.unwrap();
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].reason, "no order");
     assert_eq!(parked[0].attempts, 1);
     assert_eq!(parked[0].envelope, event("evt_3", "invoice.paid"));
     assert!(
-        bus.dead_letters("erp", DeadQueue::DeadLetter)
+        bus.dead_letters("erp", ParkQueue::DeadLetter)
             .await
             .unwrap()
             .is_empty()
@@ -449,7 +447,7 @@ async fn two_dead_letters(engine: Engine, reason: &str) -> (Place, Arc<dyn BusEn
     .await;
     for _ in 0..2 {
         let delivery = pull_one(&bus, "crm").await;
-        bus.dead_letter(&delivery, DeadQueue::DeadLetter, reason)
+        bus.park(&delivery, ParkQueue::DeadLetter, reason)
             .await
             .unwrap();
     }
@@ -460,14 +458,14 @@ async fn dead_letters_can_be_replayed_and_discarded(engine: Engine) {
     let (_place, bus) = two_dead_letters(engine, "gave up: 500").await;
     assert_eq!(bus.backlog("crm").await.unwrap(), 0);
     assert_eq!(
-        bus.parked_count("crm", DeadQueue::DeadLetter)
+        bus.parked_count("crm", ParkQueue::DeadLetter)
             .await
             .unwrap(),
         2
     );
-    assert_eq!(bus.parked_count("crm", DeadQueue::Review).await.unwrap(), 0);
+    assert_eq!(bus.parked_count("crm", ParkQueue::Review).await.unwrap(), 0);
     let parked = bus
-        .dead_letters("crm", DeadQueue::DeadLetter)
+        .dead_letters("crm", ParkQueue::DeadLetter)
         .await
         .unwrap();
     let ids: Vec<&str> = parked
@@ -477,13 +475,13 @@ async fn dead_letters_can_be_replayed_and_discarded(engine: Engine) {
     assert_eq!(ids, ["evt_1", "evt_2"], "oldest first");
     // Ids from another queue or unknown ids move nothing.
     assert_eq!(
-        bus.requeue_dead("crm", DeadQueue::Review, &[parked[0].id])
+        bus.requeue_dead("crm", ParkQueue::Review, &[parked[0].id])
             .await
             .unwrap(),
         0
     );
     assert_eq!(
-        bus.requeue_dead("crm", DeadQueue::DeadLetter, &[parked[0].id, 987_654])
+        bus.requeue_dead("crm", ParkQueue::DeadLetter, &[parked[0].id, 987_654])
             .await
             .unwrap(),
         1
@@ -494,13 +492,13 @@ async fn dead_letters_can_be_replayed_and_discarded(engine: Engine) {
     bus.ack(&replayed).await.unwrap();
     assert_nothing_due(&bus, "erp").await;
     assert_eq!(
-        bus.discard_dead("crm", DeadQueue::DeadLetter, &[parked[1].id])
+        bus.discard_dead("crm", ParkQueue::DeadLetter, &[parked[1].id])
             .await
             .unwrap(),
         1
     );
     assert_eq!(
-        bus.parked_count("crm", DeadQueue::DeadLetter)
+        bus.parked_count("crm", ParkQueue::DeadLetter)
             .await
             .unwrap(),
         0
@@ -828,7 +826,7 @@ async fn a_payload_altered_at_rest_is_parked_never_delivered() {
             .all(|d| !String::from_utf8_lossy(&d.envelope.payload).contains("4800"))
     );
     let parked = bus
-        .dead_letters("erp", DeadQueue::DeadLetter)
+        .dead_letters("erp", ParkQueue::DeadLetter)
         .await
         .unwrap();
     assert_eq!(parked.len(), 1);
@@ -841,7 +839,7 @@ async fn a_payload_altered_at_rest_is_parked_never_delivered() {
     assert_eq!(bus.integrity_failures(), 1);
     // Replaying it parks it again: altered bytes are never delivered.
     assert_eq!(
-        bus.requeue_dead("erp", DeadQueue::DeadLetter, &[parked[0].id])
+        bus.requeue_dead("erp", ParkQueue::DeadLetter, &[parked[0].id])
             .await
             .unwrap(),
         1
@@ -852,7 +850,7 @@ async fn a_payload_altered_at_rest_is_parked_never_delivered() {
         .unwrap();
     assert!(again.is_empty());
     assert_eq!(
-        bus.dead_letters("erp", DeadQueue::DeadLetter)
+        bus.dead_letters("erp", ParkQueue::DeadLetter)
             .await
             .unwrap()
             .len(),

@@ -177,7 +177,7 @@ async fn every_fixture_reaches_exactly_its_consumers_once_even_when_sent_three_t
     let reviews = hub
         .hub
         .bus()
-        .dead_letters("erp", switchyard::bus::DeadQueue::Review)
+        .dead_letters("erp", switchyard::bus::ParkQueue::Review)
         .await
         .unwrap();
     assert_eq!(reviews[0].envelope.event_id, "evt_1PgKq3LzX8bYw3NcInvPad02");
@@ -244,7 +244,7 @@ async fn a_downstream_4xx_dead_letters_at_once_and_persistent_5xx_after_the_last
 
     let bus = hub.hub.bus();
     let crm_dead = bus
-        .dead_letters("crm", switchyard::bus::DeadQueue::DeadLetter)
+        .dead_letters("crm", switchyard::bus::ParkQueue::DeadLetter)
         .await
         .unwrap();
     assert_eq!(crm_dead.len(), 1);
@@ -257,7 +257,7 @@ async fn a_downstream_4xx_dead_letters_at_once_and_persistent_5xx_after_the_last
     assert_eq!(mocks.crm.received().len(), 1);
 
     let erp_dead = bus
-        .dead_letters("erp", switchyard::bus::DeadQueue::DeadLetter)
+        .dead_letters("erp", switchyard::bus::ParkQueue::DeadLetter)
         .await
         .unwrap();
     assert_eq!(erp_dead.len(), 1);

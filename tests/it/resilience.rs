@@ -6,7 +6,7 @@ use crate::support::*;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use switchyard::bus::DeadQueue;
+use switchyard::bus::ParkQueue;
 use switchyard::dispatch::breaker::BreakerState;
 
 const WITHIN: Duration = Duration::from_secs(60);
@@ -255,7 +255,7 @@ async fn a_410_gone_dead_letters_without_retries() {
     let dead = hub
         .hub
         .bus()
-        .dead_letters("crm", DeadQueue::DeadLetter)
+        .dead_letters("crm", ParkQueue::DeadLetter)
         .await
         .unwrap();
     assert_eq!(dead.len(), 1);

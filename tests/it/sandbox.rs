@@ -10,7 +10,7 @@ use crate::support::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use switchyard::app::RunningHub;
-use switchyard::bus::DeadQueue;
+use switchyard::bus::ParkQueue;
 
 /// A `good` crm consumer beside a `bad` hostile one in `mode`, both routed
 /// `customer.*`. The hostile one gets 2 attempts.
@@ -53,7 +53,7 @@ fn sandbox_log_lines(consumer: &str, reason: &str) -> Vec<Value> {
 /// The reasons in `consumer`'s dead-letter queue.
 async fn dead_reasons(hub: &TestHub, consumer: &str) -> Vec<String> {
     let bus = hub.hub.bus();
-    let dead = bus.dead_letters(consumer, DeadQueue::DeadLetter).await;
+    let dead = bus.dead_letters(consumer, ParkQueue::DeadLetter).await;
     dead.unwrap().into_iter().map(|d| d.reason).collect()
 }
 
@@ -106,7 +106,7 @@ async fn no_state_survives_from_one_event_to_the_next() {
         assert_eq!(hub.send(&body).await.0, 200);
     }
     hub.drained(Duration::from_secs(60)).await;
-    let parked = hub.hub.bus().dead_letters("bad", DeadQueue::Review).await;
+    let parked = hub.hub.bus().dead_letters("bad", ParkQueue::Review).await;
     let reasons: Vec<String> = parked.unwrap().into_iter().map(|d| d.reason).collect();
     assert_eq!(reasons.len(), events, "{reasons:?}");
     for reason in &reasons {

@@ -17,7 +17,7 @@ impl BusAdmin for EmbeddedBus {
         })
     }
 
-    async fn parked_count(&self, consumer: &str, queue: DeadQueue) -> Result<u64, BusError> {
+    async fn parked_count(&self, consumer: &str, queue: ParkQueue) -> Result<u64, BusError> {
         let txn = self.store.read().map_err(unavailable)?;
         let dead = txn.open_table(DEAD).map_err(storage)?;
         let code = queue_code(queue);
@@ -35,8 +35,8 @@ impl BusAdmin for EmbeddedBus {
     async fn dead_letters(
         &self,
         consumer: &str,
-        queue: DeadQueue,
-    ) -> Result<Vec<DeadLetter>, BusError> {
+        queue: ParkQueue,
+    ) -> Result<Vec<ParkedEvent>, BusError> {
         let txn = self.store.read().map_err(unavailable)?;
         let dead = txn.open_table(DEAD).map_err(storage)?;
         let code = queue_code(queue);
@@ -54,7 +54,7 @@ impl BusAdmin for EmbeddedBus {
                 Some(damage) => format!("{} (and this copy: {damage})", meta.reason),
                 None => meta.reason,
             };
-            out.push(DeadLetter {
+            out.push(ParkedEvent {
                 id: key.value().2,
                 consumer: consumer.to_owned(),
                 queue,
@@ -95,7 +95,7 @@ impl BusAdmin for EmbeddedBus {
     async fn requeue_dead(
         &self,
         consumer: &str,
-        queue: DeadQueue,
+        queue: ParkQueue,
         ids: &[u64],
     ) -> Result<usize, BusError> {
         self.waker(consumer, Lane::Live)?;
@@ -205,7 +205,7 @@ impl BusAdmin for EmbeddedBus {
     async fn discard_dead(
         &self,
         consumer: &str,
-        queue: DeadQueue,
+        queue: ParkQueue,
         ids: &[u64],
     ) -> Result<usize, BusError> {
         self.waker(consumer, Lane::Live)?;

@@ -107,10 +107,10 @@ fn lane_queue(consumer: &str, lane: Lane) -> String {
     }
 }
 
-fn queue_code(queue: DeadQueue) -> u8 {
+fn queue_code(queue: ParkQueue) -> u8 {
     match queue {
-        DeadQueue::DeadLetter => 0,
-        DeadQueue::Review => 1,
+        ParkQueue::DeadLetter => 0,
+        ParkQueue::Review => 1,
     }
 }
 
@@ -240,7 +240,7 @@ impl EmbeddedBus {
                         park(
                             txn,
                             &consumer_name,
-                            DeadQueue::DeadLetter,
+                            ParkQueue::DeadLetter,
                             seq,
                             &event,
                             deliveries,
@@ -574,10 +574,10 @@ impl Bus for EmbeddedBus {
         Ok(())
     }
 
-    async fn dead_letter(
+    async fn park(
         &self,
         delivery: &Delivery,
-        queue: DeadQueue,
+        queue: ParkQueue,
         reason: &str,
     ) -> Result<(), BusError> {
         self.settle(

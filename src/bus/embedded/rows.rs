@@ -9,7 +9,7 @@ use super::*;
 pub(super) fn park(
     txn: &redb::WriteTransaction,
     consumer: &str,
-    queue: DeadQueue,
+    queue: ParkQueue,
     seq: u64,
     event: &str,
     attempts: u32,
@@ -196,5 +196,5 @@ pub(super) enum Settle {
     Ack,
     Release,
     RetryAt(u64),
-    Park(DeadQueue, String),
+    Park(ParkQueue, String),
 }

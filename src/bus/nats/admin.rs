@@ -5,7 +5,7 @@ use super::*;
 
 #[async_trait]
 impl BusAdmin for NatsBus {
-    async fn parked_count(&self, consumer: &str, queue: DeadQueue) -> Result<u64, BusError> {
+    async fn parked_count(&self, consumer: &str, queue: ParkQueue) -> Result<u64, BusError> {
         self.consumer(consumer)?;
         let mut info = self
             .dead
@@ -25,8 +25,8 @@ impl BusAdmin for NatsBus {
     async fn dead_letters(
         &self,
         consumer: &str,
-        queue: DeadQueue,
-    ) -> Result<Vec<DeadLetter>, BusError> {
+        queue: ParkQueue,
+    ) -> Result<Vec<ParkedEvent>, BusError> {
         self.consumer(consumer)?;
         let filter = self.dead_filter(consumer);
         let mut out = Vec::new();
@@ -43,7 +43,7 @@ impl BusAdmin for NatsBus {
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0)
             };
-            out.push(DeadLetter {
+            out.push(ParkedEvent {
                 id: message.sequence,
                 consumer: consumer.to_owned(),
                 queue,
@@ -109,7 +109,7 @@ impl BusAdmin for NatsBus {
     async fn requeue_dead(
         &self,
         consumer: &str,
-        queue: DeadQueue,
+        queue: ParkQueue,
         ids: &[u64],
     ) -> Result<usize, BusError> {
         self.consumer(consumer)?;
@@ -188,7 +188,7 @@ impl BusAdmin for NatsBus {
     async fn discard_dead(
         &self,
         consumer: &str,
-        queue: DeadQueue,
+        queue: ParkQueue,
         ids: &[u64],
     ) -> Result<usize, BusError> {
         self.consumer(consumer)?;

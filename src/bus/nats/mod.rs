@@ -140,10 +140,10 @@ fn unavailable(err: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(format!("nats: {err}"))
 }
 
-fn queue_token(queue: DeadQueue) -> &'static str {
+fn queue_token(queue: ParkQueue) -> &'static str {
     match queue {
-        DeadQueue::DeadLetter => "dead_letter",
-        DeadQueue::Review => "review",
+        ParkQueue::DeadLetter => "dead_letter",
+        ParkQueue::Review => "review",
     }
 }
 
@@ -218,7 +218,7 @@ impl NatsBus {
         }
     }
 
-    fn dead_subject(&self, consumer: &str, queue: DeadQueue) -> String {
+    fn dead_subject(&self, consumer: &str, queue: ParkQueue) -> String {
         format!("{}.dead.{consumer}.{}", self.prefix, queue_token(queue))
     }
 
@@ -228,7 +228,7 @@ impl NatsBus {
     }
 
     /// Whether `subject` is an entry of `consumer`'s `queue`.
-    fn in_dead_queue(&self, subject: &str, consumer: &str, queue: DeadQueue) -> bool {
+    fn in_dead_queue(&self, subject: &str, consumer: &str, queue: ParkQueue) -> bool {
         let queue = self.dead_subject(consumer, queue);
         subject
             .strip_prefix(queue.as_str())
@@ -306,7 +306,7 @@ impl NatsBus {
     async fn parked(
         &self,
         consumer: &str,
-        queue: DeadQueue,
+        queue: ParkQueue,
         id: u64,
     ) -> Result<Option<StreamMessage>, BusError> {
         Ok(Self::message_at(&self.dead, id)
@@ -507,10 +507,10 @@ impl Bus for NatsBus {
         self.settle(delivery, AckKind::Nak(Some(delay))).await
     }
 
-    async fn dead_letter(
+    async fn park(
         &self,
         delivery: &Delivery,
-        queue: DeadQueue,
+        queue: ParkQueue,
         reason: &str,
     ) -> Result<(), BusError> {
         let lease = Self::lease(delivery);
